@@ -1,0 +1,5 @@
+import sys
+
+from shopgate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,67 @@
+"""Every default of shopgate, written once.
+
+Components read their defaults from here and their overrides from the
+command line or the environment; nothing else hard-codes a port or a path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+#: The five shop services, in the order they are started.
+SHOP_SERVICES: tuple[str, ...] = ("users", "products", "inventory", "orders", "payments")
+
+LOOPBACK = "127.0.0.1"
+CATALOG_PORT = 8500          # Consul HTTP API + UI
+GATEWAY_PORT = 8080          # HAProxy entry point
+STATS_PORT = 8404            # HAProxy stats page and /metrics
+STATUS_PORT = 9180           # controller /status and /metrics
+
+#: Consul KV prefix under which every gateway setting lives.
+KV_PREFIX = "shopgate/"
+
+#: Jinja2 templates for haproxy.cfg; edited live by users.
+TEMPLATES_DIR = PROJECT_ROOT / "config_templates"
+
+#: Where `shopgate up --detach` keeps pids, logs and data.
+STATE_DIR = Path(os.environ.get("SHOPGATE_STATE_DIR", PROJECT_ROOT / ".state"))
+
+DEFAULT_CONSUL_ADDR = f"http://{LOOPBACK}:{CATALOG_PORT}"
+
+
+@dataclass(frozen=True)
+class ConsulAddress:
+    """Where the Consul API is, read the way the consul CLI reads it."""
+
+    scheme: str
+    host: str
+    port: int
+    token: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, addr: str | None = None, token: str | None = None) -> "ConsulAddress":
+        """Parse `CONSUL_HTTP_ADDR`-style text: `host:port`, or a URL."""
+        addr = addr or os.environ.get("CONSUL_HTTP_ADDR") or DEFAULT_CONSUL_ADDR
+        token = token if token is not None else (os.environ.get("CONSUL_HTTP_TOKEN") or None)
+        if "://" not in addr:
+            addr = "http://" + addr
+        parts = urlsplit(addr)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"CONSUL_HTTP_ADDR: cannot parse {addr!r} (expected host:port or http://host:port)")
+        port = parts.port or (443 if parts.scheme == "https" else CATALOG_PORT)
+        return cls(parts.scheme, parts.hostname, port, token)
+
+    def client(self, **kwargs):
+        """A py-consul client for this address."""
+        import consul
+
+        return consul.Consul(host=self.host, port=self.port, scheme=self.scheme, token=self.token, **kwargs)
