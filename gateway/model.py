@@ -1,0 +1,169 @@
+"""The gateway's plain data: what the catalog says (Snapshot) and what HAProxy should do (RouteTable).
+
+These classes are the contract between the pipeline's stages:
+
+    gateway.watch    -> Snapshot
+    gateway.model    -> RouteTable   build_route_table(snapshot, previous)   (pure)
+    gateway.render   -> haproxy.cfg  render_config(table, templates_dir)      (pure)
+    gateway.diff     -> ApplyPlan    plan_changes(old_table, new_table)       (pure)
+    gateway.apply    -> runtime API commands, or validate -> swap -> reload -> verify -> roll back
+
+Everything here is frozen and comparable, so "did anything change?" is `==`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+# ---------------------------------------------------------------- input: the catalog's view
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One registered instance of a service, as the catalog reports it."""
+
+    service: str
+    id: str                      # ServiceID (unique per node)
+    node: str
+    address: str                 # ServiceAddress, or the node's Address when empty
+    port: int
+    tags: tuple[str, ...] = ()
+    meta: tuple[tuple[str, str], ...] = ()   # sorted (key, value) pairs of ServiceMeta
+    status: str = "passing"      # aggregated: "passing" | "warning" | "critical" | "maintenance"
+
+    @property
+    def key(self) -> str:
+        """Identity across snapshots: node + service id."""
+        return f"{self.node}/{self.id}"
+
+    @property
+    def healthy(self) -> bool:
+        return self.status == "passing"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the gateway knows at one moment: instances by service, and raw KV under the prefix."""
+
+    services: dict[str, tuple[Instance, ...]] = field(default_factory=dict)
+    kv: dict[str, bytes] = field(default_factory=dict)   # full key ("shopgate/services/x/balance") -> raw value
+    index: int = 0                                        # highest catalog/KV index folded in
+
+    def instance_count(self) -> int:
+        return sum(len(v) for v in self.services.values())
+
+    def __hash__(self) -> int:  # dict fields are not hashable; snapshots are compared, not hashed
+        return hash((self.index, self.instance_count()))
+
+
+# ---------------------------------------------------------------- output: what HAProxy should run
+
+
+@dataclass(frozen=True)
+class Server:
+    """One server slot of a backend. Empty slots are rendered `disabled` at 127.0.0.1:1."""
+
+    slot: str                    # HAProxy server name inside its backend: "s1", "s2", ...
+    instance_key: str | None     # Instance.key occupying the slot, None for a spare slot
+    address: str = "127.0.0.1"
+    port: int = 1
+    weight: int = 100
+    state: str = "maint"         # "ready" | "drain" | "maint"
+
+    @property
+    def occupied(self) -> bool:
+        return self.instance_key is not None
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """Per-service settings, validated from KV `shopgate/services/<name>/...` (defaults in gateway.settings)."""
+
+    balance: str = "roundrobin"
+    maxconn: int | None = None
+    timeout_connect_ms: int | None = None
+    timeout_server_ms: int | None = None
+    tag_weights: tuple[tuple[str, int], ...] = ()   # canary releases: tag -> weight
+    maintenance: bool = False
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An HAProxy backend for one service, with a fixed number of server slots."""
+
+    name: str                    # safe HAProxy identifier, e.g. "be_products"
+    service: str
+    settings: BackendSettings
+    servers: tuple[Server, ...]  # len(servers) == slot count (occupied + spare)
+
+    def server(self, slot: str) -> Server:
+        return next(s for s in self.servers if s.slot == slot)
+
+
+@dataclass(frozen=True)
+class Route:
+    """A frontend rule: requests to host + path prefix go to a backend, optionally stripping a prefix."""
+
+    backend: str
+    path_prefix: str
+    host: str | None = None
+    strip: str | None = None
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Gateway-wide settings, validated from KV `shopgate/gateway/...`."""
+
+    stats_user: str | None = None
+    stats_password: str | None = None
+    maxconn: int = 4096
+    timeout_client_ms: int = 30_000
+    timeout_server_ms: int = 30_000
+    timeout_connect_ms: int = 2_000
+    retries: int = 3
+    hard_stop_after_ms: int = 30_000
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """The whole desired HAProxy state. `render_config` turns it into haproxy.cfg text."""
+
+    routes: tuple[Route, ...] = ()
+    backends: tuple[Backend, ...] = ()
+    settings: GatewaySettings = GatewaySettings()
+    rejected: tuple[str, ...] = ()   # inputs that were skipped, each "where: what is wrong"
+
+    def backend(self, name: str) -> Backend:
+        return next(b for b in self.backends if b.name == name)
+
+
+# ---------------------------------------------------------------- the difference between two tables
+
+
+@dataclass(frozen=True)
+class MembershipChange:
+    """One server slot to change through the runtime API (no reload)."""
+
+    backend: str
+    slot: str
+    action: str                  # "add" (set addr+port, ready, health down) | "remove" (drain -> maint) | "weight" | "drain"
+    address: str = "127.0.0.1"
+    port: int = 1
+    weight: int = 100
+
+
+@dataclass(frozen=True)
+class ApplyPlan:
+    """What it takes to go from the running table to the wanted one."""
+
+    structural_reasons: tuple[str, ...] = ()        # non-empty -> render, validate, swap, reload
+    membership: tuple[MembershipChange, ...] = ()   # applied through the runtime API
+
+    @property
+    def needs_reload(self) -> bool:
+        return bool(self.structural_reasons)
+
+    @property
+    def empty(self) -> bool:
+        return not self.structural_reasons and not self.membership
