@@ -14,6 +14,7 @@ Everything here is frozen and comparable, so "did anything change?" is `==`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 # ---------------------------------------------------------------- input: the catalog's view
@@ -75,10 +76,15 @@ class Server:
     def occupied(self) -> bool:
         return self.instance_key is not None
 
+    @property
+    def enabled(self) -> bool:
+        """Rendered without `disabled`. A fresh worker gives draining servers no new requests either."""
+        return self.state == "ready"
+
 
 @dataclass(frozen=True)
 class BackendSettings:
-    """Per-service settings, validated from KV `shopgate/services/<name>/...` (defaults in gateway.settings)."""
+    """Per-service settings, validated from KV `shopgate/services/<name>/...` by gateway.kv_settings."""
 
     balance: str = "roundrobin"
     maxconn: int | None = None
@@ -86,6 +92,7 @@ class BackendSettings:
     timeout_server_ms: int | None = None
     tag_weights: tuple[tuple[str, int], ...] = ()   # canary releases: tag -> weight
     maintenance: bool = False
+    min_slots: int | None = None                    # KV `slots`: pre-render at least this many server slots
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,17 @@ class RouteTable:
 
     def backend(self, name: str) -> Backend:
         return next(b for b in self.backends if b.name == name)
+
+
+@dataclass(frozen=True)
+class RuntimePaths:
+    """Where the running HAProxy listens and keeps its files: chosen by the controller, not the catalog."""
+
+    admin_socket: Path                       # `stats socket ... level admin` (runtime API)
+    listen: str = "127.0.0.1:8080"           # the gateway entry point, "host:port"
+    stats: str = "127.0.0.1:8404"            # stats page + /metrics, "host:port"
+    pidfile: Path | None = None
+    server_state_file: Path | None = None    # when set: `server-state-file` + `load-server-state-from-file global`
 
 
 # ---------------------------------------------------------------- the difference between two tables
