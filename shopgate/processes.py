@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+from signal import SIGTERM  # the method ManagedProcess.signal shadows the module in the class body
 import socket
 import subprocess
 import sys
@@ -69,7 +70,7 @@ class ManagedProcess:
         if self.alive():
             os.killpg(self.pid, signum)
 
-    def stop(self, timeout: float = 10.0, signum: int = signal.SIGTERM) -> int | None:
+    def stop(self, timeout: float = 10.0, signum: int = SIGTERM) -> int | None:
         """Ask politely, wait, then SIGKILL the process group. Returns the exit code."""
         if self.popen is None:
             return None
