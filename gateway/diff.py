@@ -1,0 +1,112 @@
+"""Running RouteTable vs wanted RouteTable -> ApplyPlan: reload, or per-slot runtime-API changes.
+
+A change is structural (render, validate, swap, reload) when anything HAProxy only reads from its
+config differs: routes, the set of backends, their settings, their slot counts, gateway settings.
+Everything else is membership: which instance sits in a slot, its address, weight and state,
+which the runtime API changes without a reload. Service maintenance and canary tag weights are
+expressed through server states and weights, so toggling them needs no reload either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+from gateway.model import ApplyPlan, Backend, BackendSettings, GatewaySettings, MembershipChange, Route, RouteTable, Server
+
+#: BackendSettings fields that only change server states/weights, never the rendered backend section.
+_MEMBERSHIP_ONLY_SETTINGS = {"maintenance": False, "tag_weights": ()}
+
+
+def plan_changes(running: RouteTable | None, wanted: RouteTable) -> ApplyPlan:
+    """What it takes to bring HAProxy from `running` to `wanted` (None: nothing runs yet)."""
+    if running is None:
+        return ApplyPlan(structural_reasons=("no running configuration",))
+    reasons = _settings_reasons(running.settings, wanted.settings)
+    reasons += _route_reasons(running.routes, wanted.routes)
+    old_backends = {b.name: b for b in running.backends}
+    new_backends = {b.name: b for b in wanted.backends}
+    reasons += [f"backend {name} added" for name in new_backends if name not in old_backends]
+    reasons += [f"backend {name} removed" for name in old_backends if name not in new_backends]
+    membership: list[MembershipChange] = []
+    for name, new in new_backends.items():
+        old = old_backends.get(name)
+        if old is None or old is new:
+            continue
+        backend_reasons = _backend_reasons(old, new)
+        if backend_reasons:
+            reasons += backend_reasons
+        elif not reasons:
+            membership += _slot_changes(old, new)
+    if reasons:
+        return ApplyPlan(structural_reasons=tuple(reasons))
+    return ApplyPlan(membership=tuple(membership))
+
+
+def _settings_reasons(old: GatewaySettings, new: GatewaySettings) -> list[str]:
+    reasons = []
+    for field in fields(GatewaySettings):
+        before, after = getattr(old, field.name), getattr(new, field.name)
+        if before != after:
+            shown = "changed" if field.name == "stats_password" else f"{before} -> {after}"
+            reasons.append(f"gateway setting {field.name}: {shown}")
+    return reasons
+
+
+def _describe(route: Route) -> str:
+    strip = f" strip={route.strip}" if route.strip else ""
+    return f"{route.host or ''}{route.path_prefix} -> {route.backend}{strip}"
+
+
+def _route_reasons(old: tuple[Route, ...], new: tuple[Route, ...]) -> list[str]:
+    if old == new:
+        return []
+    before, after = set(old), set(new)
+    reasons = [f"route added: {_describe(r)}" for r in new if r not in before]
+    reasons += [f"route removed: {_describe(r)}" for r in old if r not in after]
+    return reasons or ["route order changed"]
+
+
+def _rendered_settings(settings: BackendSettings) -> BackendSettings:
+    return replace(settings, **_MEMBERSHIP_ONLY_SETTINGS)
+
+
+def _backend_reasons(old: Backend, new: Backend) -> list[str]:
+    reasons = []
+    if _rendered_settings(old.settings) != _rendered_settings(new.settings):
+        changed = [f.name for f in fields(BackendSettings) if f.name not in _MEMBERSHIP_ONLY_SETTINGS and getattr(old.settings, f.name) != getattr(new.settings, f.name)]
+        reasons.append(f"backend {new.name}: settings changed ({', '.join(changed)})")
+    if len(old.servers) != len(new.servers):
+        reasons.append(f"backend {new.name}: slots {len(old.servers)} -> {len(new.servers)}")
+    return reasons
+
+
+def _slot_changes(old: Backend, new: Backend) -> list[MembershipChange]:
+    changes = []
+    for before, after in zip(old.servers, new.servers):
+        if before is not after and before != after:
+            change = slot_change(new.name, before, after)
+            if change is not None:
+                changes.append(change)
+    return changes
+
+
+def slot_change(backend: str, before: Server, after: Server) -> MembershipChange | None:
+    """The runtime action that turns slot `before` into `after`, or None when nothing serves differently.
+
+    add:    set address, port, weight, `state ready` + `health down` (rise checks before traffic)
+    weight: change the weight of a serving server
+    drain:  no new requests, in-flight ones finish (instance leaving gracefully, service maintenance)
+    remove: drain, wait for sessions to reach 0 (bounded), then maint
+    """
+    same_target = before.instance_key == after.instance_key and before.address == after.address and before.port == after.port
+    if after.state == "ready":
+        if before.state != "ready" or not same_target:
+            return MembershipChange(backend, after.slot, "add", after.address, after.port, after.weight)
+        if before.weight != after.weight:
+            return MembershipChange(backend, after.slot, "weight", after.address, after.port, after.weight)
+        return None
+    if before.state == "ready" and after.state == "drain" and same_target:
+        return MembershipChange(backend, after.slot, "drain", after.address, after.port, after.weight)
+    if before.state != "maint" and not (before.state == "drain" and after.state == "drain" and same_target):
+        return MembershipChange(backend, after.slot, "remove", before.address, before.port, before.weight)
+    return None

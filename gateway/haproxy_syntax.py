@@ -1,0 +1,83 @@
+"""What text from the catalog or KV may reach haproxy.cfg: the allowed shapes, checked in one place.
+
+HAProxy's config parser splits words on blanks, starts a comment at '#', interprets quotes,
+backslashes and "${VAR}" and ends a directive at a newline. Every catalog or KV string that the
+gateway renders matches one of the patterns below, none of which admits any of those characters;
+the template's `token` filter re-checks each value as it is written (defence in depth).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+#: A service name, used as-is inside the backend name `be_<service>` and the default route.
+SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+#: A URL path prefix: unreserved characters and '/', starting with '/'.
+PATH_PREFIX = re.compile(r"/[A-Za-z0-9._~/-]{0,255}")
+
+#: A DNS hostname (RFC 1123 labels), lower-cased before matching.
+HOSTNAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+#: A `host:port` bind address for the listen and stats sockets (IPv4, hostname, or [IPv6]).
+BIND_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}")
+
+#: Everything the template's `token` filter lets through: no blank, quote, backslash, '#', '$', '{', '}'.
+TOKEN = re.compile(r"[A-Za-z0-9_.:/@%+=,!?*~^\[\]-]+")
+
+#: The HAProxy weight range.
+MAX_WEIGHT = 256
+
+
+class UnsafeValue(ValueError):
+    """A value that would change the meaning of haproxy.cfg if written into it."""
+
+
+def display(value: object, limit: int = 60) -> str:
+    """A value quoted for an error message: one line, printable, bounded."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def check_token(value: object) -> str:
+    """Return `value` as a config word, or raise UnsafeValue: the renderer's last line of defence."""
+    if not isinstance(value, str) or not TOKEN.fullmatch(value):
+        raise UnsafeValue(f"refusing to write {display(value)} into haproxy.cfg: not a plain config word")
+    return value
+
+
+def path_problem(path: str) -> str | None:
+    """Why `path` is not a usable route prefix, or None when it is."""
+    if not path.startswith("/"):
+        return f"path {display(path)} does not start with '/'"
+    if not PATH_PREFIX.fullmatch(path):
+        return f"path {display(path)} has characters outside A-Z a-z 0-9 . _ ~ - /"
+    if "//" in path:
+        return f"path {display(path)} has an empty segment '//'"
+    if any(segment in (".", "..") for segment in path.split("/")):
+        return f"path {display(path)} has a '.' or '..' segment"
+    return None
+
+
+def address_problem(address: str) -> str | None:
+    """Why `address` is not an IP address or hostname HAProxy can use, or None when it is."""
+    if not address:
+        return "no address"
+    if not isinstance(address, str) or not re.fullmatch(r"[0-9A-Za-z.:-]+", address):
+        return f"address {display(address)} is neither an IP address nor a hostname"
+    try:
+        ipaddress.ip_address(address)
+        return None
+    except ValueError:
+        pass
+    if ":" in address or not HOSTNAME.fullmatch(address.lower()):
+        return f"address {display(address)} is neither an IP address nor a hostname"
+    return None
+
+
+def port_problem(port: object) -> str | None:
+    """Why `port` is not a TCP port, or None when it is."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        return f"port {display(port)} is not in 1..65535"
+    return None
