@@ -1,0 +1,101 @@
+"""Call another shop service through the catalog, never through a hard-coded address.
+
+`Peers.request("payments", "POST", "/api/v1/payments", ...)` asks the catalog for the
+healthy instances of `payments` (`/v1/health/service/payments?passing`), picks one at
+random (client-side choice), and on a connection failure tries another one. The instance
+list is cached for a second so that a busy service does not hammer the catalog.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+
+import requests
+
+from registrar.self_registration import CATALOG_ERRORS
+from shopgate.settings import ConsulAddress
+
+log = logging.getLogger("shopgate.discovery")
+
+CACHE_SECONDS = 1.0
+CONNECT_TIMEOUT = 1.0
+READ_TIMEOUT = 10.0
+
+
+class PeerUnavailable(Exception):
+    """No healthy instance of a service answered (or the catalog could not be asked)."""
+
+    def __init__(self, service: str, reason: str):
+        super().__init__(f"{service} unavailable: {reason}")
+        self.service = service
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: str
+    address: str
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"http://{host}:{self.port}"
+
+
+def endpoints_from_health(entries: list[dict]) -> list[Endpoint]:
+    """Endpoints from `/v1/health/service/<name>` entries (empty service address = the node's)."""
+    found = []
+    for entry in entries:
+        service = entry.get("Service") or {}
+        address = service.get("Address") or (entry.get("Node") or {}).get("Address") or ""
+        if address and service.get("Port"):
+            found.append(Endpoint(service.get("ID", ""), address, int(service["Port"])))
+    return found
+
+
+class Peers:
+    """Client-side load balancing over the catalog's healthy instances."""
+
+    def __init__(self, consul: ConsulAddress, http: requests.Session | None = None):
+        self._catalog_url = consul.url
+        self._consul = consul.client(connections_timeout=2.0)
+        self._http = http or requests.Session()
+        self._cache: dict[str, tuple[float, list[Endpoint]]] = {}
+        self._lock = threading.Lock()
+
+    def healthy(self, service: str, fresh: bool = False) -> list[Endpoint]:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(service)
+        if cached and not fresh and now - cached[0] < CACHE_SECONDS:
+            return cached[1]
+        try:
+            _, entries = self._consul.health.service(service, passing=True)
+        except CATALOG_ERRORS as exc:
+            raise PeerUnavailable(service, f"catalog {self._catalog_url} unreachable: {exc}") from None
+        endpoints = endpoints_from_health(entries)
+        with self._lock:
+            self._cache[service] = (now, endpoints)
+        return endpoints
+
+    def request(self, service: str, method: str, path: str, **kwargs) -> requests.Response:
+        """Send one request to some healthy instance; another instance on connection failure."""
+        kwargs.setdefault("timeout", (CONNECT_TIMEOUT, READ_TIMEOUT))
+        tried: set[str] = set()
+        for fresh in (False, True):
+            candidates = [e for e in self.healthy(service, fresh=fresh) if e.id not in tried]
+            random.shuffle(candidates)
+            for endpoint in candidates:
+                tried.add(endpoint.id)
+                try:
+                    return self._http.request(method, endpoint.base_url + path, **kwargs)
+                except requests.ConnectionError as exc:
+                    log.warning("%s %s on %s failed (%s); trying another instance", method, path, endpoint.id, exc)
+        if not tried:
+            raise PeerUnavailable(service, "no healthy instance in the catalog")
+        raise PeerUnavailable(service, f"no instance answered (tried {', '.join(sorted(tried))})")
