@@ -33,6 +33,20 @@ STATE_DIR = Path(os.environ.get("SHOPGATE_STATE_DIR", PROJECT_ROOT / ".state"))
 
 DEFAULT_CONSUL_ADDR = f"http://{LOOPBACK}:{CATALOG_PORT}"
 
+#: Shop service instances (`shopgate service NAME`): SQLite stores shared by the instances of a
+#: service live in SERVICE_DATA_DIR/<service>; the drain period is overridden by SHOPGATE_DRAIN_SECONDS.
+SERVICE_DATA_DIR = STATE_DIR / "data"
+SERVICE_DRAIN_SECONDS = 2.0
+SERVICE_WORKERS = 1
+SERVICE_THREADS = 4
+SERVICE_CHECK_INTERVAL = "1s"
+SERVICE_CHECK_TIMEOUT = "1s"
+SERVICE_DEREGISTER_CRITICAL_AFTER = "1m"
+#: How often a registered instance confirms that the catalog still knows it.
+REGISTRATION_RECHECK_SECONDS = 2.0
+#: Longest pause between registration attempts while the catalog is unreachable.
+REGISTRATION_MAX_BACKOFF_SECONDS = 3.0
+
 
 @dataclass(frozen=True)
 class ConsulAddress:
