@@ -140,6 +140,9 @@ class RouteTable:
     backends: tuple[Backend, ...] = ()
     settings: GatewaySettings = GatewaySettings()
     rejected: tuple[str, ...] = ()   # inputs that were skipped, each "where: what is wrong"
+    # gateway.routing's memo of per-service results, so a change to one service costs one service's work.
+    # Not part of the table's value: ignored by ==, never rendered.
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     def backend(self, name: str) -> Backend:
         return next(b for b in self.backends if b.name == name)

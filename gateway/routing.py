@@ -17,6 +17,7 @@ host or address; what fails is skipped and reported in `RouteTable.rejected` as 
 
 from __future__ import annotations
 
+import operator
 from functools import lru_cache
 from typing import Iterable, NamedTuple
 
@@ -53,22 +54,64 @@ def build_route_table(
 ) -> RouteTable:
     """The RouteTable for `snapshot`, keeping slots and contested routes as they were in `previous`."""
     gateway_settings, service_settings, rejected = parse_settings(snapshot.kv)
-    previous_backends = {b.service: b for b in previous.backends} if previous else {}
-    backends: list[Backend] = []
-    candidates: list[_Candidate] = []
+    previous_services = previous.memo.get("services", {}) if previous else {}
+    services: dict[str, _ServiceResult] = {}
     for service in sorted(snapshot.services):
-        if not isinstance(service, str) or not SERVICE_NAME.fullmatch(service):
-            rejected.append(f"service {display(service)}: name must be 1-63 of A-Z a-z 0-9 _ . - starting with a letter or digit")
-            continue
-        instances = _valid_instances(service, snapshot.services[service], rejected)
+        instances = snapshot.services[service]
         settings = service_settings.get(service, _DEFAULT_SETTINGS)
-        backends.append(_backend(service, instances, settings, previous_backends.get(service), min_slots, headroom))
-        candidates.extend(_service_routes(service, instances, rejected))
-    routes = _resolve_conflicts(candidates, previous.routes if previous else (), rejected)
-    return RouteTable(routes=routes, backends=tuple(backends), settings=gateway_settings, rejected=tuple(rejected))
+        result = previous_services.get(service)
+        if result is None or not result.built_from(instances, settings, min_slots, headroom):
+            if not isinstance(service, str) or not SERVICE_NAME.fullmatch(service):
+                rejected.append(f"service {display(service)}: name must be 1-63 of A-Z a-z 0-9 _ . - starting with a letter or digit")
+                continue
+            result = _build_service(service, instances, settings, result.backend if result else None, min_slots, headroom)
+        services[service] = result
+        rejected.extend(result.rejected)
+    route_inputs = tuple(result.routes for result in services.values())
+    routes, conflicts = _routes(route_inputs, previous)
+    return RouteTable(
+        routes=routes,
+        backends=tuple(result.backend for result in services.values()),
+        settings=gateway_settings,
+        rejected=tuple(rejected + conflicts),
+        memo={"services": services, "routes": (route_inputs, routes, conflicts)},
+    )
+
+
+def _routes(route_inputs: tuple[list["_Candidate"], ...], previous: RouteTable | None) -> tuple[tuple[Route, ...], list[str]]:
+    """Resolve conflicts and order the routes, or reuse the previous result when no service's routes changed."""
+    if previous is not None and "routes" in previous.memo:
+        previous_inputs, routes, conflicts = previous.memo["routes"]
+        if len(previous_inputs) == len(route_inputs) and all(map(operator.is_, previous_inputs, route_inputs)):
+            return routes, conflicts
+    conflicts: list[str] = []
+    routes = _resolve_conflicts([c for candidates in route_inputs for c in candidates], previous.routes if previous else (), conflicts)
+    return routes, conflicts
 
 
 _DEFAULT_SETTINGS = BackendSettings()
+
+
+class _ServiceResult(NamedTuple):
+    """One service's part of the table, with the inputs it was built from (RouteTable.memo)."""
+
+    instances: tuple[Instance, ...]
+    settings: BackendSettings
+    sizing: tuple[int, int]
+    backend: Backend
+    routes: list["_Candidate"]
+    rejected: list[str]
+
+    def built_from(self, instances: tuple[Instance, ...], settings: BackendSettings, min_slots: int, headroom: int) -> bool:
+        return (self.instances is instances or self.instances == instances) and self.settings == settings and self.sizing == (min_slots, headroom)
+
+
+def _build_service(service: str, instances: tuple[Instance, ...], settings: BackendSettings, previous: Backend | None, min_slots: int, headroom: int) -> _ServiceResult:
+    rejected: list[str] = []
+    valid = _valid_instances(service, instances, rejected)
+    backend = _backend(service, valid, settings, previous, min_slots, headroom)
+    routes = _service_routes(service, valid, rejected)
+    return _ServiceResult(tuple(instances), settings, (min_slots, headroom), backend, routes, rejected)
 
 
 # ---------------------------------------------------------------- instances and slots
