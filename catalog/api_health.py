@@ -1,0 +1,88 @@
+"""/v1/health: service instances with their checks, and checks by service, node or state."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from catalog.filtering import apply_filter
+from catalog.parsing import BadRequest
+from catalog.records import PASSING, STATUSES
+from catalog.responses import agent_of, indexed, query_of
+from catalog.shapes import check_json, health_service_json, node_json
+from catalog.state import service_topic
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/v1/health/service/{name}")
+async def service(request: web.Request) -> web.Response:
+    agent, query = agent_of(request), query_of(request)
+    name, tags, expression = request.match_info["name"], query.getall("tag"), query.get("filter")
+    passing_only = query.truthy("passing")
+    peer = query.get("peer")
+    store = agent.store
+
+    def read():
+        entries = []
+        if not peer:
+            for instance in store.service_instances(name, tags):
+                checks = store.checks_of(instance.node, instance.id)
+                if passing_only and any(c.status != PASSING for c in checks):
+                    continue
+                entries.append({"Node": node_json(store.nodes[instance.node]),
+                                "Service": health_service_json(instance),
+                                "Checks": [check_json(c) for c in checks]})
+        return store.index_for_service(name), apply_filter(entries, expression)
+
+    return await indexed(request, (service_topic(name),), read)
+
+
+@routes.get("/v1/health/connect/{name}")
+@routes.get("/v1/health/ingress/{name}")
+async def mesh(request: web.Request) -> web.Response:
+    """No service mesh here: nothing is connect-capable or behind an ingress gateway."""
+    agent, query = agent_of(request), query_of(request)
+    apply_filter([], query.get("filter"))
+    name = request.match_info["name"]
+    return await indexed(request, (service_topic(name),), lambda: (agent.store.index_for_service(name), []))
+
+
+@routes.get("/v1/health/checks/{name}")
+async def service_checks(request: web.Request) -> web.Response:
+    agent, query = agent_of(request), query_of(request)
+    name, expression = request.match_info["name"], query.get("filter")
+    store = agent.store
+
+    def read():
+        found = [check_json(c) for c in store.sorted_checks(lambda c: c.service_name == name and c.service_id)]
+        return store.table_index["checks"], apply_filter(found, expression)
+
+    return await indexed(request, ("checks",), read)
+
+
+@routes.get("/v1/health/state/{state}")
+async def state(request: web.Request) -> web.Response:
+    agent, query = agent_of(request), query_of(request)
+    wanted, expression = request.match_info["state"], query.get("filter")
+    if wanted != "any" and wanted not in STATUSES:
+        raise BadRequest(f"Bad check state {wanted!r}: use any, passing, warning or critical")
+    store = agent.store
+
+    def read():
+        found = [check_json(c) for c in store.sorted_checks(lambda c: wanted == "any" or c.status == wanted)]
+        return store.table_index["checks"], apply_filter(found, expression)
+
+    return await indexed(request, ("checks",), read)
+
+
+@routes.get("/v1/health/node/{node}")
+async def node(request: web.Request) -> web.Response:
+    agent, query = agent_of(request), query_of(request)
+    name, expression = request.match_info["node"], query.get("filter")
+    store = agent.store
+
+    def read():
+        found = [check_json(c) for c in store.sorted_checks(lambda c: c.node == name)]
+        return store.table_index["checks"], apply_filter(found, expression)
+
+    return await indexed(request, ("checks",), read)

@@ -1,0 +1,100 @@
+"""/v1/kv: Consul's key/value store — get (recurse, keys + separator, raw), put (cas, flags), delete (recurse, cas)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from catalog.parsing import BadRequest
+from catalog.responses import agent_of, indexed, json_response, query_of
+from catalog.shapes import kv_json
+
+MAX_VALUE_SIZE = 512 * 1024
+MAX_FLAGS = 2**64 - 1
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/v1/kv/{key:.*}")
+async def kv_get(request: web.Request) -> web.Response:
+    agent, query = agent_of(request), query_of(request)
+    key = request.match_info["key"]
+    store = agent.store
+
+    if query.present("keys"):
+        separator = query.get("separator")
+
+        def read_keys():
+            index, entries = store.kv_list(key)
+            keys: list[str] = []
+            for entry in entries:
+                name = entry.key
+                if separator:
+                    cut = name.find(separator, len(key))
+                    if cut >= 0:
+                        name = name[:cut + len(separator)]
+                if not keys or keys[-1] != name:
+                    keys.append(name)
+            return index, keys
+
+        return await indexed(request, ("kvs",), read_keys)
+
+    if query.present("recurse"):
+        def read_tree():
+            index, entries = store.kv_list(key)
+            return index, [kv_json(e) for e in entries]
+
+        return await indexed(request, ("kvs",), read_tree, not_found=lambda data: not data)
+
+    raw = query.present("raw")
+
+    def read_one():
+        entry = store.kv.get(key)
+        if entry is None:
+            return store.kv_index(), None
+        return entry.modify_index, (entry.value if raw else [kv_json(entry)])
+
+    return await indexed(request, ("kvs",), read_one, not_found=lambda data: data is None,
+                         content_type="application/octet-stream" if raw else "application/json")
+
+
+@routes.put("/v1/kv/{key:.*}")
+async def kv_put(request: web.Request) -> web.Response:
+    agent, query = agent_of(request), query_of(request)
+    key = request.match_info["key"]
+    if not key:
+        raise BadRequest("Missing key name")
+    if query.present("acquire") or query.present("release"):
+        raise BadRequest("Sessions are not supported by this catalog: ?acquire and ?release need a session")
+    if request.content_length is not None and request.content_length > MAX_VALUE_SIZE:
+        return _too_large(request.content_length)
+    value = await request.content.read(MAX_VALUE_SIZE + 1)
+    if len(value) > MAX_VALUE_SIZE:
+        return _too_large(len(value))
+    flags = query.uint("flags")
+    if flags > MAX_FLAGS:
+        raise BadRequest(f"Invalid flags: {flags} does not fit in 64 bits")
+    cas = query.uint("cas") if query.present("cas") else None
+    stored = agent.store.kv_put(key, value, flags, cas)
+    agent.commit()
+    return json_response(stored)
+
+
+@routes.delete("/v1/kv/{key:.*}")
+async def kv_delete(request: web.Request) -> web.Response:
+    agent, query = agent_of(request), query_of(request)
+    key = request.match_info["key"]
+    if query.present("recurse"):
+        agent.store.kv_delete_tree(key)
+        agent.commit()
+        return json_response(True)
+    if not key:
+        raise BadRequest("Missing key name")
+    cas = query.uint("cas") if query.present("cas") else None
+    deleted = agent.store.kv_delete(key, cas)
+    agent.commit()
+    return json_response(deleted)
+
+
+def _too_large(size: int) -> web.Response:
+    return web.Response(status=413, text=f"Request body({size} bytes) too large, max size: {MAX_VALUE_SIZE} bytes. "
+                                         "See https://developer.hashicorp.com/consul/docs/agent/config/config-files#kv_max_value_size.")

@@ -1,0 +1,132 @@
+"""The catalog's records: nodes, services, checks and KV entries, as plain dataclasses.
+
+They carry Consul's Raft-style `create_index`/`modify_index`, and round-trip
+through plain dicts (`to_doc`/`from_doc`) for the write-ahead store.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+PASSING, WARNING, CRITICAL = "passing", "warning", "critical"
+STATUSES = (PASSING, WARNING, CRITICAL)
+
+SERF_CHECK_ID = "serfHealth"
+NODE_MAINTENANCE_ID = "_node_maintenance"
+SERVICE_MAINTENANCE_PREFIX = "_service_maintenance:"
+
+
+class Doc:
+    """Round-trip a record through a JSON-able dict (nested dataclasses included)."""
+
+    def to_doc(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in known})
+
+
+@dataclass
+class Node(Doc):
+    name: str
+    id: str
+    address: str
+    datacenter: str
+    tagged_addresses: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
+    create_index: int = 0
+    modify_index: int = 0
+
+
+@dataclass
+class Service(Doc):
+    node: str
+    id: str
+    name: str
+    tags: list[str] = field(default_factory=list)
+    address: str = ""
+    port: int = 0
+    meta: dict[str, str] = field(default_factory=dict)
+    tagged_addresses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    weights: dict[str, int] = field(default_factory=lambda: {"Passing": 1, "Warning": 1})
+    enable_tag_override: bool = False
+    kind: str = ""
+    create_index: int = 0
+    modify_index: int = 0
+
+
+@dataclass
+class CheckDefinition(Doc):
+    """How the agent runs a check (empty for catalog-registered checks, which nobody runs)."""
+
+    interval: float | None = None
+    timeout: float | None = None
+    ttl: float | None = None
+    http: str = ""
+    method: str = ""
+    header: dict[str, list[str]] = field(default_factory=dict)
+    body: str = ""
+    tls_skip_verify: bool = False
+    tcp: str = ""
+    args: list[str] = field(default_factory=list)
+    deregister_after: float | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.ttl is not None:
+            return "ttl"
+        if self.http:
+            return "http"
+        if self.tcp:
+            return "tcp"
+        if self.args:
+            return "script"
+        return ""
+
+
+@dataclass
+class Check(Doc):
+    node: str
+    check_id: str
+    name: str
+    status: str = CRITICAL
+    notes: str = ""
+    output: str = ""
+    service_id: str = ""
+    service_name: str = ""
+    service_tags: list[str] = field(default_factory=list)
+    definition: CheckDefinition = field(default_factory=CheckDefinition)
+    create_index: int = 0
+    modify_index: int = 0
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> "Check":
+        check = super().from_doc(doc)
+        if isinstance(check.definition, dict):
+            check.definition = CheckDefinition.from_doc(check.definition)
+        return check
+
+
+@dataclass
+class KVEntry(Doc):
+    key: str
+    value: bytes = b""
+    flags: int = 0
+    lock_index: int = 0
+    create_index: int = 0
+    modify_index: int = 0
+
+    def to_doc(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["value"] = base64.b64encode(self.value).decode()
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> "KVEntry":
+        entry = super().from_doc(doc)
+        entry.value = base64.b64decode(entry.value)
+        return entry

@@ -1,0 +1,110 @@
+"""What every endpoint shares: Consul's headers, JSON bodies, and indexed (blocking) reads.
+
+`indexed()` answers a read with `X-Consul-Index` and friends, holding it
+first when the client sent `?index=`. Serialized bodies are cached per
+(query, store index) so that a thousand watchers of one query woken by one
+change cost one serialization.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from aiohttp import web
+
+from catalog.agent import Agent
+from catalog.parsing import BadRequest, Fields, Query, decode_json
+
+AGENT_KEY = web.AppKey("agent", Agent)
+
+#: Query parameters that do not change what a read returns (they say how to wait or whom to trust).
+_NOT_PART_OF_RESULT = {"index", "wait", "stale", "consistent", "cached", "token", "dc", "near"}
+
+
+def agent_of(request: web.Request) -> Agent:
+    return request.app[AGENT_KEY]
+
+
+def query_of(request: web.Request) -> Query:
+    query = Query(request.query)
+    dc = query.get("dc")
+    if dc and dc != agent_of(request).config.datacenter:
+        raise BadRequest(f"No path to datacenter {dc!r}")
+    return query
+
+
+def dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=dumps(data), status=status, content_type="application/json", headers=headers)
+
+
+def true_response() -> web.Response:
+    return json_response(True)
+
+
+def consul_headers(index: int, consistency: str) -> dict[str, str]:
+    return {
+        "X-Consul-Index": str(max(index, 1)),
+        "X-Consul-KnownLeader": "true",
+        "X-Consul-LastContact": "0",
+        "X-Consul-Effective-Consistency": consistency,
+    }
+
+
+async def read_fields(request: web.Request, where: str) -> Fields:
+    return Fields(decode_json(await request.read(), where), where)
+
+
+class BodyCache:
+    """Serialized answers of the current store index, shared by every watcher of the same query."""
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.bodies: dict[str, tuple[int, int, bytes]] = {}
+
+    def get(self, key: str, store_index: int, read: Callable[[], tuple[int, Any, int]]) -> tuple[int, int, bytes]:
+        if store_index != self.index:
+            self.bodies.clear()
+            self.index = store_index
+        hit = self.bodies.get(key)
+        if hit is None:
+            index, data, status = read()
+            hit = self.bodies[key] = (index, status, data if isinstance(data, bytes) else dumps(data))
+        return hit
+
+
+BODY_CACHE_KEY = web.AppKey("body_cache", BodyCache)
+
+
+async def indexed(request: web.Request, topics: tuple[str, ...], read: Callable[[], tuple[int, Any]],
+                  not_found: Callable[[Any], bool] = lambda data: False,
+                  content_type: str = "application/json") -> web.Response:
+    """Answer an indexed read; block first when `?index=` asks to.
+
+    `not_found(data)` turns the answer into a 404 (still with its index); `read` may return bytes to send as they are.
+    """
+    query = query_of(request)
+    consistency = query.consistency()
+    min_index, wait = query.blocking()
+    agent = agent_of(request)
+    cache = request.app[BODY_CACHE_KEY]
+    key = request.path + "?" + "&".join(
+        f"{k}={v}" for k, v in sorted(request.query.items()) if k not in _NOT_PART_OF_RESULT)
+
+    def read_once() -> tuple[int, tuple[int, bytes]]:
+        def produce() -> tuple[int, Any, int]:
+            index, data = read()
+            return index, data, (404 if not_found(data) else 200)
+
+        index, status, body = cache.get(key, agent.store.index, produce)
+        return index, (status, body)
+
+    index, (status, body) = await agent.watchers.block(topics, min_index, wait, read_once)
+    headers = consul_headers(index, consistency)
+    if status == 404:
+        return web.Response(status=404, headers=headers)
+    return web.Response(body=body, content_type=content_type, headers=headers)

@@ -1,0 +1,135 @@
+"""`shopgate catalog`: the embedded single-node Consul-HTTP-API-compatible server (like `consul agent -dev`).
+
+Builds the aiohttp application (API routes, error and ACL middlewares, the
+web UI under /ui/) around one `Agent`, and runs it on an event loop: every
+held blocking query is a parked coroutine, every health check a task or a timer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import logging
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from catalog import api_agent, api_catalog, api_health, api_kv
+from catalog.agent import Agent, AgentConfig, default_node_name
+from catalog.checks import CheckRunner
+from catalog.parsing import ClientError
+from catalog.persist import Journal
+from catalog.responses import AGENT_KEY, BODY_CACHE_KEY, BodyCache
+from shopgate.settings import CATALOG_PORT, LOOPBACK
+
+log = logging.getLogger("catalog")
+
+UI_DIR = Path(__file__).resolve().parent / "ui"
+RUNNER_KEY = web.AppKey("runner", CheckRunner)
+ACL_TOKEN_KEY = web.AppKey("acl_token", str)
+
+
+@web.middleware
+async def errors(request: web.Request, handler):
+    """Bad input is a 400 with Consul's kind of message; nothing escapes as a bare 500."""
+    try:
+        return await handler(request)
+    except ClientError as exc:
+        return web.Response(status=exc.status, text=str(exc))
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path_qs)
+        return web.Response(status=500, text="internal error; see the catalog's log")
+
+
+@web.middleware
+async def acl(request: web.Request, handler):
+    """With --acl-token, every API call needs that token (X-Consul-Token, Bearer, or ?token=)."""
+    expected = request.app[ACL_TOKEN_KEY]
+    if expected and request.path.startswith("/v1/"):
+        given = (request.headers.get("X-Consul-Token") or request.query.get("token")
+                 or request.headers.get("Authorization", "").removeprefix("Bearer ").strip())
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return web.Response(status=403, text="Permission denied")
+    return await handler(request)
+
+
+async def ui_file(request: web.Request) -> web.StreamResponse:
+    """The static web UI (written by the UI's own files in catalog/ui/), index.html at /ui/."""
+    relative = request.match_info["path"] or "index.html"
+    root = UI_DIR.resolve()
+    target = (root / relative).resolve()
+    if root not in target.parents and target != root:
+        raise web.HTTPNotFound(text="not found")
+    if target.is_dir():
+        target = target / "index.html"
+    if not (root / "index.html").is_file():
+        return web.Response(status=404, text=f"The web UI is not installed: {root / 'index.html'} is missing. "
+                                              "The HTTP API under /v1/ works without it.")
+    if not target.is_file():
+        raise web.HTTPNotFound(text=f"no such UI file: {relative}")
+    return web.FileResponse(target, headers={"Cache-Control": "no-cache"})
+
+
+async def to_ui(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/ui/")
+
+
+def build_app(agent: Agent, acl_token: str | None = None) -> web.Application:
+    app = web.Application(middlewares=[errors, acl], client_max_size=2 * 1024 * 1024)
+    app[AGENT_KEY] = agent
+    app[BODY_CACHE_KEY] = BodyCache()
+    app[ACL_TOKEN_KEY] = acl_token or ""
+    for module in (api_agent, api_catalog, api_health, api_kv):
+        app.add_routes(module.routes)
+    app.router.add_get("/", to_ui)
+    app.router.add_get("/ui", to_ui)
+    app.router.add_get("/ui/{path:.*}", ui_file)
+
+    async def start_checks(app: web.Application) -> None:
+        app[RUNNER_KEY] = CheckRunner(agent)
+        agent.start_checks(app[RUNNER_KEY])
+
+    async def stop_checks(app: web.Application) -> None:
+        await app[RUNNER_KEY].close()
+        if agent.journal is not None:
+            agent.journal.close()
+
+    app.on_startup.append(start_checks)
+    app.on_cleanup.append(stop_checks)
+    return app
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="shopgate catalog", description=__doc__.splitlines()[0])
+    parser.add_argument("--bind", default=LOOPBACK, help=f"address to listen on (default {LOOPBACK})")
+    parser.add_argument("--port", type=int, default=CATALOG_PORT, help=f"HTTP port (default {CATALOG_PORT})")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="keep KV, services, checks and the index here (SQLite, write-ahead); "
+                             "without it everything lives in memory, like `consul agent -dev`")
+    parser.add_argument("--acl-token", default=None,
+                        help="require this token (X-Consul-Token header or ?token=) on every /v1/ request")
+    parser.add_argument("--node", default=None, help="node name (default: the host name)")
+    parser.add_argument("--enable-script-checks", action="store_true",
+                        help="allow checks that run a command (Args), as Consul's enable_script_checks")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    advertise = LOOPBACK if args.bind in ("0.0.0.0", "::", "") else args.bind
+    journal = Journal(args.data_dir) if args.data_dir else None
+    agent = Agent(AgentConfig(args.node or default_node_name(), advertise,
+                              enable_script_checks=args.enable_script_checks), journal)
+    app = build_app(agent, args.acl_token)
+    where = f"data in {journal.path}" if journal else "in memory only (no --data-dir)"
+    log.info("shopgate catalog: Consul HTTP API on http://%s:%d/v1/ , UI at http://%s:%d/ui/ ; node %s, index %d, %s%s",
+             advertise, args.port, advertise, args.port, agent.node, agent.store.index, where,
+             ", ACL token required" if args.acl_token else "")
+    web.run_app(app, host=args.bind, port=args.port, access_log=None, print=None,
+                handler_cancellation=True, shutdown_timeout=1.0, backlog=2048)
+    return 0

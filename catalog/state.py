@@ -1,0 +1,340 @@
+"""The catalog's state: records in memory, one monotonic index, Consul's per-table indexes.
+
+Pure: no I/O and no clock. Every mutation takes the next index, changes the
+records, and notes two things for whoever drives the store: the rows to
+write ahead (`Pending.rows`) and the topics whose watchers must wake
+(`Pending.topics`). `take_pending()` hands both over once per request.
+
+Index rules follow Consul's state store, so blocking clients wake only for
+changes that concern them:
+- catalog/services, catalog/nodes: the `services` / `nodes` table index;
+- catalog/service/:s and health/service/:s: the per-service index, bumped by
+  the service's instances and checks and by its nodes' node-level checks
+  (the `services`+`nodes` table index once the service is gone);
+- health/state, health/node, health/checks: the `checks` table index;
+- kv: an entry's ModifyIndex; a prefix's highest ModifyIndex or tombstone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from catalog.records import (CRITICAL, NODE_MAINTENANCE_ID, PASSING, SERF_CHECK_ID, Check, KVEntry, Node,
+                             Service)
+
+TABLES = ("nodes", "services", "checks", "kvs")
+
+
+class Conflict(Exception):
+    """A mutation that contradicts the current state (unknown service, wrong datacenter ...)."""
+
+
+@dataclass
+class Pending:
+    """What the last mutations changed: rows to persist (table, key, doc or None) and topics to wake."""
+
+    rows: list[tuple[str, str, dict | None]] = field(default_factory=list)
+    topics: set[str] = field(default_factory=set)
+
+
+def service_topic(name: str) -> str:
+    return f"service:{name}"
+
+
+def row_key(*parts: str) -> str:
+    return "\x00".join(parts)
+
+
+class Store:
+    def __init__(self, datacenter: str = "dc1"):
+        self.datacenter = datacenter
+        self.index = 0
+        self.table_index: dict[str, int] = dict.fromkeys(TABLES, 0)
+        self.service_index: dict[str, int] = {}
+        self.nodes: dict[str, Node] = {}
+        self.services: dict[tuple[str, str], Service] = {}
+        self.checks: dict[tuple[str, str], Check] = {}
+        self.kv: dict[str, KVEntry] = {}
+        self.tombstones: dict[str, int] = {}
+        self.pending = Pending()
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def take_pending(self) -> Pending:
+        pending, self.pending = self.pending, Pending()
+        return pending
+
+    def _next_index(self) -> int:
+        self.index += 1
+        self.pending.rows.append(("meta", "index", {"index": self.index}))
+        return self.index
+
+    def _bump(self, table: str, index: int) -> None:
+        self.table_index[table] = index
+        self.pending.topics.add(table)
+
+    def _bump_service(self, name: str, index: int) -> None:
+        self.service_index[name] = index
+        self.pending.topics.add(service_topic(name))
+
+    def _forget_service_if_gone(self, name: str) -> None:
+        if not any(s.name == name for s in self.services.values()):
+            self.service_index.pop(name, None)
+            self.pending.topics.add(service_topic(name))
+
+    def _bump_node_services(self, node: str, index: int) -> None:
+        for service in self.services.values():
+            if service.node == node:
+                self._bump_service(service.name, index)
+
+    def _write(self, table: str, key: str, doc: dict | None) -> None:
+        self.pending.rows.append((table, key, doc))
+
+    # ------------------------------------------------------------ loading
+
+    def load(self, index: int, records: Iterable[tuple[str, dict]]) -> None:
+        """Rebuild from persisted rows; every table index restarts at the stored global index."""
+        for table, doc in records:
+            if table == "nodes":
+                node = Node.from_doc(doc)
+                self.nodes[node.name] = node
+            elif table == "services":
+                service = Service.from_doc(doc)
+                self.services[(service.node, service.id)] = service
+            elif table == "checks":
+                check = Check.from_doc(doc)
+                self.checks[(check.node, check.check_id)] = check
+            elif table == "kvs":
+                entry = KVEntry.from_doc(doc)
+                self.kv[entry.key] = entry
+            elif table == "tombstones":
+                self.tombstones[doc["key"]] = doc["index"]
+        self.index = index
+        # Not knowing which table changed last, start all at the global index: never backwards.
+        self.table_index = dict.fromkeys(TABLES, index)
+        self.service_index = {s.name: index for s in self.services.values()}
+
+    # ------------------------------------------------------------ nodes
+
+    def ensure_node(self, node: Node) -> Node:
+        existing = self.nodes.get(node.name)
+        if existing is not None and (existing.id, existing.address, existing.tagged_addresses, existing.meta) == (
+                node.id, node.address, node.tagged_addresses, node.meta):
+            return existing
+        index = self._next_index()
+        node.create_index = existing.create_index if existing else index
+        node.modify_index = index
+        self.nodes[node.name] = node
+        self._bump("nodes", index)
+        self._bump_node_services(node.name, index)
+        self._write("nodes", node.name, node.to_doc())
+        return node
+
+    def delete_node(self, name: str) -> bool:
+        if name not in self.nodes:
+            return False
+        index = self._next_index()
+        for key in [k for k in self.checks if k[0] == name]:
+            self._drop_check(key, index)
+        for key in [k for k in self.services if k[0] == name]:
+            self._drop_service(key, index)
+        del self.nodes[name]
+        self._bump("nodes", index)
+        self._write("nodes", name, None)
+        return True
+
+    # ------------------------------------------------------------ services
+
+    def put_service(self, service: Service) -> Service:
+        if service.node not in self.nodes:
+            raise Conflict(f"Node {service.node!r} is not registered")
+        key = (service.node, service.id)
+        existing = self.services.get(key)
+        if existing is not None:
+            service.create_index, service.modify_index = existing.create_index, existing.modify_index
+            if existing == service:
+                return existing
+        index = self._next_index()
+        service.create_index = existing.create_index if existing else index
+        service.modify_index = index
+        self.services[key] = service
+        self._bump("services", index)
+        self._bump_service(service.name, index)
+        if existing is not None and existing.name != service.name:
+            self._bump_service(existing.name, index)
+            self._forget_service_if_gone(existing.name)
+        # Service checks carry the service's name and tags.
+        for check in self.checks.values():
+            if check.node == service.node and check.service_id == service.id and (
+                    check.service_name, check.service_tags) != (service.name, service.tags):
+                check.service_name, check.service_tags = service.name, list(service.tags)
+                check.modify_index = index
+                self._write("checks", row_key(check.node, check.check_id), check.to_doc())
+        self._write("services", row_key(*key), service.to_doc())
+        return service
+
+    def delete_service(self, node: str, service_id: str) -> bool:
+        key = (node, service_id)
+        if key not in self.services:
+            return False
+        index = self._next_index()
+        for check_key in [k for k, c in self.checks.items() if k[0] == node and c.service_id == service_id]:
+            self._drop_check(check_key, index)
+        self._drop_service(key, index)
+        return True
+
+    def _drop_service(self, key: tuple[str, str], index: int) -> None:
+        service = self.services.pop(key)
+        self._bump("services", index)
+        self._bump_service(service.name, index)
+        self._forget_service_if_gone(service.name)
+        self._write("services", row_key(*key), None)
+
+    # ------------------------------------------------------------ checks
+
+    def put_check(self, check: Check) -> Check:
+        if check.node not in self.nodes:
+            raise Conflict(f"Node {check.node!r} is not registered")
+        if check.service_id:
+            service = self.services.get((check.node, check.service_id))
+            if service is None:
+                raise Conflict(f"ServiceID {check.service_id!r} does not exist")
+            check.service_name, check.service_tags = service.name, list(service.tags)
+        else:
+            check.service_name, check.service_tags = "", []
+        key = (check.node, check.check_id)
+        existing = self.checks.get(key)
+        if existing is not None:
+            check.create_index, check.modify_index = existing.create_index, existing.modify_index
+            if existing == check:
+                return existing
+        index = self._next_index()
+        check.create_index = existing.create_index if existing else index
+        check.modify_index = index
+        self.checks[key] = check
+        self._touch_check(check, index)
+        if existing is not None and existing.service_id != check.service_id:
+            self._touch_check(existing, index)
+        self._write("checks", row_key(*key), check.to_doc())
+        return check
+
+    def set_check_status(self, node: str, check_id: str, status: str, output: str) -> Check | None:
+        """Record a check result; a no-op (no index) when nothing changed, as in Consul."""
+        check = self.checks.get((node, check_id))
+        if check is None:
+            return None
+        if (check.status, check.output) == (status, output):
+            return check
+        index = self._next_index()
+        check.status, check.output, check.modify_index = status, output, index
+        self._touch_check(check, index)
+        self._write("checks", row_key(node, check_id), check.to_doc())
+        return check
+
+    def delete_check(self, node: str, check_id: str) -> bool:
+        key = (node, check_id)
+        if key not in self.checks:
+            return False
+        self._drop_check(key, self._next_index())
+        return True
+
+    def _drop_check(self, key: tuple[str, str], index: int) -> None:
+        check = self.checks.pop(key)
+        self._touch_check(check, index)
+        self._write("checks", row_key(*key), None)
+
+    def _touch_check(self, check: Check, index: int) -> None:
+        self._bump("checks", index)
+        if check.service_id:
+            service = self.services.get((check.node, check.service_id))
+            if service is not None:
+                self._bump_service(service.name, index)
+        else:
+            self._bump_node_services(check.node, index)
+
+    # ------------------------------------------------------------ catalog reads
+
+    def index_for_service(self, name: str) -> int:
+        if name in self.service_index:
+            return self.service_index[name]
+        return max(self.table_index["services"], self.table_index["nodes"])
+
+    def service_instances(self, name: str, tags: list[str] = ()) -> list[Service]:
+        found = [s for s in self.services.values() if s.name == name and all(t in s.tags for t in tags)]
+        return sorted(found, key=lambda s: (s.node, s.id))
+
+    def checks_of(self, node: str, service_id: str) -> list[Check]:
+        """The checks that decide an instance's health: its own plus its node's."""
+        found = [c for c in self.checks.values() if c.node == node and c.service_id in ("", service_id)]
+        return sorted(found, key=lambda c: c.check_id)
+
+    def service_tags(self) -> dict[str, list[str]]:
+        names: dict[str, set[str]] = {}
+        for service in self.services.values():
+            names.setdefault(service.name, set()).update(service.tags)
+        return {name: sorted(tags) for name, tags in sorted(names.items())}
+
+    def sorted_checks(self, keep=lambda check: True) -> list[Check]:
+        return [self.checks[k] for k in sorted(self.checks) if keep(self.checks[k])]
+
+    def node_services(self, node: str) -> list[Service]:
+        return sorted((s for s in self.services.values() if s.node == node), key=lambda s: s.id)
+
+    # ------------------------------------------------------------ KV
+
+    def kv_put(self, key: str, value: bytes, flags: int, cas: int | None) -> bool:
+        existing = self.kv.get(key)
+        if cas is not None:
+            if cas == 0 and existing is not None:
+                return False
+            if cas != 0 and (existing is None or existing.modify_index != cas):
+                return False
+        index = self._next_index()
+        entry = KVEntry(key, value, flags, existing.lock_index if existing else 0,
+                        existing.create_index if existing else index, index)
+        self.kv[key] = entry
+        if self.tombstones.pop(key, None) is not None:
+            self._write("tombstones", key, None)
+        self._bump("kvs", index)
+        self._write("kvs", key, entry.to_doc())
+        return True
+
+    def kv_delete(self, key: str, cas: int | None = None) -> bool:
+        existing = self.kv.get(key)
+        if existing is None:
+            return True  # nothing to delete (Consul answers true here, also with ?cas)
+        if cas is not None and existing.modify_index != cas:
+            return False
+            return True
+        index = self._next_index()
+        self._bury(key, index)
+        self._bump("kvs", index)
+        return True
+
+    def kv_delete_tree(self, prefix: str) -> None:
+        doomed = [k for k in self.kv if k.startswith(prefix)]
+        if not doomed:
+            return
+        index = self._next_index()
+        for key in doomed:
+            self._bury(key, index)
+        self._bump("kvs", index)
+
+    def _bury(self, key: str, index: int) -> None:
+        del self.kv[key]
+        self.tombstones[key] = index
+        self._write("kvs", key, None)
+        self._write("tombstones", key, {"key": key, "index": index})
+
+    def kv_index(self) -> int:
+        return self.table_index["kvs"]
+
+    def kv_list(self, prefix: str) -> tuple[int, list[KVEntry]]:
+        """Entries under prefix, sorted, and the prefix's index (Consul's kvsListTxn rule)."""
+        entries = sorted((e for k, e in self.kv.items() if k.startswith(prefix)), key=lambda e: e.key)
+        if prefix == "":
+            return self.kv_index(), entries
+        index = max((e.modify_index for e in entries), default=0)
+        index = max([index] + [i for k, i in self.tombstones.items() if k.startswith(prefix)])
+        return (index or self.kv_index()), entries

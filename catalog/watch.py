@@ -1,0 +1,60 @@
+"""Blocking queries: hold a request until its index passes the client's, or its wait ends.
+
+Waiters park on futures keyed by topic (`kvs`, `checks`, `service:web` ...);
+a commit resolves the futures of the topics it touched — no polling loop.
+A woken waiter re-reads its result and parks again if its index did not move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import defaultdict
+from typing import Callable, Iterable, TypeVar
+
+T = TypeVar("T")
+
+
+class Watchers:
+    def __init__(self) -> None:
+        self._parked: dict[str, set[asyncio.Future]] = defaultdict(set)
+
+    @property
+    def held(self) -> int:
+        return len({id(f) for futures in self._parked.values() for f in futures})
+
+    def notify(self, topics: Iterable[str]) -> None:
+        for topic in topics:
+            for future in self._parked.pop(topic, ()):
+                if not future.done():
+                    future.set_result(None)
+
+    async def block(self, topics: tuple[str, ...], min_index: int, wait: float,
+                    read: Callable[[], tuple[int, T]]) -> tuple[int, T]:
+        """`read()` returns (index, result); return the first whose index exceeds min_index, or the last on timeout."""
+        index, result = read()
+        if min_index <= 0 or index > min_index:
+            return index, result
+        loop = asyncio.get_running_loop()
+        # Consul adds up to wait/16 of jitter so that many watchers do not return in one burst.
+        deadline = loop.time() + wait + random.uniform(0, wait / 16)
+        while index <= min_index:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            future = loop.create_future()
+            for topic in topics:
+                self._parked[topic].add(future)
+            try:
+                await asyncio.wait_for(future, remaining)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                for topic in topics:
+                    parked = self._parked.get(topic)
+                    if parked is not None:
+                        parked.discard(future)
+                        if not parked:
+                            del self._parked[topic]
+            index, result = read()
+        return index, result
