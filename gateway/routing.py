@@ -9,7 +9,8 @@ for running HAProxy without reloads:
   per-slot runtime-API commands.
 * Slot counts with headroom and hysteresis. A backend gets max(min_slots, KV `slots`,
   next power of two >= headroom x instances) slots, grows only when the instances no longer fit
-  and shrinks only when four times that size would still fit, so flapping does not reload.
+  and shrinks only when eight times that size would still fit, so flapping does not reload
+  (spare slots are disabled servers: they cost a config line, not a check or a connection).
 
 Every catalog string is validated (gateway.haproxy_syntax) before it can become a name, path,
 host or address; what fails is skipped and reported in `RouteTable.rejected` as "where: what".
@@ -29,7 +30,7 @@ from gateway.model import Backend, BackendSettings, Instance, Route, RouteTable,
 MIN_SLOTS = 4
 SLOT_HEADROOM = 2
 #: A backend shrinks only when its slot count is at least this many times what it needs.
-SHRINK_FACTOR = 4
+SHRINK_FACTOR = 8
 
 DEFAULT_ROUTE_PREFIX = "/api/v1/"
 ROUTE_TAG = "urlprefix-"
@@ -55,6 +56,7 @@ def build_route_table(
     """The RouteTable for `snapshot`, keeping slots and contested routes as they were in `previous`."""
     gateway_settings, service_settings, rejected = parse_settings(snapshot.kv)
     previous_services = previous.memo.get("services", {}) if previous else {}
+    previous_backends = {b.service: b for b in previous.backends} if previous and not previous_services else {}
     services: dict[str, _ServiceResult] = {}
     for service in sorted(snapshot.services):
         instances = snapshot.services[service]
@@ -64,7 +66,8 @@ def build_route_table(
             if not isinstance(service, str) or not SERVICE_NAME.fullmatch(service):
                 rejected.append(f"service {display(service)}: name must be 1-63 of A-Z a-z 0-9 _ . - starting with a letter or digit")
                 continue
-            result = _build_service(service, instances, settings, result.backend if result else None, min_slots, headroom)
+            previous_backend = result.backend if result else previous_backends.get(service)
+            result = _build_service(service, instances, settings, previous_backend, min_slots, headroom)
         services[service] = result
         rejected.extend(result.rejected)
     route_inputs = tuple(result.routes for result in services.values())

@@ -1,0 +1,239 @@
+"""Snapshot -> RouteTable (gateway.routing): routes, stable slots, sizing, states, validation. Plain data only."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gateway.model import Instance, Route, RouteTable, Snapshot
+from gateway.routing import build_route_table, parse_route_tag, slot_count
+
+import pytest
+
+
+def inst(service: str, n: int, status: str = "passing", tags: tuple[str, ...] = (), address: str | None = None, port: int | None = None) -> Instance:
+    return Instance(service=service, id=f"{service}-{n}", node="node1", address=address or f"10.0.0.{n}", port=port or 9000 + n, tags=tags, status=status)
+
+
+def snap(*instances: Instance, services: tuple[str, ...] = (), kv: dict[str, bytes] | None = None) -> Snapshot:
+    catalog: dict[str, tuple[Instance, ...]] = {name: () for name in services}
+    for instance in instances:
+        catalog[instance.service] = catalog.get(instance.service, ()) + (instance,)
+    return Snapshot(services=catalog, kv=kv or {})
+
+
+def slots_of(table: RouteTable, service: str) -> dict[str, str]:
+    """instance id -> slot name."""
+    return {s.instance_key.split("/", 1)[1]: s.slot for s in table.backend(f"be_{service}").servers if s.occupied}
+
+
+# ---------------------------------------------------------------- routes
+
+
+def test_every_service_gets_a_backend_and_the_default_route():
+    table = build_route_table(snap(inst("products", 1), inst("users", 1)))
+    assert [b.name for b in table.backends] == ["be_products", "be_users"]
+    assert set(table.routes) == {Route("be_products", "/api/v1/products"), Route("be_users", "/api/v1/users")}
+    assert table.rejected == ()
+
+
+def test_urlprefix_tags_replace_the_default_route_with_host_path_and_strip():
+    tags = ("urlprefix-/shop/products strip=/shop", "urlprefix-Shop.Example/catalog", "v2")
+    table = build_route_table(snap(inst("products", 1, tags=tags)))
+    assert set(table.routes) == {
+        Route("be_products", "/shop/products", strip="/shop"),
+        Route("be_products", "/catalog", host="shop.example"),
+    }
+
+
+def test_routes_are_ordered_host_first_then_longest_prefix_first():
+    table = build_route_table(snap(
+        inst("a", 1, tags=("urlprefix-/",)),
+        inst("b", 1, tags=("urlprefix-/shop",)),
+        inst("c", 1, tags=("urlprefix-/shop/cart/",)),
+        inst("d", 1, tags=("urlprefix-shop.example/",)),
+    ))
+    assert [(r.host, r.path_prefix) for r in table.routes] == [("shop.example", "/"), (None, "/shop/cart"), (None, "/shop"), (None, "/")]
+
+
+@pytest.mark.parametrize("tag, problem", [
+    ("urlprefix-", "no path"),
+    ("urlprefix-shop.example", "has no path"),
+    ("urlprefix-/a b", "unknown option 'b'"),
+    ("urlprefix-/a\nbackend evil", "unknown option"),
+    ("urlprefix-/a#x", "characters outside"),
+    ("urlprefix-/a'x", "characters outside"),
+    ("urlprefix-/a//b", "empty segment"),
+    ("urlprefix-/a/../b", "'..'"),
+    ("urlprefix-bad_host!/a", "not a hostname"),
+    ("urlprefix-/shop/x strip=/other", "not a leading part"),
+    ("urlprefix-/shop/x strip=/sh", "not a leading part"),
+    ("urlprefix-/shop proto=https", "unknown option 'proto=https'"),
+])
+def test_a_bad_route_tag_is_rejected_with_service_instance_and_tag(tag, problem):
+    table = build_route_table(snap(inst("products", 1, tags=(tag,))))
+    assert len(table.rejected) == 1
+    message = table.rejected[0]
+    assert message.startswith("service products, instance 'node1/products-1', tag ")
+    assert problem in message
+    assert "\n" not in message
+    # The service keeps serving on its default route.
+    assert table.routes == (Route("be_products", "/api/v1/products"),)
+
+
+def test_parse_route_tag_normalises_trailing_slashes():
+    assert parse_route_tag("urlprefix-/shop/ strip=/shop/", "be_x") == Route("be_x", "/shop", strip="/shop")
+    assert parse_route_tag("urlprefix-/", "be_x") == Route("be_x", "/")
+
+
+def test_conflicting_routes_are_reported_and_the_previous_holder_keeps_the_route():
+    first = build_route_table(snap(inst("zeta", 1, tags=("urlprefix-/shop",))))
+    both = snap(inst("zeta", 1, tags=("urlprefix-/shop",)), inst("alpha", 1, tags=("urlprefix-/shop",)))
+    table = build_route_table(both, first)
+    assert table.routes == (Route("be_zeta", "/shop"),)
+    assert table.rejected == ("route /shop: claimed by be_alpha and be_zeta; kept be_zeta",)
+    # Without history the choice is still deterministic (name order).
+    assert build_route_table(both).routes == (Route("be_alpha", "/shop"),)
+
+
+def test_a_tag_beats_another_service_default_route_on_the_same_path():
+    table = build_route_table(snap(inst("products", 1), inst("products-v2", 1, tags=("urlprefix-/api/v1/products",))))
+    assert Route("be_products-v2", "/api/v1/products") in table.routes
+    assert any("claimed by be_products and be_products-v2" in r for r in table.rejected)
+
+
+# ---------------------------------------------------------------- validation of catalog input
+
+
+@pytest.mark.parametrize("name", ["bad name", "a\nbackend evil", "-lead", "x" * 64, "wéird", "a#b", ""])
+def test_unsafe_service_names_are_rejected_and_skipped(name):
+    table = build_route_table(snap(inst("products", 1), services=(name,)))
+    assert [b.service for b in table.backends] == ["products"]
+    assert len(table.rejected) == 1 and table.rejected[0].startswith("service ") and "name must be" in table.rejected[0]
+
+
+@pytest.mark.parametrize("address, port, problem", [
+    ("10.0.0.1 backup", 80, "neither an IP address nor a hostname"),
+    ("10.0.0.1\nserver x", 80, "neither an IP address nor a hostname"),
+    ("fe80::1%eth0", 80, "neither an IP address nor a hostname"),
+    ("", 80, "no address"),
+    ("10.0.0.1", 0, "port 0 is not in 1..65535"),
+    ("10.0.0.1", 65536, "port 65536 is not in 1..65535"),
+])
+def test_instances_with_bad_addresses_or_ports_are_rejected_and_the_rest_kept(address, port, problem):
+    bad = replace(inst("products", 2), address=address, port=port)
+    table = build_route_table(snap(inst("products", 1), bad))
+    assert list(slots_of(table, "products")) == ["products-1"]
+    assert len(table.rejected) == 1
+    assert table.rejected[0].startswith("service products, instance 'node1/products-2': ") and problem in table.rejected[0]
+
+
+def test_hostnames_and_ipv6_addresses_are_accepted():
+    table = build_route_table(snap(inst("a", 1, address="localhost"), inst("a", 2, address="::1"), inst("a", 3, address="app-3.internal")))
+    assert table.rejected == ()
+    assert {s.address for s in table.backend("be_a").servers if s.occupied} == {"localhost", "::1", "app-3.internal"}
+
+
+# ---------------------------------------------------------------- slots
+
+
+def test_instances_keep_their_slots_when_others_come_and_go():
+    t1 = build_route_table(snap(inst("p", 1), inst("p", 2), inst("p", 3)))
+    assert slots_of(t1, "p") == {"p-1": "s1", "p-2": "s2", "p-3": "s3"}
+    t2 = build_route_table(snap(inst("p", 1), inst("p", 3)), t1)          # p-2 leaves
+    assert slots_of(t2, "p") == {"p-1": "s1", "p-3": "s3"}
+    assert not t2.backend("be_p").server("s2").occupied
+    t3 = build_route_table(snap(inst("p", 1), inst("p", 3), inst("p", 4)), t2)   # p-4 arrives
+    assert slots_of(t3, "p")["p-1"] == "s1" and slots_of(t3, "p")["p-3"] == "s3"
+
+
+def test_a_newcomer_prefers_a_long_free_slot_over_one_vacated_in_the_same_change():
+    t1 = build_route_table(snap(inst("p", 1), inst("p", 2)))            # s1, s2 of 4
+    t2 = build_route_table(snap(inst("p", 2), inst("p", 9)), t1)         # p-1 leaves, p-9 arrives
+    assert slots_of(t2, "p") == {"p-2": "s2", "p-9": "s3"}               # s1 may still be draining p-1
+
+
+def test_slot_stability_does_not_depend_on_the_memo():
+    t1 = build_route_table(snap(inst("p", 1), inst("p", 2), inst("p", 3)))
+    later = snap(inst("p", 3), inst("p", 4))
+    assert build_route_table(later, t1) == build_route_table(later, replace(t1, memo={}))
+
+
+def test_slot_count_has_headroom_grows_when_full_and_shrinks_with_hysteresis():
+    assert slot_count(0, None, floor=4, headroom=2) == 4
+    assert slot_count(5, None, floor=4, headroom=2) == 16
+    assert slot_count(16, 16, floor=4, headroom=2) == 16        # full but fits: no reload
+    assert slot_count(17, 16, floor=4, headroom=2) == 64        # does not fit: grow with headroom
+    assert slot_count(9, 64, floor=4, headroom=2) == 64         # flapping back: keep
+    assert slot_count(5, 64, floor=4, headroom=2) == 64
+    assert slot_count(4, 64, floor=4, headroom=2) == 8          # far below (8 x 8 <= 64): shrink
+    assert slot_count(1, 16, floor=4, headroom=2) == 16         # 4 x 8 > 16: keep
+    assert slot_count(1, 4, floor=8, headroom=2) == 8           # a raised floor (KV slots) grows
+
+
+def test_slots_are_kept_through_growth_and_shrink():
+    five = [inst("p", n) for n in range(1, 6)]
+    t1 = build_route_table(snap(*five[:2]))
+    assert len(t1.backend("be_p").servers) == 4
+    t2 = build_route_table(snap(*five), t1)
+    assert len(t2.backend("be_p").servers) == 16
+    assert slots_of(t2, "p")["p-1"] == "s1" and slots_of(t2, "p")["p-2"] == "s2"
+    t3 = build_route_table(snap(five[4]), t2)
+    assert len(t3.backend("be_p").servers) == 16                  # 1 of 16: not worth a reload
+    assert slots_of(t3, "p") == {"p-5": "s5"}
+    many = [inst("p", n) for n in range(1, 18)]
+    t4 = build_route_table(snap(*many), t3)
+    assert len(t4.backend("be_p").servers) == 64 and slots_of(t4, "p")["p-5"] == "s5"
+    t5 = build_route_table(snap(*many[12:]), t4)                   # p-13..p-17 sit in s6..s17
+    assert len(t5.backend("be_p").servers) == 64                  # 5 of 64: keep
+    t6 = build_route_table(snap(*many[13:]), t5)                   # 4 of 64 (needs 8, 8 x 8 <= 64): shrink
+    assert len(t6.backend("be_p").servers) == 8
+    assert sorted(slots_of(t6, "p").values()) == ["s1", "s2", "s3", "s4"]   # moved inside the smaller range
+    assert build_route_table(snap(*many[13:]), replace(t5, memo={})) == t6
+
+
+def test_kv_slots_raises_the_floor_for_one_service():
+    table = build_route_table(snap(inst("p", 1), inst("q", 1), kv={"shopgate/services/p/slots": b"32"}))
+    assert len(table.backend("be_p").servers) == 32
+    assert len(table.backend("be_q").servers) == 4
+
+
+def test_spare_slots_point_nowhere_and_are_disabled():
+    table = build_route_table(snap(inst("p", 1)))
+    spare = table.backend("be_p").server("s4")
+    assert (spare.occupied, spare.address, spare.port, spare.enabled) == (False, "127.0.0.1", 1, False)
+
+
+# ---------------------------------------------------------------- states and weights
+
+
+def test_server_states_follow_health_and_maintenance():
+    table = build_route_table(snap(inst("p", 1), inst("p", 2, status="critical"), inst("p", 3, status="maintenance"), inst("p", 4, status="warning")))
+    states = {s.instance_key: s.state for s in table.backend("be_p").servers if s.occupied}
+    assert states == {"node1/p-1": "ready", "node1/p-2": "maint", "node1/p-3": "drain", "node1/p-4": "maint"}
+    # An unhealthy instance keeps its slot, so recovering is a runtime change.
+    assert slots_of(table, "p")["p-2"] == "s2"
+
+
+def test_service_maintenance_from_kv_drains_every_healthy_instance():
+    table = build_route_table(snap(inst("p", 1), inst("p", 2, status="critical"), kv={"shopgate/services/p/maintenance": b"true"}))
+    states = {s.instance_key: s.state for s in table.backend("be_p").servers if s.occupied}
+    assert states == {"node1/p-1": "drain", "node1/p-2": "maint"}
+
+
+def test_tag_weights_set_canary_weights_and_the_lowest_matching_weight_wins():
+    kv = {"shopgate/services/p/weights": b'{"canary": 10, "stable": 200, "slow": 5}'}
+    table = build_route_table(snap(inst("p", 1, tags=("stable",)), inst("p", 2, tags=("canary",)), inst("p", 3), inst("p", 4, tags=("canary", "slow")), kv=kv))
+    weights = {s.instance_key: s.weight for s in table.backend("be_p").servers if s.occupied}
+    assert weights == {"node1/p-1": 200, "node1/p-2": 10, "node1/p-3": 100, "node1/p-4": 5}
+
+
+def test_kv_errors_land_in_rejected_and_defaults_stay():
+    table = build_route_table(snap(inst("p", 1), kv={"shopgate/services/p/balance": b"fastest"}))
+    assert table.backend("be_p").settings.balance == "roundrobin"
+    assert table.rejected == ("shopgate/services/p/balance: 'fastest' is not one of roundrobin, leastconn, source, first, random",)
+
+
+def test_the_same_snapshot_gives_an_equal_table():
+    s = snap(inst("p", 1, tags=("urlprefix-/x",)), inst("q", 1), kv={"shopgate/gateway/retries": b"2"})
+    first = build_route_table(s)
+    assert build_route_table(s, first) == first == build_route_table(s)
