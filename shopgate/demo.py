@@ -1,0 +1,525 @@
+"""`shopgate demo`: the scripted scale demo, under steady load through the entry point, measured.
+
+Under one continuous load (GETs across all five services and order POSTs), in order:
+
+  1. scale products up to 6 instances
+  2. SIGKILL one products instance — a crash: no drain, no deregistration
+  3. scale products down to 1
+  4. roll every users instance, one by one: start the new one, then stop the old one
+  5. edit a haproxy.cfg template (the gateway re-renders and reloads HAProxy)
+  6. change a KV setting, shopgate/services/products/balance = leastconn (another reload)
+
+For each step the propagation is measured from the moment of the action: when the catalog showed
+the change, and when the gateway routed to (or stopped routing to) the changed set. Every request
+counts; the demo exits 1 if any failed. The SIGKILL hits a products instance: only idempotent GETs
+reach products (from the load and from orders' own lookups), which HAProxy and the orders service
+may safely retry elsewhere — a crash under a non-idempotent POST cannot be made invisible honestly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import requests
+
+from shopgate import settings
+from shopgate.chart import StepSpan, render_chart
+from shopgate.load import Load, RequestRecord, shop_mix, summarize
+from shopgate.stack import (
+    Manifest, ProcessRecord, Progress, StackError, add_stack_arguments, catalog_instances, ensure_alive,
+    SERVICE_STOP_TIMEOUT, gateway_status, manifest_lock, prepare, routed_ports, scale, start_instance, start_stack,
+    stop_on_sigterm, stop_records, stop_stack,
+)
+
+STEP_TIMEOUT = 45.0
+KV_BALANCE_KEY = f"{settings.KV_PREFIX}services/products/balance"
+DEMO_HEADER = "X-Shopgate-Demo"
+
+
+class DemoError(Exception):
+    """A step that did not complete: the demo stops and says which and why."""
+
+
+# ---------------------------------------------------------------- watching the catalog and the gateway
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What the gateway routed to (and the catalog said) at one moment of the load's clock."""
+
+    t: float
+    routed: dict[str, frozenset[int]]
+    passing: dict[str, frozenset[int]]   # catalog, for the services in focus
+    reloads: int
+    last_error: str | None
+
+
+class Watcher:
+    """Polls the controller's /status (and the catalog for the services in focus) ~10 times a second."""
+
+    def __init__(self, manifest: Manifest, clock: Callable[[], float], interval: float = 0.1):
+        self.manifest, self.clock, self.interval = manifest, clock, interval
+        self.samples: list[Sample] = []
+        self.focus: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watcher", daemon=True)
+
+    def start(self) -> "Watcher":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(requests.RequestException, ValueError, KeyError):
+                self.samples.append(self._sample())
+            self._stop.wait(self.interval)
+
+    def _sample(self) -> Sample:
+        t = self.clock()
+        status = gateway_status(self.manifest.ports)
+        routed = {name: frozenset(routed_ports(status, name)) for name in status.get("services", {})}
+        passing = {name: frozenset(i["port"] for i in catalog_instances(self.manifest.ports.catalog_url, name) if i["health"] == "passing")
+                   for name in list(self.focus)}
+        return Sample(t, routed, passing, int(status.get("reloads") or 0), status.get("last_error"))
+
+    def wait_for(self, what: str, predicate: Callable[[Sample], bool], after: float, watch: list[ProcessRecord] = ()) -> float:
+        """The load-clock time of the first sample at or after `after` where `predicate` holds, minus `after`."""
+        deadline = time.monotonic() + STEP_TIMEOUT
+        seen = 0
+        while time.monotonic() < deadline:
+            samples = self.samples
+            for sample in samples[seen:]:
+                if sample.t >= after and predicate(sample):
+                    return sample.t - after
+            seen = len(samples)
+            try:
+                ensure_alive(list(watch))
+            except StackError as exc:
+                raise DemoError(str(exc)) from None
+            time.sleep(0.05)
+        raise DemoError(f"{what}: not seen within {STEP_TIMEOUT:.0f}s")
+
+    def reloads(self) -> int:
+        """The gateway's reload count as last seen (the controller's own /status, asked now if need be)."""
+        if self.samples:
+            return self.samples[-1].reloads
+        return int(gateway_status(self.manifest.ports).get("reloads") or 0)
+
+    def timeline(self) -> list[tuple[float, dict[str, int]]]:
+        return [(s.t, {name: len(ports) for name, ports in s.routed.items()}) for s in self.samples]
+
+
+# ---------------------------------------------------------------- the steps
+
+
+@dataclass
+class Measure:
+    """One propagation figure: seconds from the action until the catalog / the gateway showed `change`."""
+
+    change: str
+    catalog: float | None
+    gateway: float
+
+
+@dataclass
+class StepResult:
+    label: str
+    started: float                       # load clock
+    finished: float = 0.0
+    measures: list[Measure] = field(default_factory=list)
+    failed: int = 0                      # failed requests that started during this step
+
+
+class Demo:
+    """The steps, acting on the stack through its manifest while the load runs."""
+
+    def __init__(self, state_dir: Path, load: Load, watcher: Watcher, say: Callable[[str], None]):
+        self.state_dir, self.load, self.watcher, self.say = state_dir, load, watcher, say
+        self.steps: list[StepResult] = []
+        self.killed: list[ProcessRecord] = []
+
+    @property
+    def manifest(self) -> Manifest:
+        return Manifest.load(self.state_dir)
+
+    def local(self, service: str) -> list[ProcessRecord]:
+        return [r for r in self.manifest.instances(service) if r.running()]
+
+    def begin(self, label: str) -> StepResult:
+        step = StepResult(label, self.load.now())
+        self.steps.append(step)
+        self.say(f"step {len(self.steps)}: {label}")
+        return step
+
+    def end(self, step: StepResult) -> None:
+        step.finished = self.load.now()
+        for m in step.measures:
+            catalog = f"catalog +{m.catalog:.2f}s, " if m.catalog is not None else ""
+            self.say(f"    ✓ {m.change}: {catalog}gateway +{m.gateway:.2f}s")
+        failed = sum(r.failed for r in list(self.load.records))
+        self.say(f"    ({len(self.load.records)} requests so far, {failed} failed)")
+
+    # -- membership
+
+    def _start(self, service: str, count: int) -> list[ProcessRecord]:
+        with manifest_lock(self.state_dir):
+            manifest = self.manifest
+            return [start_instance(manifest, service) for _ in range(count)]
+
+    def _stop(self, leaving: list[ProcessRecord]) -> None:
+        stop_records(leaving, SERVICE_STOP_TIMEOUT)
+        self._forget(leaving)
+
+    def _forget(self, gone: list[ProcessRecord]) -> None:
+        with manifest_lock(self.state_dir):
+            manifest = self.manifest
+            manifest.processes = [p for p in manifest.processes if p not in gone]
+            manifest.save()
+
+    def _measure_in(self, service: str, new: list[ProcessRecord], since: float, change: str) -> Measure:
+        ports = {r.port for r in new}
+        catalog = self.watcher.wait_for(f"{change} (catalog)", lambda s: ports <= s.passing.get(service, frozenset()), since, new)
+        gateway = self.watcher.wait_for(f"{change} (gateway)", lambda s: ports <= s.routed.get(service, frozenset()), since, new)
+        return Measure(change, catalog, gateway)
+
+    def _measure_out(self, service: str, gone: list[ProcessRecord], since: float, change: str) -> Measure:
+        ports = {r.port for r in gone}
+        catalog = self.watcher.wait_for(f"{change} (catalog)", lambda s: not ports & s.passing.get(service, frozenset()), since)
+        gateway = self.watcher.wait_for(f"{change} (gateway)", lambda s: not ports & s.routed.get(service, frozenset()), since)
+        return Measure(change, catalog, gateway)
+
+    def scale_up(self, service: str, count: int) -> None:
+        before = len(self.local(service))
+        step = self.begin(f"scale {service} {before} → {count}")
+        self.watcher.focus.add(service)
+        new = self._start(service, count - before)
+        step.measures.append(self._measure_in(service, new, step.started, f"{len(new)} new instances routed"))
+        self.end(step)
+
+    def scale_down(self, service: str, count: int) -> None:
+        alive = self.local(service)
+        step = self.begin(f"scale {service} {len(alive)} → {count}")
+        self.watcher.focus.add(service)
+        leaving = alive[count:]
+        self._stop(leaving)
+        step.measures.append(self._measure_out(service, leaving, step.started, f"{len(leaving)} drained instances out"))
+        self.end(step)
+
+    def kill_one(self, service: str) -> None:
+        victim = self.local(service)[-1]
+        step = self.begin(f"SIGKILL {victim.name} (no deregistration)")
+        self.watcher.focus.add(service)
+        os.killpg(victim.pid, signal.SIGKILL)
+        self.killed.append(victim)
+        self._forget([victim])
+        step.measures.append(self._measure_out(service, [victim], step.started, "killed instance out"))
+        self.end(step)
+
+    def roll(self, service: str) -> None:
+        old = self.local(service)
+        step = self.begin(f"roll {service} ({len(old)} instances, one by one)")
+        self.watcher.focus.add(service)
+        for record in old:
+            since = self.load.now()
+            new = self._start(service, 1)
+            step.measures.append(self._measure_in(service, new, since, f"{new[0].name} routed"))
+            since = self.load.now()
+            self._stop([record])
+            step.measures.append(self._measure_out(service, [record], since, f"{record.name} out"))
+        self.end(step)
+
+    # -- configuration
+
+    def _measure_reload(self, step: StepResult, change: str, before: int) -> None:
+        gateway = self.watcher.wait_for(f"{change} (reload)", lambda s: s.reloads > before, step.started)
+        error = gateway_status(self.manifest.ports).get("last_error")
+        if error:
+            raise DemoError(f"{change}: the gateway reports an error: {error}")
+        step.measures.append(Measure(change, None, gateway))
+
+    def edit_template(self, templates: Path) -> None:
+        edit = TemplateEdit.plan(templates)
+        step = self.begin(f"edit template {edit.path.name}: {edit.what}")
+        before = self.watcher.reloads()
+        edit.path.write_text(edit.edited)
+        self._measure_reload(step, "HAProxy reloaded with the edit", before)
+        if edit.header:
+            wait_until(f"responses carrying {DEMO_HEADER}", lambda: DEMO_HEADER in requests.get(
+                f"{self.manifest.ports.entry_url}/api/v1/products", timeout=3).headers)
+            step.measures.append(Measure(f"responses carry {DEMO_HEADER}", None, self.load.now() - step.started))
+        self.end(step)
+
+    def set_balance(self, consul_url: str, value: str) -> None:
+        step = self.begin(f"KV {KV_BALANCE_KEY} = {value}")
+        before = self.watcher.reloads()
+        requests.put(f"{consul_url}/v1/kv/{KV_BALANCE_KEY}", data=value, timeout=5).raise_for_status()
+        self._measure_reload(step, f"HAProxy reloaded with balance {value}", before)
+        self.end(step)
+
+
+@dataclass(frozen=True)
+class TemplateEdit:
+    """The template step's change: a response header added to the entry frontend, visible from outside.
+
+    Templates without the stock frontend partial get a comment line in haproxy.cfg.j2 instead
+    (still a new rendered config, so still a reload).
+    """
+
+    path: Path
+    original: str
+    edited: str
+    what: str
+    header: bool
+
+    @classmethod
+    def plan(cls, templates: Path) -> "TemplateEdit":
+        frontend = templates / "frontend.cfg.j2"
+        if frontend.exists():
+            text = frontend.read_text()
+            lines = text.splitlines(keepends=True)
+            bind = next((i for i, line in enumerate(lines) if line.strip().startswith("bind ")), None)
+            if bind is not None:
+                lines.insert(bind + 1, f"    http-response set-header {DEMO_HEADER} template-edited\n")
+                return cls(frontend, text, "".join(lines), f"add response header {DEMO_HEADER}", True)
+        main = templates / "haproxy.cfg.j2"
+        if not main.exists():
+            raise DemoError(f"{templates}: neither frontend.cfg.j2 nor haproxy.cfg.j2 to edit")
+        text = main.read_text()
+        return cls(main, text, text + "# edited by `shopgate demo`\n", "add a comment", False)
+
+
+def wait_until(what: str, probe: Callable[[], bool], timeout: float = STEP_TIMEOUT) -> None:
+    """Poll `probe` until it holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.RequestException):
+            if probe():
+                return
+        time.sleep(0.05)
+    raise DemoError(f"{what}: not seen within {timeout:.0f}s")
+
+
+# ---------------------------------------------------------------- running it
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How big the demo is: `--short` for the test suite, the full one for people."""
+
+    rate: float
+    peak: int             # products scale up to this
+    low: int              # ... and down to this
+    pause: float          # seconds of plain load before, between and after the steps
+
+
+FULL = Plan(rate=60, peak=6, low=1, pause=2.0)
+SHORT = Plan(rate=30, peak=4, low=1, pause=1.0)
+
+
+def run_steps(demo: Demo, plan: Plan, templates: Path) -> None:
+    consul_url = demo.manifest.ports.catalog_url
+    pause = lambda: time.sleep(plan.pause)  # noqa: E731
+    pause()
+    demo.scale_up("products", plan.peak)
+    pause()
+    demo.kill_one("products")
+    pause()
+    demo.scale_down("products", plan.low)
+    pause()
+    demo.roll("users")
+    pause()
+    demo.edit_template(templates)
+    pause()
+    demo.set_balance(consul_url, "leastconn")
+    pause()
+
+
+@dataclass
+class Restore:
+    """What the demo changed in a stack it did not start, and puts back afterwards."""
+
+    products: int
+    template: Path | None = None
+    template_text: str | None = None
+    balance: bytes | None = None
+
+
+def restore(state_dir: Path, saved: Restore, demo: Demo | None, say: Callable[[str], None]) -> None:
+    manifest = Manifest.load(state_dir)
+    if manifest is None:
+        return
+    catalog_url = manifest.ports.catalog_url
+    if saved.template is not None and saved.template_text is not None:
+        saved.template.write_text(saved.template_text)
+    with contextlib.suppress(requests.RequestException):
+        if saved.balance is None:
+            requests.delete(f"{catalog_url}/v1/kv/{KV_BALANCE_KEY}", timeout=5)
+        else:
+            requests.put(f"{catalog_url}/v1/kv/{KV_BALANCE_KEY}", data=saved.balance, timeout=5)
+        for victim in demo.killed if demo else []:
+            for inst in catalog_instances(catalog_url, victim.service):
+                if inst["port"] == victim.port:
+                    requests.put(f"{catalog_url}/v1/agent/service/deregister/{inst['id']}", timeout=5)
+    with manifest_lock(state_dir):
+        manifest = Manifest.load(state_dir)
+        if manifest is not None and len([r for r in manifest.instances("products") if r.running()]) != saved.products:
+            say(f"restoring products to {saved.products} instances")
+            with contextlib.redirect_stdout(sys.stderr):
+                scale(manifest, "products", saved.products, Progress(sys.stderr))
+
+
+def kv_value(catalog_url: str, key: str) -> bytes | None:
+    response = requests.get(f"{catalog_url}/v1/kv/{key}?raw", timeout=5)
+    return response.content if response.status_code == 200 else None
+
+
+def format_report(report: dict) -> str:
+    load = report["load"]
+    lines = [
+        "",
+        f"shopgate demo — {len(report['steps'])} steps under {report['rate']:.0f} req/s for {report['duration']:.1f}s "
+        f"(load generator: {report['load_generator']})",
+        "",
+        f"  requests {load['requests']}   failed {load['failed']}   p50 {load['p50_ms']} ms   p99 {load['p99_ms']} ms   max {load['max_ms']} ms",
+        "  answers  " + ", ".join(f"{k}: {v}" for k, v in load["statuses"].items()),
+        "",
+    ]
+    header = ("STEP", "AT", "CHANGE", "CATALOG", "GATEWAY", "FAILED")
+    rows = []
+    for number, step in enumerate(report["steps"], 1):
+        for index, m in enumerate(step["measures"] or [{"change": "—", "catalog": None, "gateway": None}]):
+            first = index == 0
+            rows.append((
+                f"{number}. {step['label']}" if first else "", f"{step['started']:.1f}s" if first else "", m["change"],
+                "—" if m["catalog"] is None else f"+{m['catalog']:.2f}s",
+                "—" if m["gateway"] is None else f"+{m['gateway']:.2f}s",
+                str(step["failed"]) if first else ""))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    if load["first_failures"]:
+        lines += ["", "  first failed requests:"] + [f"    {f}" for f in load["first_failures"]]
+    if report.get("error"):
+        lines += ["", f"  the demo stopped early: {report['error']}"]
+    if report.get("chart"):
+        lines += ["", f"  chart: {report['chart']}"]
+    lines += ["", "  result: " + ("0 failed requests" if report["ok"] else "FAILED")]
+    return "\n".join(lines)
+
+
+def build_report(demo: Demo, records: list[RequestRecord], plan: Plan, error: str | None, chart: Path | None) -> dict:
+    steps = demo.steps
+    for index, step in enumerate(steps):
+        end = steps[index + 1].started if index + 1 < len(steps) else float("inf")
+        step.failed = sum(r.failed for r in records if step.started <= r.started < end)
+    load = summarize(records)
+    return {
+        "ok": load["failed"] == 0 and error is None,
+        "error": error,
+        "rate": plan.rate,
+        "duration": round(max((r.started for r in records), default=0.0), 1),
+        "load_generator": "shopgate.load (asyncio + aiohttp, one connection per request)",
+        "load": load,
+        "steps": [asdict(s) for s in steps],
+        "chart": str(chart) if chart else None,
+    }
+
+
+def run_demo(state_dir: Path, plan: Plan, chart: Path | None, templates: Path, saved: Restore | None,
+             say: Callable[[str], None]) -> dict:
+    manifest = Manifest.load(state_dir)
+    base_url = manifest.ports.entry_url
+    load = Load(base_url, shop_mix(base_url), rate=plan.rate, concurrency=32, duration=3600)
+    say(f"steady load: {plan.rate:.0f} req/s through {base_url} (GETs on all five services + order POSTs)")
+    load.start()
+    watcher = Watcher(manifest, load.now).start()
+    demo = Demo(state_dir, load, watcher, say)
+    error = None
+    try:
+        run_steps(demo, plan, templates)
+    except (DemoError, StackError) as exc:
+        error = str(exc)
+        say(f"step failed: {error}")
+    except KeyboardInterrupt:
+        error = "interrupted"
+    finally:
+        records = load.stop()
+        watcher.stop()
+        if saved is not None:
+            restore(state_dir, saved, demo, say)
+    path = None
+    if chart is not None:
+        spans = [StepSpan(s.label, s.started, s.finished or s.started) for s in demo.steps]
+        path = render_chart(chart, records, watcher.timeline(), spans,
+                            f"shopgate demo — {len(records)} requests, {sum(r.failed for r in records)} failed")
+    return build_report(demo, records, plan, error, path)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="shopgate demo", description="Scripted scale demo under steady load, measured.")
+    add_stack_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
+    parser.add_argument("--chart", type=Path, default=settings.PROJECT_ROOT / "artifacts" / "demo.png", help="PNG chart (default: %(default)s)")
+    parser.add_argument("--short", action="store_true", help="a smaller, quicker demo (for the test suite)")
+    parser.add_argument("--rate", type=float, help="requests per second of the steady load")
+    args = parser.parse_args(argv)
+    plan = SHORT if args.short else FULL
+    if args.rate:
+        plan = Plan(args.rate, plan.peak, plan.low, plan.pause)
+    out = sys.stderr if args.json else sys.stdout
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {message}", file=out, flush=True)
+
+    state_dir = args.state_dir.resolve()
+    existing = Manifest.load(state_dir)
+    owned = existing is None or not existing.running()
+    stop_on_sigterm()
+    try:
+        if owned:
+            say(f"no stack runs in {state_dir}: starting one (stopped again at the end)")
+            copy = state_dir / "templates"
+            state_dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(args.templates, copy)
+            args.templates = copy
+            manifest = prepare(args, supervised=True)
+            with contextlib.redirect_stdout(out):
+                start_stack(manifest, args.instances, Progress(out))
+            templates, saved = copy, None
+        else:
+            say(f"using the stack running in {state_dir}")
+            templates = Path(existing.templates)
+            edit = TemplateEdit.plan(templates)
+            saved = Restore(len([r for r in existing.instances("products") if r.running()]), edit.path, edit.original,
+                            kv_value(existing.ports.catalog_url, KV_BALANCE_KEY))
+            say(f"(the template step edits {edit.path}; it is restored at the end, as are products and the KV key)")
+        report = run_demo(state_dir, plan, args.chart, templates, saved, say)
+    except (StackError, DemoError) as exc:
+        print(f"shopgate demo: {exc}", file=sys.stderr)
+        report = None
+    except KeyboardInterrupt:
+        report = None
+    finally:
+        if owned and Manifest.load(state_dir) is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            stop_stack(Manifest.load(state_dir), out)
+    if report is None:
+        return 1
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0 if report["ok"] else 1

@@ -1,0 +1,155 @@
+"""`shopgate up --detach` → requests reach all five services → `scale` up and down → `status` → `down`.
+
+One real stack (catalog, gateway with HAProxy, 5 services × 2 instances) on free ports in a tmp
+state dir, shared by the tests of this module in order; the last test takes it down and checks
+that no process of it is left.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+import requests
+
+from shopgate.processes import pid_alive, shopgate_argv
+from shopgate.settings import SHOP_SERVICES
+from stack_harness import StackUnderTest
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    stack = StackUnderTest(tmp_path_factory.mktemp("stack"))
+    try:
+        stack.up_output = stack.up(instances=2).stdout
+        yield stack
+    finally:
+        stack.cleanup()
+
+
+def instances_answering(stack: StackUnderTest, service: str, requests_count: int = 12) -> set[str]:
+    """The X-Instance values seen for `service` through the entry point."""
+    seen = set()
+    for _ in range(requests_count):
+        response = requests.get(f"{stack.ports.entry_url}/api/v1/{service}", timeout=5)
+        assert response.status_code == 200, f"{service}: HTTP {response.status_code} {response.text[:200]}"
+        seen.add(response.headers["X-Instance"])
+    return seen
+
+
+def test_up_prints_progress_and_urls(stack):
+    out = stack.up_output
+    assert "✓ catalog" in out and "✓ gateway" in out
+    for service in SHOP_SERVICES:
+        assert f"✓ {service} routed at /api/v1/{service}" in out
+    assert f"{stack.ports.entry_url}/api/v1/<service>" in out
+    assert stack.ports.stats_url in out
+    assert f"{stack.ports.catalog_url}/ui/" in out
+    assert stack.ports.status_url in out
+
+
+def test_entry_point_routes_to_both_instances_of_every_service(stack):
+    for service in SHOP_SERVICES:
+        seen = instances_answering(stack, service)
+        assert len(seen) == 2 and all(s.startswith(f"{service}-") for s in seen), seen
+
+
+def test_a_second_stack_in_the_same_dir_is_refused(stack):
+    result = stack.run("up", "--detach", *stack.port_args(), timeout=30)
+    assert result.returncode == 1
+    assert "already running" in result.stderr
+
+
+def test_a_taken_port_is_refused(stack, tmp_path):
+    other = StackUnderTest(tmp_path)
+    args = other.port_args()
+    args[args.index("--gateway-port") + 1] = str(stack.ports.gateway)   # the running stack's entry point
+    result = other.run("up", "--detach", *args, timeout=30)
+    assert result.returncode == 1
+    assert f"{stack.ports.gateway} (gateway" in result.stderr
+    assert other.manifest() is None
+
+
+def test_scale_up_and_down(stack):
+    result = stack.run("scale", "products", "4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "products: 2 → 4 instances" in result.stdout
+    running = [r for r in stack.manifest().instances("products") if r.running()]
+    assert len(running) == 4
+    assert len(instances_answering(stack, "products", 16)) == 4
+
+    result = stack.run("scale", "products", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "products: 4 → 1 instances" in result.stdout
+    gone = [r for r in running if r not in stack.manifest().instances("products")]
+    assert len(gone) == 3 and not any(pid_alive(r.pid) for r in gone)
+    assert len(instances_answering(stack, "products", 6)) == 1
+    catalog = requests.get(f"{stack.ports.catalog_url}/v1/health/service/products", timeout=5).json()
+    assert len(catalog) == 1, "the stopped instances deregistered themselves"
+
+
+def test_scale_rejects_unknown_service(stack):
+    result = stack.run("scale", "billing", "2")
+    assert result.returncode == 1 and "unknown service 'billing'" in result.stderr
+
+
+def test_status_table_and_json(stack):
+    result = stack.run("status")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("SERVICE"))
+    assert header.split() == ["SERVICE", "INSTANCE", "ADDRESS", "PID", "HEALTH", "GATEWAY"]
+    for service in SHOP_SERVICES:
+        rows = [line for line in lines if line.startswith(service + " ")]
+        assert len(rows) == (1 if service == "products" else 2), rows
+        assert all("passing" in row and "ready" in row for row in rows), rows
+    assert any(line.startswith("gateway: haproxy pid") for line in lines)
+
+    report = json.loads(stack.run("status", "--json").stdout)
+    assert set(report["services"]) >= set(SHOP_SERVICES)
+    assert all(i["routed"] for i in report["services"]["users"])
+    assert report["gateway"]["haproxy_pid"]
+
+
+def test_down_leaves_no_process(stack):
+    pids = stack.live_pids()
+    assert len(pids) >= 2 + 9, f"the stack's processes, children included: {pids}"
+    result = stack.run("down")
+    assert result.returncode == 0, result.stderr
+    assert not [pid for pid in pids if pid_alive(pid)]
+    assert stack.manifest() is None
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", stack.ports.gateway))   # the entry point's port is free again
+
+
+def test_foreground_up_stops_cleanly_on_ctrl_c(tmp_path):
+    stack = StackUnderTest(tmp_path)
+    proc = subprocess.Popen(shopgate_argv("up", "--instances", "1", "--state-dir", str(stack.state_dir), *stack.port_args()),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output = []
+        for line in proc.stdout:
+            output.append(line)
+            stack.remember()
+            if "Ctrl-C stops the stack" in line:
+                break
+        assert proc.poll() is None, "".join(output)
+        stack.remember()
+        pids = stack.live_pids()
+        assert requests.get(f"{stack.ports.entry_url}/api/v1/orders", timeout=5).status_code == 200
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, "".join(output) + rest
+        assert "stopped." in rest
+        time.sleep(0.2)
+        assert not [pid for pid in pids if pid_alive(pid)]
+        assert stack.manifest() is None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stack.cleanup()
