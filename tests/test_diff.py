@@ -1,0 +1,100 @@
+"""Running table vs wanted table (gateway.diff.plan_changes): reload only for structure, runtime changes otherwise."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gateway.diff import plan_changes
+from gateway.model import Instance, MembershipChange, Snapshot
+from gateway.routing import build_route_table
+
+
+def inst(n: int, status: str = "passing", tags: tuple[str, ...] = (), service: str = "p") -> Instance:
+    return Instance(service=service, id=f"{service}-{n}", node="node1", address=f"10.0.0.{n}", port=9000 + n, tags=tags, status=status)
+
+
+def table(*instances: Instance, kv: dict[str, bytes] | None = None, previous=None):
+    services: dict[str, tuple[Instance, ...]] = {}
+    for instance in instances:
+        services[instance.service] = services.get(instance.service, ()) + (instance,)
+    return build_route_table(Snapshot(services=services, kv=kv or {}), previous)
+
+
+def plan_between(before: tuple[Instance, ...], after: tuple[Instance, ...], kv_before=None, kv_after=None):
+    running = table(*before, kv=kv_before)
+    return plan_changes(running, table(*after, kv=kv_after, previous=running))
+
+
+def test_nothing_running_needs_a_full_config():
+    plan = plan_changes(None, table(inst(1)))
+    assert plan.needs_reload and plan.structural_reasons == ("no running configuration",)
+
+
+def test_the_same_table_needs_nothing():
+    running = table(inst(1), inst(2))
+    assert plan_changes(running, table(inst(1), inst(2), previous=running)).empty
+
+
+def test_a_new_instance_is_added_to_a_spare_slot_without_reload():
+    plan = plan_between((inst(1),), (inst(1), inst(2)))
+    assert not plan.needs_reload
+    assert plan.membership == (MembershipChange("be_p", "s2", "add", "10.0.0.2", 9002, 100),)
+
+
+def test_a_vanished_instance_is_removed_through_drain():
+    plan = plan_between((inst(1), inst(2)), (inst(1),))
+    assert plan.membership == (MembershipChange("be_p", "s2", "remove", "10.0.0.2", 9002, 100),)
+
+
+def test_failing_and_recovering_instances_are_runtime_changes():
+    assert plan_between((inst(1), inst(2)), (inst(1), inst(2, "critical"))).membership == (MembershipChange("be_p", "s2", "remove", "10.0.0.2", 9002, 100),)
+    assert plan_between((inst(1), inst(2, "critical")), (inst(1), inst(2))).membership == (MembershipChange("be_p", "s2", "add", "10.0.0.2", 9002, 100),)
+    # A failing instance that then leaves: nothing serves differently.
+    assert plan_between((inst(1), inst(2, "critical")), (inst(1),)).empty
+
+
+def test_an_instance_entering_maintenance_drains():
+    plan = plan_between((inst(1),), (inst(1, "maintenance"),))
+    assert plan.membership == (MembershipChange("be_p", "s1", "drain", "10.0.0.1", 9001, 100),)
+
+
+def test_an_instance_moving_to_a_new_port_is_re_added_in_its_slot():
+    plan = plan_between((inst(1),), (replace(inst(1), port=9999),))
+    assert plan.membership == (MembershipChange("be_p", "s1", "add", "10.0.0.1", 9999, 100),)
+
+
+def test_service_maintenance_and_canary_weights_need_no_reload():
+    instances = (inst(1, tags=("canary",)), inst(2))
+    drained = plan_between(instances, instances, kv_after={"shopgate/services/p/maintenance": b"true"})
+    assert not drained.needs_reload
+    assert {(c.slot, c.action) for c in drained.membership} == {("s1", "drain"), ("s2", "drain")}
+    weighted = plan_between(instances, instances, kv_after={"shopgate/services/p/weights": b'{"canary": 5}'})
+    assert weighted.membership == (MembershipChange("be_p", "s1", "weight", "10.0.0.1", 9001, 5),)
+
+
+def test_structural_changes_say_why():
+    base = (inst(1),)
+    assert plan_between(base, base + (inst(1, service="q"),)).structural_reasons == (
+        "route added: /api/v1/q -> be_q", "backend be_q added")
+    assert plan_between(base + (inst(1, service="q"),), base).structural_reasons == (
+        "route removed: /api/v1/q -> be_q", "backend be_q removed")
+    assert plan_between(base, (inst(1, tags=("urlprefix-/shop/p strip=/shop",)),)).structural_reasons == (
+        "route added: /shop/p -> be_p strip=/shop", "route removed: /api/v1/p -> be_p")
+    assert plan_between(base, base, kv_after={"shopgate/services/p/balance": b"leastconn"}).structural_reasons == (
+        "backend be_p: settings changed (balance)",)
+    assert plan_between(base, base, kv_after={"shopgate/gateway/retries": b"1"}).structural_reasons == (
+        "gateway setting retries: 3 -> 1",)
+    assert plan_between(base, base, kv_after={"shopgate/gateway/stats_auth": b"a:secret"}).structural_reasons == (
+        "gateway setting stats_user: None -> a", "gateway setting stats_password: changed")
+
+
+def test_exhausted_slots_mean_a_reload_with_more_slots():
+    two = (inst(1), inst(2))                     # 4 slots (headroom x2)
+    plan = plan_between(two, two + (inst(3), inst(4), inst(5)))
+    assert plan.structural_reasons == ("backend be_p: slots 4 -> 16",)
+    assert plan.membership == ()
+
+
+def test_an_invalid_kv_value_changes_nothing():
+    base = (inst(1),)
+    assert plan_between(base, base, kv_after={"shopgate/services/p/balance": b"fastest"}).empty
