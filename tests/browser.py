@@ -1,9 +1,11 @@
 """Headless Chromium for tests: a screenshot of a page, or its text after its scripts ran.
 
-One short-lived `chromium --headless` per call, with a throw-away profile, stopped by
-pid if it overruns. `--virtual-time-budget` lets the page's scripts and fetches settle
-before the capture; a page that keeps a request open (a blocking query) is captured
-when `timeout_s` runs out instead, with whatever it rendered by then.
+`screenshot` and `page_text` run one short-lived `chromium --headless` per call, with a
+throw-away profile, stopped by pid if it overruns. `--virtual-time-budget` lets the page's
+scripts and fetches settle before the capture. Virtual time stands still while a request
+is open, so a page that holds one (a blocking query) is never "settled": capture such a
+page in its one-shot mode (the catalog UI: `/ui/?live=0`), and drive live pages with
+`live_browser()` (Playwright driving the same Chromium) instead.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -125,3 +128,24 @@ def dom_text(html: str) -> str:
     parser.close()
     lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
     return "\n".join(line for line in lines if line)
+
+
+@contextmanager
+def live_browser():
+    """A Playwright browser on the system Chromium, for pages that change while watched.
+
+    Playwright's own browser download cannot work offline; `executable_path` points it at
+    /usr/bin/chromium. Skips the calling test when Playwright or Chromium is missing.
+    """
+    executable = chromium_path()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install -e '.[test]')")
+    flags = [flag for flag in CHROMIUM_FLAGS if flag != "--headless"]  # Playwright adds its own
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=flags, headless=True, timeout=30_000)
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -138,7 +138,8 @@
       banner.dataset.state = state;
       $("connection").dataset.state = state;
       $("connection").dataset.live = live.on ? "on" : "off";
-      const since = this.updated ? ` · updated ${this.updated.toLocaleTimeString()}` : "";
+      document.body.dataset.connection = state;
+      const since = this.updated ? ` · updated ${this.updated.toLocaleTimeString("en-GB")}` : "";
       $("connection-text").textContent = { live: `${live.on ? "live" : "paused"}${since}`, down: "reconnecting…", denied: "token needed" }[state];
     },
   };
@@ -277,7 +278,7 @@
         el("span", { class: "tags" }, tags.map(tagChip))),
       entries.length
         ? el("table", { class: "instances" },
-          el("thead", {}, el("tr", {}, ["Health", "Instance", "Address", "Tags", "Checks"].map((h) => el("th", {}, h)))),
+          el("thead", {}, el("tr", {}, ["Health", "Instance", "Address", "Checks"].map((h) => el("th", {}, h)))),
           el("tbody", {}, entries.map((entry) => instanceRow(name, entry, previous))))
         : el("p", { class: "empty" }, "No instances."));
   }
@@ -291,19 +292,23 @@
     const checks = [...entry.Checks].sort((a, b) => Number(!a.ServiceID) - Number(!b.ServiceID));
     return el("tr", { class: fresh ? "instance fresh" : "instance", "data-instance": service.ID, "data-health": health },
       el("td", {}, el("span", { class: `badge health-${health}` }, health)),
-      el("td", {}, el("div", { class: "mono strong" }, service.ID), el("div", { class: "muted small" }, `node ${entry.Node.Node}`)),
+      el("td", {},
+        el("div", { class: "mono strong" }, service.ID),
+        el("div", { class: "muted small" }, `node ${entry.Node.Node}`),
+        (service.Tags || []).length ? el("div", { class: "instance-tags" }, service.Tags.map(tagChip)) : null),
       el("td", { class: "mono" }, address),
-      el("td", {}, (service.Tags || []).map(tagChip)),
       el("td", { class: "checks" }, checks.length ? checks.map(checkLine) : el("span", { class: "muted" }, "no checks")));
   }
 
   function checkLine(check) {
     const scope = check.ServiceID ? "" : "node · ";
+    const status = isMaintenance(check) ? "maintenance" : check.Status;
     return el("div", { class: `check${check.ServiceID ? "" : " node-check"}`, "data-status": check.Status },
       el("div", { class: "check-title" },
-        el("span", { class: `dot health-${isMaintenance(check) ? "maintenance" : check.Status}`, title: check.Status }),
+        el("span", { class: `dot health-${status}`, title: check.Status }),
         el("span", { class: "check-name" }, `${scope}${check.Name}`),
-        el("span", { class: `check-status text-${check.Status}` }, check.Status)),
+        el("span", { class: `check-status text-${status}` }, status)),
+      check.Notes ? el("div", { class: "check-notes" }, check.Notes) : null,
       check.Output ? el("pre", { class: "check-output" }, check.Output.trim()) : null);
   }
 
