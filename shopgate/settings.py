@@ -47,6 +47,13 @@ REGISTRATION_RECHECK_SECONDS = 2.0
 #: Longest pause between registration attempts while the catalog is unreachable.
 REGISTRATION_MAX_BACKOFF_SECONDS = 3.0
 
+#: Docker registrar (`shopgate registrar`): a container's HEALTHCHECK becomes a TTL check refreshed
+#: at every resync, so a registrar that dies leaves its containers critical after DOCKER_HEALTH_TTL.
+DOCKER_HEALTH_TTL = "15s"
+DOCKER_RESYNC_SECONDS = 5.0
+#: Longest pause between reconnects to a Docker engine whose event stream dropped.
+DOCKER_MAX_BACKOFF_SECONDS = 5.0
+
 
 @dataclass(frozen=True)
 class ConsulAddress:
