@@ -44,7 +44,7 @@ test: $(STAMP) system-test
 	$(PY) -m pytest
 
 bench: install
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .state artifacts .pytest_cache

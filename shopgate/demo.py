@@ -38,7 +38,7 @@ from shopgate.chart import StepSpan, render_chart
 from shopgate.load import Load, RequestRecord, shop_mix, summarize
 from shopgate.stack import (
     Manifest, ProcessRecord, Progress, StackError, add_stack_arguments, catalog_instances, ensure_alive,
-    SERVICE_STOP_TIMEOUT, gateway_status, manifest_lock, prepare, routed_ports, scale, start_instance, start_stack,
+    SERVICE_STOP_TIMEOUT, gateway_status, manifest_lock, ports_from_args, prepare, routed_ports, scale, start_instance, start_stack,
     stop_on_sigterm, stop_records, stop_stack,
 )
 
@@ -497,8 +497,7 @@ def main(argv: list[str]) -> int:
             state_dir.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(copy, ignore_errors=True)
             shutil.copytree(args.templates, copy)
-            args.templates = copy
-            manifest = prepare(args, supervised=True)
+            manifest = prepare(state_dir, ports_from_args(args), copy, supervised=True)
             with contextlib.redirect_stdout(out):
                 start_stack(manifest, args.instances, Progress(out))
             templates, saved = copy, None

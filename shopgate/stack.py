@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -360,10 +361,17 @@ def wait_for_instances(manifest: Manifest, service: str, progress: Progress, tim
 # ---------------------------------------------------------------- up
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
     """The options `up` and `demo` share: where the state lives and which ports to use."""
     parser.add_argument("--state-dir", type=Path, default=settings.STATE_DIR, help="pids, logs and data of the stack (default: %(default)s)")
-    parser.add_argument("--instances", type=int, default=2, help="instances per service (default: %(default)s)")
+    parser.add_argument("--instances", type=positive_int, default=2, help="instances per service (default: %(default)s)")
     parser.add_argument("--catalog-port", type=int, default=settings.CATALOG_PORT)
     parser.add_argument("--gateway-port", type=int, default=settings.GATEWAY_PORT)
     parser.add_argument("--stats-port", type=int, default=settings.STATS_PORT)
@@ -383,14 +391,15 @@ def taken_ports(ports: Ports) -> list[str]:
     return taken
 
 
-def prepare(args: argparse.Namespace, supervised: bool) -> Manifest:
+def ports_from_args(args: argparse.Namespace) -> Ports:
+    return Ports(args.catalog_port, args.gateway_port, args.stats_port, args.status_port)
+
+
+def prepare(state_dir: Path, ports: Ports, templates: Path, supervised: bool) -> Manifest:
     """Refuse a second stack in the same directory or on taken ports; write the new, empty manifest."""
-    state_dir = args.state_dir.resolve()
-    if args.instances < 1:
-        raise StackError(f"--instances must be at least 1, not {args.instances}")
-    if not args.templates.is_dir() or not any(args.templates.iterdir()):
-        raise StackError(f"--templates {args.templates}: not a directory of haproxy.cfg templates")
-    ports = Ports(args.catalog_port, args.gateway_port, args.stats_port, args.status_port)
+    state_dir = state_dir.resolve()
+    if not templates.is_dir() or not any(templates.iterdir()):
+        raise StackError(f"--templates {templates}: not a directory of haproxy.cfg templates")
     with manifest_lock(state_dir):
         old = Manifest.load(state_dir)
         if old is not None and old.running():
@@ -404,7 +413,7 @@ def prepare(args: argparse.Namespace, supervised: bool) -> Manifest:
         supervisor = None
         if supervised:
             supervisor = ProcessRecord("shopgate up", os.getpid(), process_cmdline(os.getpid()) or [], "")
-        manifest = Manifest(state_dir, ports, str(args.templates.resolve()), supervisor=supervisor)
+        manifest = Manifest(state_dir, ports, str(templates.resolve()), supervisor=supervisor)
         manifest.save()
     return manifest
 
@@ -431,8 +440,9 @@ def start_stack(manifest: Manifest, instances: int, progress: Progress) -> None:
         wait_for_instances(manifest, service, progress)
 
 
-def stop_stack(manifest: Manifest, out=sys.stdout) -> None:
+def stop_stack(manifest: Manifest, out=None) -> None:
     """Services first (they drain and deregister), then the gateway, then the catalog."""
+    out = out or sys.stdout
     with manifest_lock(manifest.state_dir):
         current = Manifest.load(manifest.state_dir) or manifest   # `scale` may have added instances
         services = [p for p in current.processes if p.service]
@@ -447,7 +457,22 @@ def stop_stack(manifest: Manifest, out=sys.stdout) -> None:
     print("stopped.", file=out, flush=True)
 
 
-def print_urls(ports: Ports, out=sys.stdout) -> None:
+@contextlib.contextmanager
+def scratch_stack(instances: int = 1, out=sys.stderr) -> Iterator[Manifest]:
+    """A whole stack on free ports in a temporary directory, stopped on exit — for benchmarks."""
+    with tempfile.TemporaryDirectory(prefix="shopgate-stack-") as tmp:
+        ports = Ports(free_port(), free_port(), free_port(), free_port())
+        manifest = prepare(Path(tmp), ports, settings.TEMPLATES_DIR, supervised=True)
+        try:
+            with contextlib.redirect_stdout(out):
+                start_stack(manifest, instances, Progress(out))
+            yield manifest
+        finally:
+            stop_stack(manifest, out)
+
+
+def print_urls(ports: Ports, out=None) -> None:
+    out = out or sys.stdout
     print("", file=out)
     for label, url in ports.urls():
         print(f"  {label:<18} {url}", file=out)
@@ -470,7 +495,7 @@ def up_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     stop_on_sigterm()
     try:
-        manifest = prepare(args, supervised=not args.detach)
+        manifest = prepare(args.state_dir, ports_from_args(args), args.templates, supervised=not args.detach)
     except StackError as exc:
         print(f"shopgate up: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,76 @@
+"""What the shopgate benchmarks share: the machine's description and one way to drive load.
+
+The load generator is `wrk` (Debian's, at /usr/bin/wrk) when present, else shopgate's own async
+Python generator at a rate it cannot reach (so, like wrk, it runs closed-loop at full speed). Every
+result says which one produced it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from shopgate.load import Load, Target, summarize  # noqa: E402
+
+WRK = shutil.which("wrk") or ("/usr/bin/wrk" if os.path.exists("/usr/bin/wrk") else None)
+UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown CPU")
+    haproxy = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[:1]
+    return f"{os.cpu_count()} × {cpu}, Linux {platform.release()}, Python {platform.python_version()}, {' '.join(haproxy)[:40]}"
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    generator: str
+    requests: int
+    errors: int          # no response, socket errors, and responses outside 2xx/3xx
+    rate: float          # requests per second
+    p50_ms: float
+    p99_ms: float
+
+
+def _ms(text: str) -> float:
+    number, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+    return float(number) * UNITS[unit]
+
+
+def parse_wrk(output: str, generator: str) -> LoadResult:
+    def grab(pattern: str, default: str = "0") -> str:
+        found = re.search(pattern, output)
+        return found.group(1) if found else default
+
+    socket_errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", grab(r"Socket errors: (.*)", "")))
+    return LoadResult(generator, int(grab(r"(\d+) requests in")), socket_errors + int(grab(r"Non-2xx or 3xx responses: (\d+)")),
+                      float(grab(r"Requests/sec:\s+([\d.]+)")), _ms(grab(r"50%\s+(\S+)", "0ms")), _ms(grab(r"99%\s+(\S+)", "0ms")))
+
+
+def drive(url: str, seconds: float, connections: int = 16) -> LoadResult:
+    """Full-speed GET load on `url` for `seconds`."""
+    if WRK:
+        threads = min(2, connections)
+        done = subprocess.run([WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds:.0f}s", "--latency", url],
+                              capture_output=True, text=True, check=True)
+        return parse_wrk(done.stdout, f"wrk 4.1 (-t{threads} -c{connections})")
+    base, path = url.split("/", 3)[:3], "/" + url.split("/", 3)[3]
+    records = Load("/".join(base), [Target("GET", path, expect=(200,))], rate=1e6, concurrency=connections, duration=seconds).run()
+    figures = summarize(records)
+    return LoadResult(f"shopgate.load (asyncio+aiohttp, {connections} workers)", figures["requests"], figures["failed"],
+                      figures["rate"], figures["p50_ms"], figures["p99_ms"])
+
+
+def table(header: tuple[str, ...], rows: list[tuple]) -> str:
+    cells = [tuple(str(c) for c in row) for row in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
