@@ -18,6 +18,7 @@ import requests
 
 from shopgate.processes import pid_alive, shopgate_argv
 from shopgate.settings import SHOP_SERVICES
+from shopgate.stack import Manifest, Ports, ProcessRecord
 from stack_harness import StackUnderTest
 
 
@@ -153,3 +154,26 @@ def test_foreground_up_stops_cleanly_on_ctrl_c(tmp_path):
         if proc.poll() is None:
             proc.kill()
         stack.cleanup()
+
+
+def test_down_never_signals_a_process_that_reused_a_recorded_pid(tmp_path):
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        state_dir = tmp_path / "stale"
+        state_dir.mkdir()
+        record = ProcessRecord("catalog", bystander.pid, shopgate_argv("catalog", "--port", "1"), str(state_dir / "catalog.log"))
+        Manifest(state_dir, Ports(), "config_templates", processes=[record]).save()
+        result = subprocess.run(shopgate_argv("down", "--state-dir", str(state_dir)), capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        time.sleep(0.2)
+        assert bystander.poll() is None, "down signalled a process that is not the one it started"
+        assert not (state_dir / "stack.json").exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_status_without_a_stack_says_so(tmp_path):
+    result = subprocess.run(shopgate_argv("status", "--state-dir", str(tmp_path)), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert f"no stack is running in {tmp_path}" in result.stderr
