@@ -14,14 +14,36 @@ MAX_FLAGS = 2**64 - 1
 routes = web.RouteTableDef()
 
 
+def key_of(request: web.Request, required: bool) -> str:
+    """The key from the path, refused when it could escape its place (leading '/', '..', control characters)."""
+    key = request.match_info["key"]
+    if not key:
+        if required:
+            raise BadRequest("Missing key name")
+        return key
+    if key.startswith("/"):
+        raise BadRequest("Invalid key: key must not begin with a '/'")
+    if "../" in key or key.endswith("/..") or key == "..":
+        raise BadRequest("Invalid key: key contains path traversal sequence")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7f for ch in key):
+        raise BadRequest("Invalid key: key contains a control character")
+    return key
+
+
+def refuse_conflicting(query, *flags: str) -> None:
+    given = [flag for flag in flags if query.present(flag)]
+    if len(given) > 1:
+        raise BadRequest(f"Conflicting flags: {', '.join(given)} cannot be combined")
+
+
 @routes.get("/v1/kv/{key:.*}")
 async def kv_get(request: web.Request) -> web.Response:
     agent, query = agent_of(request), query_of(request)
-    key = request.match_info["key"]
+    key = key_of(request, required=not (query.present("keys") or query.present("recurse")))
     store = agent.store
 
     if query.present("keys"):
-        separator = query.get("separator")
+        separator = query.get("separator", query.get("seperator"))  # Consul accepts its historic misspelling
 
         def read_keys():
             index, entries = store.kv_list(key)
@@ -36,7 +58,7 @@ async def kv_get(request: web.Request) -> web.Response:
                     keys.append(name)
             return index, keys
 
-        return await indexed(request, ("kvs",), read_keys)
+        return await indexed(request, ("kvs",), read_keys, not_found=lambda keys: not keys and key != "")
 
     if query.present("recurse"):
         def read_tree():
@@ -53,16 +75,20 @@ async def kv_get(request: web.Request) -> web.Response:
             return store.kv_index(), None
         return entry.modify_index, (entry.value if raw else [kv_json(entry)])
 
-    return await indexed(request, ("kvs",), read_one, not_found=lambda data: data is None,
-                         content_type="application/octet-stream" if raw else "application/json")
+    response = await indexed(request, ("kvs",), read_one, not_found=lambda data: data is None,
+                             content_type="text/plain" if raw else "application/json")
+    if raw:
+        # As Consul: a stored value must never run as a page in a browser.
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Content-Security-Policy"] = "sandbox"
+    return response
 
 
 @routes.put("/v1/kv/{key:.*}")
 async def kv_put(request: web.Request) -> web.Response:
     agent, query = agent_of(request), query_of(request)
-    key = request.match_info["key"]
-    if not key:
-        raise BadRequest("Missing key name")
+    key = key_of(request, required=True)
+    refuse_conflicting(query, "cas", "acquire", "release")
     if query.present("acquire") or query.present("release"):
         raise BadRequest("Sessions are not supported by this catalog: ?acquire and ?release need a session")
     if request.content_length is not None and request.content_length > MAX_VALUE_SIZE:
@@ -82,13 +108,12 @@ async def kv_put(request: web.Request) -> web.Response:
 @routes.delete("/v1/kv/{key:.*}")
 async def kv_delete(request: web.Request) -> web.Response:
     agent, query = agent_of(request), query_of(request)
-    key = request.match_info["key"]
+    key = key_of(request, required=not query.present("recurse"))
+    refuse_conflicting(query, "recurse", "cas")
     if query.present("recurse"):
         agent.store.kv_delete_tree(key)
         agent.commit()
         return json_response(True)
-    if not key:
-        raise BadRequest("Missing key name")
     cas = query.uint("cas") if query.present("cas") else None
     deleted = agent.store.kv_delete(key, cas)
     agent.commit()
