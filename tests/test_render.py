@@ -1,0 +1,290 @@
+"""RouteTable -> haproxy.cfg (gateway.render + config_templates/), checked by the real `haproxy -c`.
+
+The property test feeds hostile catalog and KV content (names, tags, meta, addresses with
+newlines, quotes, '#', blanks, backslashes, unicode) through the whole pure pipeline and proves
+that the output is always a valid config made only of lines the template writes.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings, strategies as st
+
+from gateway.haproxy_syntax import UnsafeValue
+from gateway.model import Backend, BackendSettings, Instance, Route, RouteTable, RuntimePaths, Server, Snapshot
+from gateway.render import render_config
+from gateway.routing import build_route_table
+from shopgate.settings import TEMPLATES_DIR
+
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+
+
+def haproxy_check(config: str, directory: Path) -> subprocess.CompletedProcess:
+    path = directory / "haproxy.cfg"
+    path.write_text(config)
+    return subprocess.run([HAPROXY, "-c", "-f", str(path)], capture_output=True, text=True, timeout=60)
+
+
+def runtime(directory: Path, **kwargs) -> RuntimePaths:
+    return RuntimePaths(admin_socket=directory / "admin.sock", listen="127.0.0.1:18080", stats="127.0.0.1:18404", **kwargs)
+
+
+def render(snapshot: Snapshot, directory: Path, **kwargs) -> tuple[RouteTable, str]:
+    table = build_route_table(snapshot)
+    return table, render_config(table, TEMPLATES_DIR, runtime(directory, **kwargs))
+
+
+def inst(service: str, n: int, **kwargs) -> Instance:
+    return Instance(service=service, id=f"{service}-{n}", node="node1", address=f"127.0.0.{n}", port=9000 + n, **kwargs)
+
+
+SHOP = Snapshot(services={
+    "products": (inst("products", 1), inst("products", 2, status="critical"), inst("products", 3, tags=("canary",))),
+    "users": (inst("users", 1, tags=("urlprefix-shop.example/shop/users strip=/shop",)),),
+})
+
+
+# ---------------------------------------------------------------- examples
+
+
+def test_the_shop_config_is_valid_and_carries_the_zero_failure_defaults(tmp_path):
+    table, config = render(SHOP, tmp_path)
+    check = haproxy_check(config, tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    for line in (
+        "    master-worker",
+        f"    stats socket {tmp_path}/admin.sock mode 600 level admin expose-fd listeners",
+        "    hard-stop-after 30000ms",
+        "    option idle-close-on-response",
+        "    option redispatch",
+        "    retries 3",
+        "    retry-on conn-failure empty-response",
+        "    http-request disable-l7-retry unless replay_safe",
+        "    option httpchk GET /health",
+        "    default-server check inter 1s fall 2 rise 1 init-addr libc,none",
+        "    bind 127.0.0.1:18080",
+        "    bind 127.0.0.1:18404",
+        "    http-request use-service prometheus-exporter if { path /metrics }",
+        "    stats uri /",
+    ):
+        assert line in config.splitlines(), line
+    assert "stats auth" not in config
+    assert "server-state-file" not in config
+
+
+def test_every_slot_is_written_with_its_instance_or_as_a_disabled_spare(tmp_path):
+    _, config = render(SHOP, tmp_path)
+    products = config.split("backend be_products\n")[1].split("\n\n")[0].splitlines()
+    assert [line for line in products if "server " in line] == [
+        "    server s1 127.0.0.1:9001 weight 100",
+        "    server s2 127.0.0.2:9002 weight 100 disabled",          # critical: kept in its slot, disabled
+        "    server s3 127.0.0.3:9003 weight 100",
+        "    server s4 127.0.0.1:1 weight 100 disabled",
+        "    server s5 127.0.0.1:1 weight 100 disabled",
+        "    server s6 127.0.0.1:1 weight 100 disabled",
+        "    server s7 127.0.0.1:1 weight 100 disabled",
+        "    server s8 127.0.0.1:1 weight 100 disabled",
+    ]
+
+
+def test_routes_become_acls_in_match_order_with_strip(tmp_path):
+    _, config = render(SHOP, tmp_path)
+    frontend = config.split("frontend shopgate\n")[1].split("\n\n")[0].splitlines()
+    assert frontend[3:] == [
+        "    acl r1_host req.hdr(host),field(1,:),lower -m str shop.example",
+        "    acl r1_path path /shop/users",
+        "    acl r1_path path_beg /shop/users/",
+        "    http-request set-var(txn.route) int(1) if !{ var(txn.route) -m found } r1_host r1_path",
+        "    acl r2_path path /api/v1/products",
+        "    acl r2_path path_beg /api/v1/products/",
+        "    http-request set-var(txn.route) int(2) if !{ var(txn.route) -m found } r2_path",
+        '    http-request return status 503 content-type application/json string "{\\"error\\": \\"no route\\"}" unless { var(txn.route) -m found }',
+        "    http-request replace-path ^/shop/?(.*)$ /\\1 if { var(txn.route) -m int 1 }",
+        "    use_backend be_users if { var(txn.route) -m int 1 }",
+        "    use_backend be_products if { var(txn.route) -m int 2 }",
+    ]
+
+
+def test_kv_settings_are_rendered(tmp_path):
+    kv = {
+        "shopgate/gateway/stats_auth": b"admin:s3cret",
+        "shopgate/gateway/maxconn": b"10000",
+        "shopgate/gateway/timeout_client": b"1m",
+        "shopgate/gateway/retries": b"2",
+        "shopgate/gateway/hard_stop_after": b"10s",
+        "shopgate/services/products/balance": b"leastconn",
+        "shopgate/services/products/maxconn": b"25",
+        "shopgate/services/products/timeout_server": b"90s",
+        "shopgate/services/products/timeout_connect": b"500ms",
+        "shopgate/services/products/weights": b'{"canary": 10}',
+    }
+    table, config = render(Snapshot(services=SHOP.services, kv=kv), tmp_path)
+    assert table.rejected == ()
+    check = haproxy_check(config, tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    lines = config.splitlines()
+    for line in ("    stats auth admin:s3cret", "    maxconn 10000", "    timeout client 60000ms", "    retries 2",
+                 "    hard-stop-after 10000ms", "    balance leastconn", "    default-server maxconn 25",
+                 "    timeout server 90000ms", "    timeout connect 500ms", "    server s3 127.0.0.3:9003 weight 10"):
+        assert line in lines, line
+    assert lines.count("    balance roundrobin") == 1       # users keeps the default
+
+
+def test_invalid_kv_values_are_reported_and_not_rendered(tmp_path):
+    kv = {
+        "shopgate/services/products/balance": b"fastest",
+        "shopgate/services/products/timeout_server": b"30 # comment",
+        "shopgate/gateway/stats_auth": b"admin:pass\nlisten evil",
+    }
+    table, config = render(Snapshot(services=SHOP.services, kv=kv), tmp_path)
+    assert [r.split(":")[0] for r in table.rejected] == [
+        "shopgate/gateway/stats_auth", "shopgate/services/products/balance", "shopgate/services/products/timeout_server"]
+    assert "fastest" not in config and "comment" not in config and "evil" not in config and "stats auth" not in config
+    assert config.splitlines().count("    balance roundrobin") == 2
+    assert haproxy_check(config, tmp_path).returncode == 0
+
+
+def test_ipv6_and_hostname_servers_and_the_optional_state_file(tmp_path):
+    snapshot = Snapshot(services={"p": (Instance("p", "a", "n", "::1", 8080), Instance("p", "b", "n", "localhost", 8081))})
+    _, config = render(snapshot, tmp_path, server_state_file=tmp_path / "state", pidfile=tmp_path / "pid")
+    assert "    server s1 [::1]:8080 weight 100" in config.splitlines()
+    assert "    server s2 localhost:8081 weight 100" in config.splitlines()
+    assert f"    server-state-file {tmp_path}/state" in config.splitlines()
+    assert "    load-server-state-from-file global" in config.splitlines()
+    check = haproxy_check(config, tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_value_that_bypassed_validation_fails_the_render_instead_of_injecting(tmp_path):
+    forged = RouteTable(backends=(Backend("be_x", "x", BackendSettings(), (Server("s1", "k", "10.0.0.1\n    server evil 6.6.6.6:80", 80, 100, "ready"),)),))
+    with pytest.raises(UnsafeValue, match="refusing to write"):
+        render_config(forged, TEMPLATES_DIR, runtime(tmp_path))
+    forged_route = RouteTable(routes=(Route("be_x", "/x if TRUE"),))
+    with pytest.raises(UnsafeValue):
+        render_config(forged_route, TEMPLATES_DIR, runtime(tmp_path))
+    with pytest.raises(UnsafeValue, match="bind address"):
+        render_config(RouteTable(), TEMPLATES_DIR, RuntimePaths(admin_socket=tmp_path / "a.sock", listen="0.0.0.0:80 ssl crt /x"))
+
+
+# ---------------------------------------------------------------- properties: nothing from the catalog injects config
+
+_HOSTILE_CHARS = list(" \t\n\r#'\"\\${}%;:=,/._-~") + ["é", "€", "\u2028", "\x00", "\x7f"]
+hostile = st.text(alphabet=st.sampled_from(_HOSTILE_CHARS + list("abcAB01")), max_size=10)
+#: Always contains a character no address may have, so HAProxy never tries to resolve it.
+hostile_address = st.builds(lambda a, c, b: a + c + b, hostile, st.sampled_from(list(" #'\"\\\n$%,")), hostile)
+service_names = st.one_of(st.sampled_from(["products", "users", "a.b", "x_y-1", "Products"]), hostile)
+route_tags = st.builds(
+    lambda host, path, option: f"urlprefix-{host}{path}{option}",
+    st.sampled_from(["", "", "shop.example", "Shop.EXAMPLE", "bad_host", "a b", "x\n#", "h'"]),
+    st.sampled_from(["/", "/shop", "/shop/products/", "/api/v1/products", "/a.b/~c", "/x'y", "/p\nlisten x", "/q#r", "/é"]),
+    st.sampled_from(["", "", " strip=/shop", " strip=/shop/", " strip=/x", " proto=https", " strip=/\\"]),
+)
+tags = st.one_of(route_tags, st.sampled_from(["canary", "stable", "v2"]), hostile, hostile.map(lambda t: "urlprefix-" + t))
+addresses = st.one_of(st.ip_addresses().map(str), st.just("localhost"), hostile_address)
+
+
+kv_keys = st.one_of(
+    st.sampled_from(["maxconn", "timeout_client", "timeout_server", "timeout_connect", "retries", "hard_stop_after", "stats_auth", "bogus"]).map(lambda k: f"shopgate/gateway/{k}"),
+    st.tuples(service_names, st.sampled_from(["balance", "maxconn", "timeout_connect", "timeout_server", "weights", "maintenance", "slots", "x"])).map(lambda t: f"shopgate/services/{t[0]}/{t[1]}"),
+    hostile.map(lambda t: "shopgate/" + t),
+)
+plausible_values = st.sampled_from([b"leastconn", b"random", b"5s", b"250ms", b"100", b"2", b"true", b'{"canary": 10}', b"admin:pw", b"16"])
+kv_values = st.one_of(plausible_values, hostile.map(str.encode), st.binary(max_size=8))
+
+
+def instances(service: str, address, port) -> st.SearchStrategy[Instance]:
+    return st.builds(
+        Instance,
+        service=st.just(service),
+        id=hostile,
+        node=st.sampled_from(["node1", "node 2\n#"]),
+        address=address,
+        port=port,
+        tags=st.lists(tags, max_size=3).map(tuple),
+        meta=st.lists(st.tuples(hostile, hostile), max_size=2).map(lambda pairs: tuple(sorted(pairs))),
+        status=st.sampled_from(["passing", "passing", "warning", "critical", "maintenance"]),
+    )
+
+
+@st.composite
+def catalogs(draw) -> Snapshot:
+    services = {}
+    for name in draw(st.lists(service_names, min_size=1, max_size=4, unique=True)):
+        usable = instances(name, st.one_of(st.ip_addresses().map(str), st.just("localhost")), st.integers(1, 65535))
+        anything = instances(name, addresses, st.integers(-1, 70_000))
+        services[name] = tuple(draw(st.lists(st.one_of(usable, usable, anything), max_size=4)))
+    return Snapshot(services=services, kv=draw(st.dictionaries(kv_keys, kv_values, max_size=6)))
+
+
+_NAME = r"[A-Za-z0-9_.-]+"
+_PATH = r"/[A-Za-z0-9._~/-]*"
+_WORD = r"[A-Za-z0-9_.:/@%+=,!?*~^\[\]-]+"
+#: Every line shape that carries catalog or KV data; all other lines must be fixed template text.
+DATA_LINE_SHAPES = [re.compile(shape) for shape in (
+    r"    maxconn \d+",
+    r"    hard-stop-after \d+ms",
+    r"    retries \d+",
+    r"    timeout (connect|client|server|queue) \d+ms",
+    rf"    stats auth {_WORD}:{_WORD}",
+    rf"backend be_{_NAME}",
+    r"    balance (roundrobin|leastconn|source|first|random)",
+    r"    default-server maxconn \d+",
+    r"    server s\d+ (\[[0-9a-f:.]+\]|[0-9.]+|localhost):\d+ weight \d+( disabled)?",
+    r"    acl r\d+_host req\.hdr\(host\),field\(1,:\),lower -m str [a-z0-9.-]+",
+    rf"    acl r\d+_path path(_beg)? {_PATH}",
+    r"    http-request set-var\(txn\.route\) int\(\d+\) if !\{ var\(txn\.route\) -m found \}( r\d+_host)? r\d+_path",
+    r"    http-request replace-path \^[A-Za-z0-9_/~\[\].-]+/\?\(\.\*\)\$ /\\1 if \{ var\(txn\.route\) -m int \d+ \}",
+    rf"    use_backend be_{_NAME} if \{{ var\(txn\.route\) -m int \d+ \}}",
+)]
+
+
+def fixed_template_lines(directory: Path) -> set[str]:
+    """Lines of a config rendered from nothing: text the template writes whatever the catalog says."""
+    return set(render_config(RouteTable(), TEMPLATES_DIR, runtime(directory)).splitlines())
+
+
+def assert_safe_valid_and_complete(snapshot: Snapshot) -> None:
+    """Only template lines, one-line error messages, every usable instance written, and `haproxy -c` passes."""
+    with tempfile.TemporaryDirectory(prefix="shopgate-render-") as tmp:
+        directory = Path(tmp)
+        table = build_route_table(snapshot)
+        config = render_config(table, TEMPLATES_DIR, runtime(directory))
+        event(f"ready servers: {min(3, sum(s.state == 'ready' for b in table.backends for s in b.servers))}+")
+        event(f"routes with host/strip: {any(r.host for r in table.routes)}/{any(r.strip for r in table.routes)}")
+        event(f"rejected inputs: {bool(table.rejected)}")
+        fixed = fixed_template_lines(directory)
+        for line in config.splitlines():
+            assert line in fixed or any(shape.fullmatch(line) for shape in DATA_LINE_SHAPES), f"unexpected line {line!r}"
+        assert all("\n" not in message and "\r" not in message for message in table.rejected)
+        for backend in table.backends:
+            for server in backend.servers:
+                if server.occupied:
+                    address = f"[{server.address}]" if ":" in server.address else server.address
+                    assert f"    server {server.slot} {address}:{server.port} weight {server.weight}" in config
+        check = haproxy_check(config, directory)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(snapshot=catalogs())
+def test_any_catalog_renders_a_valid_config_made_only_of_template_lines(snapshot):
+    assert_safe_valid_and_complete(snapshot)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(
+    route_tags_by_service=st.dictionaries(st.sampled_from(["products", "users", "a.b"]), st.lists(st.lists(route_tags, min_size=1, max_size=3), min_size=1, max_size=3), min_size=1),
+    kv=st.dictionaries(kv_keys, plausible_values, max_size=8),
+)
+def test_any_mix_of_route_tags_and_settings_renders_a_valid_config(route_tags_by_service, kv):
+    services = {
+        name: tuple(Instance(name, f"{name}-{n}", "node1", f"127.0.0.{n + 1}", 9000 + n, tags=tuple(tags)) for n, tags in enumerate(tag_lists))
+        for name, tag_lists in route_tags_by_service.items()
+    }
+    assert_safe_valid_and_complete(Snapshot(services=services, kv=kv))
