@@ -156,7 +156,10 @@ class RuntimePaths:
     listen: str = "127.0.0.1:8080"           # the gateway entry point, "host:port"
     stats: str = "127.0.0.1:8404"            # stats page + /metrics, "host:port"
     pidfile: Path | None = None
-    server_state_file: Path | None = None    # when set: `server-state-file` + `load-server-state-from-file global`
+    # When set: `server-state-file` + `load-server-state-from-file global`. Off by default: measured on
+    # 2.6, a state file's address/port and up-state override the rendered server lines on reload, so
+    # a file not dumped right before the reload brings back stale servers.
+    server_state_file: Path | None = None
 
 
 # ---------------------------------------------------------------- the difference between two tables
