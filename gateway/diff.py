@@ -3,12 +3,14 @@
 A change is structural (render, validate, swap, reload) when anything HAProxy only reads from its
 config differs: routes, the set of backends, their settings, their slot counts, gateway settings.
 Everything else is membership: which instance sits in a slot, its address, weight and state,
-which the runtime API changes without a reload. Service maintenance and canary tag weights are
+which the runtime API changes without a reload (except giving a slot a hostname: HAProxy resolves
+those only when it loads its config). Service maintenance and canary tag weights are
 expressed through server states and weights, so toggling them needs no reload either.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import fields, replace
 
 from gateway.model import ApplyPlan, Backend, BackendSettings, GatewaySettings, MembershipChange, Route, RouteTable, Server
@@ -37,9 +39,21 @@ def plan_changes(running: RouteTable | None, wanted: RouteTable) -> ApplyPlan:
             reasons += backend_reasons
         elif not reasons:
             membership += _slot_changes(old, new)
+    reasons += [
+        f"backend {c.backend}: {c.slot} gets hostname address {c.address} (the runtime API sets IP addresses only)"
+        for c in membership if c.action == "add" and not _is_ip(c.address)
+    ]
     if reasons:
         return ApplyPlan(structural_reasons=tuple(reasons))
     return ApplyPlan(membership=tuple(membership))
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+        return True
+    except ValueError:
+        return False
 
 
 def _settings_reasons(old: GatewaySettings, new: GatewaySettings) -> list[str]:

@@ -98,3 +98,13 @@ def test_exhausted_slots_mean_a_reload_with_more_slots():
 def test_an_invalid_kv_value_changes_nothing():
     base = (inst(1),)
     assert plan_between(base, base, kv_after={"shopgate/services/p/balance": b"fastest"}).empty
+
+
+def test_a_hostname_instance_needs_a_reload_because_the_runtime_api_takes_ips_only():
+    named = Instance(service="p", id="p-2", node="node1", address="app-2.internal", port=9002)
+    plan = plan_between((inst(1),), (inst(1), named))
+    assert plan.structural_reasons == ("backend be_p: s2 gets hostname address app-2.internal (the runtime API sets IP addresses only)",)
+    # Once loaded, it fails and recovers through the runtime API like any other.
+    running = table(inst(1), named)
+    failing = table(inst(1), replace(named, status="critical"), previous=running)
+    assert plan_changes(running, failing).membership == (MembershipChange("be_p", "s2", "remove", "app-2.internal", 9002, 100),)
