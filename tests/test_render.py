@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import jinja2
 import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
@@ -288,3 +289,19 @@ def test_any_mix_of_route_tags_and_settings_renders_a_valid_config(route_tags_by
         for name, tag_lists in route_tags_by_service.items()
     }
     assert_safe_valid_and_complete(Snapshot(services=services, kv=kv))
+
+
+def test_template_edits_apply_on_the_next_render_and_a_broken_edit_raises(tmp_path):
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATES_DIR, templates)
+    table = build_route_table(SHOP)
+    assert "timeout http-request 10s" in render_config(table, templates, runtime(tmp_path))
+    partial = templates / "defaults.cfg.j2"
+    partial.write_text(partial.read_text().replace("timeout http-request 10s", "timeout http-request 7s"))
+    assert "timeout http-request 7s" in render_config(table, templates, runtime(tmp_path))
+    partial.write_text(partial.read_text() + "{% if %}\n")
+    with pytest.raises(jinja2.TemplateSyntaxError):
+        render_config(table, templates, runtime(tmp_path))
+    partial.write_text(partial.read_text().replace("{% if %}\n", "    timeout tarpit {{ no_such_value }}\n"))
+    with pytest.raises(jinja2.UndefinedError):
+        render_config(table, templates, runtime(tmp_path))
