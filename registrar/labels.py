@@ -232,6 +232,8 @@ def plan_services(container: ContainerInfo, options: RegistrarOptions) -> Contai
     """The registrations this container should have (none when it is not running)."""
     if not container.running:
         return ContainerPlan()
+    if options.explicit and not _names_itself(container):
+        return ContainerPlan()  # explicit mode: not ours to explain
     base = f"container {container.name}"
     candidates = _ports_to_register(container, options)
     if not candidates:
@@ -253,6 +255,13 @@ def plan_services(container: ContainerInfo, options: RegistrarOptions) -> Contai
         except LabelError as exc:
             skipped.append(f"{where}: {exc}")
     return ContainerPlan(tuple(services), tuple(skipped))
+
+
+def _names_itself(container: ContainerInfo) -> bool:
+    """Whether SERVICE_NAME or some SERVICE_<port>_NAME is set (in env or labels)."""
+    keys = set(container.env) | set(container.labels)
+    return any(key == "SERVICE_NAME" or (key.startswith(PREFIX) and key.endswith("_NAME") and
+                                         _PORT_ATTR.match(key[len(PREFIX):])) for key in keys)
 
 
 def _ports_to_register(container: ContainerInfo, options: RegistrarOptions) -> list[PortMapping]:

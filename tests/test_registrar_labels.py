@@ -6,6 +6,7 @@ import pytest
 
 from registrar.labels import (
     ContainerInfo,
+    ContainerPlan,
     PortMapping,
     RegistrarOptions,
     container_address,
@@ -184,11 +185,16 @@ def test_per_port_ignore_skips_only_that_port():
 
 
 def test_explicit_mode_needs_a_service_name():
-    info = container(ports=published(8000, 49153))
     explicit = RegistrarOptions(explicit=True)
-    assert "explicit mode" in plan_services(info, explicit).skipped[0]
+    # Containers that name no service are silently not ours (no log line for each of them).
+    assert plan_services(container(ports=published(8000, 49153)), explicit) == ContainerPlan()
     named = container(ports=published(8000, 49153), labels={"SERVICE_NAME": "web"})
     assert only_service(named, explicit).name == "web"
+    # A per-port name selects that port only; the other one is skipped with a reason.
+    per_port = container(ports={**published(80, 8081), **published(81, 8082)}, env=["SERVICE_81_NAME=admin"])
+    plan = plan_services(per_port, explicit)
+    assert [(s.name, s.port) for s in plan.services] == [("admin", 8082)]
+    assert "no SERVICE_NAME (explicit mode)" in plan.skipped[0]
 
 
 def test_other_attributes_become_meta_with_ownership():
