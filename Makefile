@@ -43,6 +43,16 @@ demo: install
 test: $(STAMP) system-test
 	$(PY) -m pytest
 
+# A private Docker engine (state in .engine/, stopped by its pid) and the compose stack on it.
+engine-up: $(STAMP) system-test
+	@compose/engine.sh up
+
+engine-down:
+	@compose/engine.sh down
+
+compose-demo: $(STAMP) system-test
+	compose/scale-demo.sh
+
 bench: install
 	@for b in bench/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
