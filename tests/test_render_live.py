@@ -6,6 +6,7 @@ Backends are small real HTTP servers on free loopback ports that echo what they 
 from __future__ import annotations
 
 import json
+import socket
 import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,7 +55,7 @@ class EchoServer:
 def gateway(tmp_path_factory):
     """HAProxy running the rendered config for a small shop; yields (gateway url, stats url)."""
     tmp_path = tmp_path_factory.mktemp("render-live")
-    echoes = {name: EchoServer(name) for name in ("products", "users", "orders", "specials")}
+    echoes = {name: EchoServer(name) for name in ("products", "products-b", "users", "orders", "specials")}
     haproxy = None
     try:
         def instance(name: str, *tags: str, port: int | None = None) -> Instance:
@@ -76,7 +77,7 @@ def gateway(tmp_path_factory):
         config.write_text(render_config(build_route_table(snapshot), TEMPLATES_DIR, runtime))
         haproxy = ManagedProcess("haproxy", [HAPROXY, "-W", "-f", str(config)], log_path=tmp_path / "haproxy.log").start()
         wait_for_http(f"http://127.0.0.1:{stats}/metrics", timeout=15, process=haproxy, ok=lambda r: r.status_code == 200)
-        yield f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{stats}"
+        yield f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{stats}", runtime.admin_socket, echoes
     finally:
         if haproxy is not None:
             haproxy.stop()
@@ -85,7 +86,7 @@ def gateway(tmp_path_factory):
 
 
 def test_requests_reach_the_right_service_with_the_right_path(gateway):
-    url, _ = gateway
+    url = gateway[0]
     # Default route /api/v1/<service>, path unchanged.
     assert requests.get(f"{url}/api/v1/products/7?x=1", timeout=5).json() == {"service": "products", "path": "/api/v1/products/7?x=1", "host": url[7:]}
     assert requests.get(f"{url}/api/v1/products", timeout=5).json()["service"] == "products"
@@ -100,7 +101,7 @@ def test_requests_reach_the_right_service_with_the_right_path(gateway):
 
 
 def test_no_route_and_no_server_answer_503_json(gateway):
-    url, _ = gateway
+    url = gateway[0]
     for path, headers in (("/api/v1/productsX", {}), ("/shop/users/1", {}), ("/nothing", {})):
         response = requests.get(f"{url}{path}", headers=headers, timeout=5)
         assert (response.status_code, response.json()) == (503, {"error": "no route"}), path
@@ -109,9 +110,27 @@ def test_no_route_and_no_server_answer_503_json(gateway):
 
 
 def test_stats_page_needs_the_kv_credentials_and_metrics_are_served(gateway):
-    _, stats = gateway
+    stats = gateway[1]
     assert requests.get(f"{stats}/", timeout=5).status_code == 401
     page = requests.get(f"{stats}/;csv", auth=("admin", "s3cret"), timeout=5)
     assert page.status_code == 200 and "be_products,s1," in page.text
     metrics = requests.get(f"{stats}/metrics", timeout=5)
     assert metrics.status_code == 200 and 'haproxy_backend_status{proxy="be_products"' in metrics.text
+
+
+def admin_command(socket_path, command: str) -> str:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(socket_path))
+        sock.sendall(command.encode() + b"\n")
+        return b"".join(iter(lambda: sock.recv(65536), b"")).decode()
+
+
+def test_a_spare_slot_takes_a_new_instance_through_the_runtime_api_without_reload(gateway):
+    url, _, admin_socket, echoes = gateway
+    port = echoes["products-b"].port
+    # What the apply stage does for MembershipChange("be_products", "s2", "add", ...).
+    admin_command(admin_socket, f"set server be_products/s2 addr 127.0.0.1 port {port}; set server be_products/s2 state ready")
+    seen = {requests.get(f"{url}/api/v1/products", timeout=5).json()["service"] for _ in range(8)}
+    assert seen == {"products", "products-b"}
+    admin_command(admin_socket, "set server be_products/s2 state maint")
+    assert {requests.get(f"{url}/api/v1/products", timeout=5).json()["service"] for _ in range(4)} == {"products"}
