@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from hypothesis import given, settings, strategies as st
+
 from gateway.diff import plan_changes
 from gateway.model import Instance, MembershipChange, Snapshot
 from gateway.routing import build_route_table
@@ -13,8 +15,8 @@ def inst(n: int, status: str = "passing", tags: tuple[str, ...] = (), service: s
     return Instance(service=service, id=f"{service}-{n}", node="node1", address=f"10.0.0.{n}", port=9000 + n, tags=tags, status=status)
 
 
-def table(*instances: Instance, kv: dict[str, bytes] | None = None, previous=None):
-    services: dict[str, tuple[Instance, ...]] = {}
+def table(*instances: Instance, kv: dict[str, bytes] | None = None, previous=None, services: tuple[str, ...] = ()):
+    services: dict[str, tuple[Instance, ...]] = {name: () for name in services}
     for instance in instances:
         services[instance.service] = services.get(instance.service, ()) + (instance,)
     return build_route_table(Snapshot(services=services, kv=kv or {}), previous)
@@ -108,3 +110,37 @@ def test_a_hostname_instance_needs_a_reload_because_the_runtime_api_takes_ips_on
     running = table(inst(1), named)
     failing = table(inst(1), replace(named, status="critical"), previous=running)
     assert plan_changes(running, failing).membership == (MembershipChange("be_p", "s2", "remove", "app-2.internal", 9002, 100),)
+
+
+def serving_view(servers) -> dict[str, tuple]:
+    """slot -> (address, port, weight) of the slots that take new requests."""
+    return {s.slot: (s.address, s.port, s.weight) for s in servers if s.state == "ready"}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    before=st.dictionaries(st.integers(1, 6), st.sampled_from(["passing", "critical", "maintenance"]), max_size=6),
+    after=st.dictionaries(st.integers(1, 6), st.sampled_from(["passing", "critical", "maintenance"]), max_size=6),
+    canary=st.sets(st.integers(1, 6)),
+    weights=st.sampled_from([None, b'{"canary": 0}', b'{"canary": 30}']),
+)
+def test_applying_the_membership_plan_to_the_running_servers_gives_the_wanted_servers(before, after, canary, weights):
+    def instances(view):
+        return tuple(inst(n, status, tags=("canary",) if n in canary else ()) for n, status in view.items())
+
+    kv = {"shopgate/services/p/weights": weights} if weights else {}
+    running = table(*instances(before), services=("p",))
+    wanted = table(*instances(after), kv=kv, previous=running, services=("p",))
+    plan = plan_changes(running, wanted)
+    if plan.needs_reload:
+        return  # the reload writes `wanted` whole
+    runtime = {s.slot: [s.address, s.port, s.weight, s.state == "ready"] for s in running.backend("be_p").servers}
+    for change in plan.membership:
+        slot = runtime[change.slot]
+        if change.action == "add":
+            slot[:] = [change.address, change.port, change.weight, True]
+        elif change.action == "weight":
+            slot[2] = change.weight
+        else:  # drain, remove: no new requests
+            slot[3] = False
+    assert {name: tuple(v[:3]) for name, v in runtime.items() if v[3]} == serving_view(wanted.backend("be_p").servers)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+from hypothesis import given, settings, strategies as st
+
 from gateway.model import Instance, Route, RouteTable, Snapshot
 from gateway.routing import build_route_table, parse_route_tag, slot_count
-
-import pytest
 
 
 def inst(service: str, n: int, status: str = "passing", tags: tuple[str, ...] = (), address: str | None = None, port: int | None = None) -> Instance:
@@ -237,3 +238,26 @@ def test_the_same_snapshot_gives_an_equal_table():
     s = snap(inst("p", 1, tags=("urlprefix-/x",)), inst("q", 1), kv={"shopgate/gateway/retries": b"2"})
     first = build_route_table(s)
     assert build_route_table(s, first) == first == build_route_table(s)
+
+
+# ---------------------------------------------------------------- properties of slots over time
+
+#: A history of catalog views of one service: which of 12 instances are present, and their health.
+histories = st.lists(st.dictionaries(st.integers(1, 12), st.sampled_from(["passing", "passing", "critical", "maintenance"]), max_size=12), min_size=2, max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(history=histories)
+def test_slots_are_unique_sized_with_headroom_and_kept_unless_the_backend_shrinks(history):
+    previous = None
+    for view in history:
+        table = build_route_table(snap(*(inst("p", n, status) for n, status in view.items()), services=("p",)), previous)
+        servers = table.backend("be_p").servers
+        occupied = [s.instance_key for s in servers if s.occupied]
+        assert sorted(occupied) == sorted(f"node1/p-{n}" for n in view)           # everyone has exactly one slot
+        assert len(servers) >= max(4, 2 * len(view)) or (previous and len(servers) == len(previous.backend("be_p").servers))
+        assert len(servers) >= len(view)
+        if previous is not None and len(servers) >= len(previous.backend("be_p").servers):
+            before = slots_of(previous, "p")
+            assert all(slots_of(table, "p")[i] == slot for i, slot in before.items() if int(i.split("-")[1]) in view)
+        previous = table
