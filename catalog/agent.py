@@ -21,7 +21,7 @@ from catalog.parsing import BadRequest, Fields, NotFound
 from catalog.persist import Journal
 from catalog.records import (CRITICAL, NODE_MAINTENANCE_ID, PASSING, SERF_CHECK_ID, SERVICE_MAINTENANCE_PREFIX,
                              STATUSES, Check, CheckDefinition, Node, Service)
-from catalog.state import Conflict, Store
+from catalog.state import Store
 from catalog.watch import Watchers
 
 if TYPE_CHECKING:
@@ -31,8 +31,10 @@ log = logging.getLogger("catalog.agent")
 
 DATACENTER = "dc1"
 CONSUL_SERVICE_ID = "consul"
+SIDECAR_MIN_PORT, SIDECAR_MAX_PORT = 21000, 21255
 SERVER_PORT = 8300          # where Consul's RPC would listen: part of the leader address clients see
 DEFAULT_CHECK_TIMEOUT = 10.0
+MIN_CHECK_INTERVAL = 0.1    # Consul's floor is 1s; ours is lower so tests need not wait, but never a busy loop
 MAX_OUTPUT = 4096
 
 #: Names end up in URL paths and HAProxy configs: no slashes, no whitespace, no control characters.
@@ -144,7 +146,10 @@ class Agent:
             check = self.parse_agent_check(definition, default_id, f"Service '{service.name}' check")
             check.service_id = service.id
             checks.append(check)
+        sidecar = sidecar_for(service, body, {s.port for s in self.local_services()})
         self.store.put_service(service)
+        if sidecar is not None:
+            self.store.put_service(sidecar)
         new_ids = {c.check_id for c in checks}
         if replace_existing_checks:
             for old in self.local_checks():
@@ -158,6 +163,9 @@ class Agent:
     def deregister_service(self, service_id: str) -> bool:
         if self.local_service(service_id) is None:
             return False
+        for sidecar in self.local_services():
+            if sidecar.sidecar_of == service_id:
+                self.deregister_service(sidecar.id)
         for check in self.local_checks():
             if check.service_id == service_id:
                 self._forget_check(check.check_id)
@@ -276,6 +284,8 @@ class Agent:
             raise BadRequest(f"{body.where}: HTTP must be an http:// or https:// URL, got {definition.http!r}")
         if kind == "tcp" and not _host_port(definition.tcp):
             raise BadRequest(f"{body.where}: TCP must be host:port, got {definition.tcp!r}")
+        if definition.interval is not None:
+            definition.interval = max(definition.interval, MIN_CHECK_INTERVAL)
         if kind in ("http", "tcp", "script") and definition.timeout is None:
             definition.timeout = DEFAULT_CHECK_TIMEOUT
         status = body.text("Status")
@@ -313,6 +323,7 @@ class Agent:
     # ------------------------------------------------------------ catalog register/deregister
 
     def catalog_register(self, body: Fields) -> None:
+        """Register a node with an optional service and checks — all of it or, on bad input, nothing."""
         datacenter = body.text("Datacenter")
         if datacenter and datacenter != self.config.datacenter:
             raise BadRequest(f"No path to datacenter {datacenter!r}")
@@ -323,30 +334,31 @@ class Agent:
         if not address:
             raise BadRequest("Must provide address")
         existing = self.store.nodes.get(name)
+        node = None
         if existing is None or not body.flag("SkipNodeUpdate"):
-            meta = body.string_map("NodeMeta")
-            node = Node(name, body.text("ID") or (existing.id if existing else ""), address,
-                        self.config.datacenter, body.string_map("TaggedAddresses"), meta)
-            self.store.ensure_node(node)
-        if body.has("Service"):
-            service = parse_service(body.obj("Service"), name)
-            try:
-                self.store.put_service(service)
-            except Conflict as exc:
-                raise BadRequest(str(exc)) from None
-        checks = ([body.obj("Check")] if body.has("Check") else []) + body.objects("Checks")
-        for fields in checks:
-            check_id = fields.text("CheckID", "ID") or fields.text("Name")
-            require_name(check_id, "check ID")
+            node = Node(name, body.text("ID") or (existing.id if existing else ""), address, self.config.datacenter,
+                        body.string_map("TaggedAddresses"), body.string_map("NodeMeta"))
+        service = parse_service(body.obj("Service"), name) if body.has("Service") else None
+        known_services = {sid for (node_name, sid) in self.store.services if node_name == name}
+        if service is not None:
+            known_services.add(service.id)
+        checks = []
+        for fields in ([body.obj("Check")] if body.has("Check") else []) + body.objects("Checks"):
+            check_id = require_name(fields.text("CheckID", "ID") or fields.text("Name"), "check ID")
             status = fields.text("Status") or CRITICAL
             if status not in STATUSES:
                 raise BadRequest(f"{fields.where}: Status must be one of passing, warning, critical, got {status!r}")
-            check = Check(name, check_id, fields.text("Name") or check_id, status, fields.text("Notes"),
-                          fields.text("Output"), fields.text("ServiceID"))
-            try:
-                self.store.put_check(check)
-            except Conflict as exc:
-                raise BadRequest(str(exc)) from None
+            service_id = fields.text("ServiceID")
+            if service_id and service_id not in known_services:
+                raise BadRequest(f"{fields.where}: ServiceID {service_id!r} is not registered on node {name!r}")
+            checks.append(Check(name, check_id, fields.text("Name") or check_id, status, fields.text("Notes"),
+                                fields.text("Output"), service_id))
+        if node is not None:
+            self.store.ensure_node(node)
+        if service is not None:
+            self.store.put_service(service)
+        for check in checks:
+            self.store.put_check(check)
         self.commit()
 
     def catalog_deregister(self, body: Fields) -> None:
@@ -405,8 +417,30 @@ def parse_service(body: Fields, node: str) -> Service:
         for tag, value in raw_tagged.items():
             address = Fields(value, f"{body.where}.TaggedAddresses.{tag}")
             tagged[tag] = {"Address": address.text("Address"), "Port": address.integer("Port")}
+    locality = body.obj("Locality")
     return Service(node, service_id, name, body.strings("Tags"), body.text("Address"), port,
-                   body.string_map("Meta"), tagged, weights, body.flag("EnableTagOverride"), body.text("Kind"))
+                   body.string_map("Meta"), tagged, weights, body.flag("EnableTagOverride"), body.text("Kind"),
+                   proxy=body.obj("Proxy").as_dict(),
+                   locality={"Region": locality.text("Region"), "Zone": locality.text("Zone")}
+                   if body.has("Locality") else None)
+
+
+def sidecar_for(service: Service, body: Fields, taken_ports: set[int]) -> Service | None:
+    """Connect.SidecarService: Consul registers `<id>-sidecar-proxy` next to the service, on a port from 21000."""
+    connect = body.obj("Connect")
+    if not connect.has("SidecarService"):
+        return None
+    sidecar = connect.obj("SidecarService")
+    port = sidecar.integer("Port") or next(
+        (p for p in range(SIDECAR_MIN_PORT, SIDECAR_MAX_PORT + 1) if p not in taken_ports), None)
+    if port is None:
+        raise BadRequest(f"No free sidecar port left in {SIDECAR_MIN_PORT}-{SIDECAR_MAX_PORT}")
+    return Service(service.node, sidecar.text("ID") or f"{service.id}-sidecar-proxy",
+                   sidecar.text("Name") or f"{service.name}-sidecar-proxy", sidecar.strings("Tags"),
+                   sidecar.text("Address"), port, sidecar.string_map("Meta"), kind="connect-proxy",
+                   proxy={"DestinationServiceName": service.name, "DestinationServiceID": service.id,
+                          "LocalServiceAddress": "127.0.0.1", "LocalServicePort": service.port},
+                   sidecar_of=service.id)
 
 
 def _header(body: Fields) -> dict[str, list[str]]:

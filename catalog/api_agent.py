@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import os
+import signal
 import time
+from datetime import datetime, timezone
 
 from aiohttp import web
 
+from catalog.acl import ACCESS_KEY
 from catalog.agent import Agent
 from catalog.filtering import apply_filter
 from catalog.parsing import BadRequest, parse_bool
@@ -134,6 +141,106 @@ async def members(request: web.Request) -> web.Response:
 @routes.put("/v1/agent/reload")
 async def reload(request: web.Request) -> web.Response:
     return web.Response()
+
+
+@routes.put("/v1/agent/leave")
+async def leave(request: web.Request) -> web.Response:
+    """A graceful shutdown of this (the only) agent, as `consul leave`."""
+    asyncio.get_running_loop().call_later(0.1, os.kill, os.getpid(), signal.SIGTERM)
+    return web.Response()
+
+
+@routes.put("/v1/agent/force-leave/{node}")
+async def force_leave(request: web.Request) -> web.Response:
+    node = request.match_info["node"]
+    if node != agent_of(request).node:
+        raise BadRequest(f"No node found with name {node!r}")
+    return web.Response()
+
+
+#: The tokens an agent holds. Only `default` matters here: it stands in for requests without a token.
+AGENT_TOKEN_TYPES = {"default", "agent", "agent_recovery", "agent_master", "replication",
+                     "config_file_service_registration", "acl_token", "acl_agent_token",
+                     "acl_agent_master_token", "acl_replication_token"}
+
+
+@routes.put("/v1/agent/token/{kind}")
+async def set_token(request: web.Request) -> web.Response:
+    access = request.app[ACCESS_KEY]
+    if not access.enabled:
+        return web.Response(status=401, text="ACL support disabled")
+    kind = request.match_info["kind"]
+    if kind not in AGENT_TOKEN_TYPES:
+        return web.Response(status=404, text=f"Token {kind!r} is unknown")
+    token = (await read_fields(request, "token update")).text("Token")
+    if kind in ("default", "acl_token"):
+        access.default_token = token
+    return web.Response()
+
+
+@routes.get("/v1/agent/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """The catalog's own gauges, in Consul's JSON shape or (`?format=prometheus`) as Prometheus text."""
+    agent, query = agent_of(request), query_of(request)
+    gauges = {
+        "shopgate.catalog.index": agent.store.index,
+        "shopgate.catalog.services": len(agent.store.services),
+        "shopgate.catalog.checks": len(agent.store.checks),
+        "shopgate.catalog.kv_entries": len(agent.store.kv),
+        "shopgate.catalog.blocking_queries_held": agent.watchers.held,
+    }
+    if query.get("format") == "prometheus":
+        lines = []
+        for name, value in gauges.items():
+            metric = name.replace(".", "_")
+            lines += [f"# TYPE {metric} gauge", f"{metric} {value}"]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
+    return json_response({"Timestamp": now, "Counters": [], "Samples": [], "Points": [],
+                          "Gauges": [{"Name": name, "Value": value, "Labels": {}} for name, value in gauges.items()]})
+
+
+LOG_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+              "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class _LogTap(logging.Handler):
+    """Copies log records into one monitor's queue; drops them when the reader falls behind."""
+
+    def __init__(self, level: int, as_json: bool):
+        super().__init__(level)
+        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1000)
+        self.as_json = as_json
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.as_json:
+            line = json.dumps({"@level": record.levelname.lower(), "@module": record.name,
+                               "@message": record.getMessage(), "@timestamp": record.created})
+        else:
+            line = f"{datetime.fromtimestamp(record.created).isoformat()} [{record.levelname}] {record.name}: " \
+                   f"{record.getMessage()}"
+        if not self.queue.full():
+            self.queue.put_nowait(line)
+
+
+@routes.get("/v1/agent/monitor")
+async def monitor(request: web.Request) -> web.StreamResponse:
+    """Stream the catalog's log lines until the client goes away."""
+    query = query_of(request)
+    level = query.get("loglevel", "info").lower()
+    if level not in LOG_LEVELS:
+        raise BadRequest(f"Unknown log level: {level}")
+    tap = _LogTap(LOG_LEVELS[level], query.get("logjson") in ("true", "1"))
+    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    await response.prepare(request)
+    root = logging.getLogger()
+    root.addHandler(tap)
+    try:
+        while True:
+            line = await tap.queue.get()
+            await response.write(line.encode() + b"\n")
+    finally:
+        root.removeHandler(tap)
 
 
 @routes.get("/v1/status/leader")

@@ -128,7 +128,12 @@ class Fields:
         if not isinstance(raw, dict):
             raise BadRequest(f"Request decode failed: {where} must be a JSON object, got {_json_type(raw)}")
         self.where = where
+        self._raw = raw
         self._by_folded = {fold(k): v for k, v in raw.items()}
+
+    def as_dict(self) -> dict[str, Any]:
+        """The object as sent (keys as the client spelled them), for opaque pass-through fields."""
+        return dict(self._raw)
 
     def has(self, *names: str) -> bool:
         return any(self._by_folded.get(fold(n)) is not None for n in names)

@@ -55,6 +55,9 @@ class Service(Doc):
     weights: dict[str, int] = field(default_factory=lambda: {"Passing": 1, "Warning": 1})
     enable_tag_override: bool = False
     kind: str = ""
+    proxy: dict[str, Any] = field(default_factory=dict)
+    locality: dict[str, Any] | None = None
+    sidecar_of: str = ""        # the service ID this connect sidecar was registered with
     create_index: int = 0
     modify_index: int = 0
 

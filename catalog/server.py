@@ -8,26 +8,25 @@ held blocking query is a parked coroutine, every health check a task or a timer.
 from __future__ import annotations
 
 import argparse
-import hmac
 import logging
 import sys
 from pathlib import Path
 
 from aiohttp import web
 
-from catalog import api_agent, api_catalog, api_health, api_kv
+from catalog import acl, api_agent, api_catalog, api_health, api_kv
 from catalog.agent import Agent, AgentConfig, default_node_name
 from catalog.checks import CheckRunner
 from catalog.parsing import ClientError
 from catalog.persist import Journal
 from catalog.responses import AGENT_KEY, BODY_CACHE_KEY, BodyCache
+from catalog.state import Conflict
 from shopgate.settings import CATALOG_PORT, LOOPBACK
 
 log = logging.getLogger("catalog")
 
 UI_DIR = Path(__file__).resolve().parent / "ui"
 RUNNER_KEY = web.AppKey("runner", CheckRunner)
-ACL_TOKEN_KEY = web.AppKey("acl_token", str)
 
 
 @web.middleware
@@ -37,23 +36,13 @@ async def errors(request: web.Request, handler):
         return await handler(request)
     except ClientError as exc:
         return web.Response(status=exc.status, text=str(exc))
+    except Conflict as exc:
+        return web.Response(status=400, text=str(exc))
     except web.HTTPException:
         raise
     except Exception:
         log.exception("%s %s failed", request.method, request.path_qs)
         return web.Response(status=500, text="internal error; see the catalog's log")
-
-
-@web.middleware
-async def acl(request: web.Request, handler):
-    """With --acl-token, every API call needs that token (X-Consul-Token, Bearer, or ?token=)."""
-    expected = request.app[ACL_TOKEN_KEY]
-    if expected and request.path.startswith("/v1/"):
-        given = (request.headers.get("X-Consul-Token") or request.query.get("token")
-                 or request.headers.get("Authorization", "").removeprefix("Bearer ").strip())
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            return web.Response(status=403, text="Permission denied")
-    return await handler(request)
 
 
 async def ui_file(request: web.Request) -> web.StreamResponse:
@@ -78,10 +67,10 @@ async def to_ui(request: web.Request) -> web.Response:
 
 
 def build_app(agent: Agent, acl_token: str | None = None) -> web.Application:
-    app = web.Application(middlewares=[errors, acl], client_max_size=2 * 1024 * 1024)
+    app = web.Application(middlewares=[errors, acl.enforce], client_max_size=2 * 1024 * 1024)
     app[AGENT_KEY] = agent
     app[BODY_CACHE_KEY] = BodyCache()
-    app[ACL_TOKEN_KEY] = acl_token or ""
+    app[acl.ACCESS_KEY] = acl.AccessPolicy(acl_token or "")
     for module in (api_agent, api_catalog, api_health, api_kv):
         app.add_routes(module.routes)
     app.router.add_get("/", to_ui)

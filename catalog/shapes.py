@@ -46,9 +46,17 @@ def agent_service_json(service: Service, datacenter: str) -> dict[str, Any]:
     }
     if service.kind:
         out["Kind"] = service.kind
+    if service.proxy:
+        out["Proxy"] = dict(service.proxy)
+    if service.locality:
+        out["Locality"] = dict(service.locality)
     if service.tagged_addresses:
         out["TaggedAddresses"] = tagged_addresses_json(service)
     return out
+
+
+def proxy_json(service: Service) -> dict[str, Any]:
+    return {"Mode": "", "MeshGateway": {}, "Expose": {}, **service.proxy}
 
 
 def health_service_json(service: Service) -> dict[str, Any]:
@@ -63,7 +71,7 @@ def health_service_json(service: Service) -> dict[str, Any]:
         "Weights": dict(service.weights),
         "EnableTagOverride": service.enable_tag_override,
         "Kind": service.kind,
-        "Proxy": {"Mode": "", "MeshGateway": {}, "Expose": {}},
+        "Proxy": proxy_json(service),
         "Connect": {},
         "PeerName": "",
         "CreateIndex": service.create_index,
@@ -90,7 +98,7 @@ def catalog_service_json(service: Service, node: Node) -> dict[str, Any]:
         "ServicePort": service.port,
         "ServiceSocketPath": "",
         "ServiceEnableTagOverride": service.enable_tag_override,
-        "ServiceProxy": {"Mode": "", "MeshGateway": {}, "Expose": {}},
+        "ServiceProxy": proxy_json(service),
         "ServiceConnect": {},
         "CreateIndex": service.create_index,
         "ModifyIndex": service.modify_index,

@@ -18,10 +18,7 @@ T = TypeVar("T")
 class Watchers:
     def __init__(self) -> None:
         self._parked: dict[str, set[asyncio.Future]] = defaultdict(set)
-
-    @property
-    def held(self) -> int:
-        return len({id(f) for futures in self._parked.values() for f in futures})
+        self.held = 0  # blocking queries waiting right now
 
     def notify(self, topics: Iterable[str]) -> None:
         for topic in topics:
@@ -38,23 +35,28 @@ class Watchers:
         loop = asyncio.get_running_loop()
         # Consul adds up to wait/16 of jitter so that many watchers do not return in one burst.
         deadline = loop.time() + wait + random.uniform(0, wait / 16)
-        while index <= min_index:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            future = loop.create_future()
-            for topic in topics:
-                self._parked[topic].add(future)
-            try:
-                await asyncio.wait_for(future, remaining)
-            except asyncio.TimeoutError:
-                pass
-            finally:
-                for topic in topics:
-                    parked = self._parked.get(topic)
-                    if parked is not None:
-                        parked.discard(future)
-                        if not parked:
-                            del self._parked[topic]
-            index, result = read()
+        self.held += 1
+        try:
+            while index <= min_index and loop.time() < deadline:
+                await self._park(topics, deadline - loop.time())
+                index, result = read()
+        finally:
+            self.held -= 1
         return index, result
+
+    async def _park(self, topics: tuple[str, ...], timeout: float) -> None:
+        """Sleep until one of `topics` changes or `timeout` passes."""
+        future = asyncio.get_running_loop().create_future()
+        for topic in topics:
+            self._parked[topic].add(future)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            for topic in topics:
+                parked = self._parked.get(topic)
+                if parked is not None:
+                    parked.discard(future)
+                    if not parked:
+                        del self._parked[topic]

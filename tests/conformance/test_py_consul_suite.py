@@ -41,6 +41,9 @@ SELECTED: dict[str, list[str]] = {
         "test_agent_members", "test_agent_self", "test_agent_services", "test_agent_service_tagged_addresses",
         # beyond the required set
         "test_agent_services_and_checks_filter", "test_agent_reload", "test_agent_token_invalid_type",
+        "test_agent_service_register_kind_proxy_locality", "test_agent_force_leave_prune",
+        "test_agent_service_connect", "test_agent_metrics", "test_agent_monitor_rejects_invalid_loglevel",
+        "test_agent_token_permission_denied", "test_agent_token_set", "test_agent_leave",
     ],
     "tests/api/test_catalog.py::TestCatalog": [
         "test_catalog", "test_catalog_register_skip_node_update_and_tagged_addresses",

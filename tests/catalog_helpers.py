@@ -1,0 +1,90 @@
+"""Small helpers shared by the catalog's tests: HTTP calls on a catalog, waiting for a condition, a target server."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+import requests
+
+
+class Api:
+    """requests on one catalog, failing loudly on an unexpected status."""
+
+    def __init__(self, url: str, token: str | None = None):
+        self.url = url
+        self.session = requests.Session()
+        if token:
+            self.session.headers["X-Consul-Token"] = token
+
+    def call(self, method: str, path: str, expect: int | None = 200, **kwargs) -> requests.Response:
+        response = self.session.request(method, self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
+        if expect is not None:
+            assert response.status_code == expect, f"{method} {path}: {response.status_code} {response.text!r}"
+        return response
+
+    def get(self, path: str, **kwargs) -> Any:
+        return self.call("GET", path, **kwargs).json()
+
+    def put(self, path: str, **kwargs) -> requests.Response:
+        return self.call("PUT", path, **kwargs)
+
+    def index(self, path: str) -> int:
+        return int(self.call("GET", path).headers["X-Consul-Index"])
+
+    def check_status(self, check_id: str) -> str | None:
+        check = self.get("/v1/agent/checks").get(check_id)
+        return check and check["Status"]
+
+    def held(self) -> int:
+        gauges = {g["Name"]: g["Value"] for g in self.get("/v1/agent/metrics")["Gauges"]}
+        return gauges["shopgate.catalog.blocking_queries_held"]
+
+
+def eventually(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll until `condition()` is truthy; fail with `what` after `timeout` seconds (a deadline, not a timing claim)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
+        time.sleep(0.05)
+
+
+class HealthTarget:
+    """A real HTTP server whose answer status the test sets (what an HTTP check probes)."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        target = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = f"status {target.status}".encode()
+                self.send_response(target.status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/health"
+
+    def __enter__(self) -> "HealthTarget":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

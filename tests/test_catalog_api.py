@@ -1,0 +1,107 @@
+"""The catalog's HTTP API as a Consul client sees it: shapes, ordering, maintenance, ACL, the UI redirect."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from catalog_helpers import Api
+
+
+def test_health_service_entries_carry_node_service_and_all_checks(catalog):
+    api = Api(catalog.url)
+    for n, tags in ((2, ["v2", "blue"]), (1, ["v1", "blue"])):
+        api.put("/v1/agent/service/register",
+                json={"name": "products", "id": f"products-{n}", "port": 9000 + n, "address": "127.0.0.1",
+                      "tags": tags, "meta": {"version": str(n)}, "check": {"ttl": "60s"}})
+    entries = api.get("/v1/health/service/products")
+    assert [e["Service"]["ID"] for e in entries] == ["products-1", "products-2"]  # ordered by node, then ID
+    first = entries[0]
+    assert set(first) == {"Node", "Service", "Checks"}
+    assert first["Service"]["Port"] == 9001 and first["Service"]["Meta"] == {"version": "1"}
+    assert first["Service"]["Weights"] == {"Passing": 1, "Warning": 1}
+    assert {c["CheckID"] for c in first["Checks"]} == {"serfHealth", "service:products-1"}
+    assert api.get("/v1/health/service/products?passing") == []
+
+    api.put("/v1/agent/check/pass/service:products-2")
+    assert [e["Service"]["ID"] for e in api.get("/v1/health/service/products?passing=1")] == ["products-2"]
+    assert [e["Service"]["ID"] for e in api.get("/v1/health/service/products?tag=blue&tag=v1")] == ["products-1"]
+    rows = api.get("/v1/catalog/service/products?tag=blue")
+    assert [(r["ServiceID"], r["ServicePort"], r["ServiceAddress"]) for r in rows] == [
+        ("products-1", 9001, "127.0.0.1"), ("products-2", 9002, "127.0.0.1")]
+    assert api.get("/v1/catalog/services") == {"consul": [], "products": ["blue", "v1", "v2"]}
+    assert api.get("/v1/health/service/nothing") == [] and api.get("/v1/catalog/service/nothing") == []
+
+
+def test_maintenance_takes_instances_out_of_passing_results(catalog):
+    api = Api(catalog.url)
+    api.put("/v1/agent/service/register", json={"Name": "web", "Check": {"TTL": "60s", "Status": "passing"}})
+    assert len(api.get("/v1/health/service/web?passing")) == 1
+
+    api.put("/v1/agent/service/maintenance/web?enable=true&reason=deploy")
+    check = api.get("/v1/agent/checks")["_service_maintenance:web"]
+    assert (check["Status"], check["Notes"], check["ServiceID"]) == ("critical", "deploy", "web")
+    assert api.get("/v1/health/service/web?passing") == []
+    api.put("/v1/agent/service/maintenance/web?enable=false")
+    assert len(api.get("/v1/health/service/web?passing")) == 1
+
+    api.put("/v1/agent/maintenance?enable=true")
+    assert "_node_maintenance" in {c["CheckID"] for c in api.get("/v1/health/service/web")[0]["Checks"]}
+    assert api.get("/v1/health/service/web?passing") == []
+    api.put("/v1/agent/maintenance?enable=false")
+    assert len(api.get("/v1/health/service/web?passing")) == 1
+    api.call("PUT", "/v1/agent/service/maintenance/nope?enable=true", expect=404)
+
+
+def test_kv_semantics_consul_template_relies_on(catalog):
+    api = Api(catalog.url)
+    missing = api.call("GET", "/v1/kv/shopgate/nothing", expect=404)
+    assert int(missing.headers["X-Consul-Index"]) >= 1
+    assert api.call("GET", "/v1/kv/shopgate/?recurse", expect=404).headers["X-Consul-Index"]
+    assert api.put("/v1/kv/shopgate/b", data="2").json() is True
+    assert api.put("/v1/kv/shopgate/a/x", data="1", params={"flags": "7"}).json() is True
+    assert api.put("/v1/kv/shopgate/b?cas=0", data="3").json() is False  # create-only
+    entries = api.get("/v1/kv/shopgate/?recurse")
+    assert [(e["Key"], e["Flags"]) for e in entries] == [("shopgate/a/x", 7), ("shopgate/b", 0)]
+    assert api.get("/v1/kv/shopgate/?keys&separator=/") == ["shopgate/a/", "shopgate/b"]
+    assert api.get("/v1/kv/?keys") == ["shopgate/a/x", "shopgate/b"]
+    raw = api.call("GET", "/v1/kv/shopgate/b?raw")
+    assert raw.content == b"2" and raw.headers["X-Content-Type-Options"] == "nosniff"
+
+    # Deleting under a prefix moves the prefix's index forward (Consul keeps a tombstone).
+    index = api.index("/v1/kv/shopgate/?recurse")
+    assert api.call("DELETE", "/v1/kv/shopgate/a/x").json() is True
+    assert api.index("/v1/kv/shopgate/?recurse") > index
+    assert api.call("DELETE", "/v1/kv/shopgate/?recurse").json() is True
+    api.call("GET", "/v1/kv/shopgate/?recurse", expect=404)
+
+
+def test_index_headers_are_present_and_never_zero(catalog):
+    api = Api(catalog.url)
+    for path in ("/v1/catalog/services", "/v1/catalog/nodes", "/v1/health/state/any", "/v1/health/service/x",
+                 "/v1/catalog/service/x", "/v1/health/checks/x", "/v1/health/node/x", "/v1/kv/x?recurse"):
+        response = api.call("GET", path, expect=None)
+        assert int(response.headers["X-Consul-Index"]) >= 1, path
+        assert response.headers["X-Consul-KnownLeader"] == "true"
+        assert "X-Consul-LastContact" in response.headers
+
+
+def test_acl_token_is_required_when_configured(catalog_factory):
+    secured = catalog_factory("secured", extra_args=("--acl-token", "s3cret"))
+    assert requests.get(f"{secured.url}/v1/catalog/services", timeout=5).status_code == 403
+    assert requests.get(f"{secured.url}/v1/catalog/services", headers={"X-Consul-Token": "wrong"},
+                        timeout=5).text == "Permission denied"
+    assert requests.put(f"{secured.url}/v1/kv/k", data="v", timeout=5).status_code == 403
+    api = Api(secured.url, token="s3cret")
+    api.put("/v1/kv/k", data="v")
+    assert api.call("GET", "/v1/kv/k?raw").text == "v"
+    assert requests.get(f"{secured.url}/v1/kv/k?raw&token=s3cret", timeout=5).text == "v"
+    assert requests.get(f"{secured.url}/v1/kv/k", headers={"Authorization": "Bearer s3cret"},
+                        timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/", "/ui"])
+def test_root_redirects_to_the_ui(catalog, path):
+    response = requests.get(catalog.url + path, allow_redirects=False, timeout=5)
+    assert response.status_code == 302 and response.headers["Location"] == "/ui/"
+    assert requests.get(f"{catalog.url}/ui/", timeout=5).status_code < 500
