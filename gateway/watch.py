@@ -1,0 +1,357 @@
+"""Catalog + KV -> Snapshot, with three blocking queries whatever the number of services.
+
+    /v1/health/state/any       every check: tells WHICH services changed (a check appeared,
+                               vanished, changed status or tags; node checks touch every service
+                               on their node)
+    /v1/catalog/services       names and tags: services without checks, added or removed services
+    /v1/kv/shopgate/?recurse   the gateway's settings
+
+Only the services that changed are then fetched, without blocking, from
+`/v1/health/service/<name>`. Check *output* is deliberately not compared: catalogs bump a
+check's ModifyIndex on every new output, which would refetch healthy services for nothing.
+
+Consul's rules for clients are followed: an index that goes backwards resets to 0, and after any
+failure the next query starts at index 0 so the watcher catches up at once (a restarted catalog
+with low indexes would otherwise hold every query for its full wait). While the catalog is away
+the last Snapshot stays; nothing is emitted until a full first sync, so HAProxy never sees a
+half-read catalog.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import requests
+
+from gateway.model import Instance, Snapshot
+from shopgate.settings import KV_PREFIX, ConsulAddress
+
+log = logging.getLogger("shopgate.gateway.watch")
+
+#: Services the gateway never routes to.
+IGNORED_SERVICES = frozenset({"consul"})
+
+MAINTENANCE_NODE_CHECK = "_node_maintenance"
+MAINTENANCE_SERVICE_CHECK = "_service_maintenance:"
+_STATUS_RANK = {"passing": 0, "warning": 1, "critical": 2, "maintenance": 3}
+
+
+class CatalogUnavailable(RuntimeError):
+    """The catalog did not answer, or answered with an error."""
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    data: object
+    index: int
+
+
+class ConsulHTTP:
+    """The few Consul HTTP reads the watcher needs, with the token and blocking-query parameters."""
+
+    def __init__(self, address: ConsulAddress, wait_seconds: float = 30.0):
+        self.address = address
+        self.wait_seconds = wait_seconds
+        self.session = requests.Session()
+        if address.token:
+            self.session.headers["X-Consul-Token"] = address.token
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def get(self, path: str, params: dict | None = None, index: int | None = None, missing_ok: bool = False) -> QueryResult:
+        """GET `path`; with `index` a blocking query. 404 is an empty result when `missing_ok` (KV)."""
+        params = dict(params or {})
+        timeout = 10.0
+        if index:
+            params.update(index=str(index), wait=f"{int(self.wait_seconds * 1000)}ms")
+            timeout = self.wait_seconds * (1 + 1 / 16) + 10
+        try:
+            response = self.session.get(self.address.url + path, params=params, timeout=timeout)
+        except requests.RequestException as error:
+            raise CatalogUnavailable(f"{path}: {error.__class__.__name__}: {error}") from error
+        new_index = _index_header(response)
+        if response.status_code == 404 and missing_ok:
+            return QueryResult(None, new_index)
+        if response.status_code != 200:
+            raise CatalogUnavailable(f"{path}: HTTP {response.status_code}: {response.text[:200]}")
+        try:
+            return QueryResult(response.json(), new_index)
+        except ValueError as error:
+            raise CatalogUnavailable(f"{path}: answer is not JSON: {error}") from error
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _index_header(response: requests.Response) -> int:
+    try:
+        return max(0, int(response.headers.get("X-Consul-Index", "0")))
+    except ValueError:
+        return 0
+
+
+# ---------------------------------------------------------------- parsing (pure)
+
+
+def aggregate_status(checks: list[dict]) -> str:
+    """Maintenance if a maintenance check is present, else the worst check status ("passing" without checks)."""
+    worst = "passing"
+    for check in checks:
+        check_id = str(check.get("CheckID", ""))
+        if check_id == MAINTENANCE_NODE_CHECK or check_id.startswith(MAINTENANCE_SERVICE_CHECK):
+            return "maintenance"
+        status = check.get("Status", "critical")
+        if _STATUS_RANK.get(status, 2) > _STATUS_RANK[worst]:
+            worst = status if status in _STATUS_RANK else "critical"
+    return worst
+
+
+def instances_from_health(service: str, entries: list[dict]) -> tuple[Instance, ...]:
+    """`/v1/health/service/<name>` entries -> Instances (address: ServiceAddress, else the node's)."""
+    instances = []
+    for entry in entries or ():
+        node, svc = entry.get("Node") or {}, entry.get("Service") or {}
+        meta = svc.get("Meta") or {}
+        instances.append(Instance(
+            service=service,
+            id=str(svc.get("ID", "")),
+            node=str(node.get("Node", "")),
+            address=str(svc.get("Address") or node.get("Address") or ""),
+            port=svc.get("Port") if isinstance(svc.get("Port"), int) else 0,
+            tags=tuple(str(t) for t in svc.get("Tags") or ()),
+            meta=tuple(sorted((str(k), str(v)) for k, v in meta.items())),
+            status=aggregate_status(entry.get("Checks") or []),
+        ))
+    return tuple(sorted(instances, key=lambda i: i.key))
+
+
+def check_fingerprints(checks: list[dict]) -> tuple[dict[str, frozenset], dict[str, frozenset]]:
+    """`/v1/health/state/any` -> (service -> its checks' identity+status, node -> its node checks')."""
+    services: dict[str, set] = {}
+    nodes: dict[str, set] = {}
+    for check in checks or ():
+        item = (check.get("Node"), check.get("CheckID"), check.get("ServiceID"), check.get("Status"), tuple(check.get("ServiceTags") or ()))
+        name = check.get("ServiceName")
+        if name:
+            services.setdefault(name, set()).add(item)
+        else:
+            nodes.setdefault(check.get("Node", ""), set()).add(item)
+    return ({k: frozenset(v) for k, v in services.items()}, {k: frozenset(v) for k, v in nodes.items()})
+
+
+def kv_from_entries(entries: list[dict] | None) -> dict[str, bytes]:
+    values = {}
+    for entry in entries or ():
+        raw = entry.get("Value")
+        values[str(entry.get("Key"))] = base64.b64decode(raw) if raw else b""
+    return values
+
+
+# ---------------------------------------------------------------- the watcher
+
+
+class CatalogWatcher:
+    """Keeps a Snapshot of the catalog and KV current, calling `on_snapshot(snapshot, seen_at)` on change.
+
+    `seen_at` is the monotonic time the change was first seen (the start of propagation)."""
+
+    def __init__(self, address: ConsulAddress, on_snapshot: Callable[[Snapshot, float], None],
+                 wait_seconds: float = 30.0, kv_prefix: str = KV_PREFIX, fetch_workers: int = 8):
+        self.http = ConsulHTTP(address, wait_seconds)
+        self.on_snapshot = on_snapshot
+        self.kv_prefix = kv_prefix
+        self.fetch_workers = fetch_workers
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        # what we know
+        self._instances: dict[str, tuple[Instance, ...]] = {}
+        self._catalog_tags: dict[str, frozenset] = {}
+        self._check_prints: dict[str, frozenset] = {}
+        self._node_prints: dict[str, frozenset] = {}
+        self._kv: dict[str, bytes] = {}
+        self._indexes = {"health": 0, "catalog": 0, "kv": 0}
+        self._synced: set[str] = set()
+        self._dirty: dict[str, float] = {}      # service -> first seen_at
+        self._kv_seen_at: float | None = None
+        self._emitted_once = False
+        # what the controller and /status read
+        self.reachable = False
+        self.last_error: str | None = None
+        self.recovered_at: float | None = None   # monotonic time of the last recovery or index reset
+        self.long_polls_in_flight = 0
+        self.requests_made = 0
+
+    # ---- lifecycle
+
+    def start(self) -> "CatalogWatcher":
+        for name, target in (("health", self._poll_health), ("catalog", self._poll_catalog), ("kv", self._poll_kv), ("fetch", self._fetch_loop)):
+            thread = threading.Thread(target=target, name=f"watch-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
+        self.http.close()
+
+    # ---- the three blocking queries
+
+    def _poll_health(self) -> None:
+        self._poll("health", "/v1/health/state/any", {}, self._health_changed)
+
+    def _poll_catalog(self) -> None:
+        self._poll("catalog", "/v1/catalog/services", {}, self._catalog_changed)
+
+    def _poll_kv(self) -> None:
+        self._poll("kv", f"/v1/kv/{self.kv_prefix}", {"recurse": ""}, self._kv_changed, missing_ok=True)
+
+    def _poll(self, name: str, path: str, params: dict, handle: Callable[[object, float], None], missing_ok: bool = False) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            index = self._indexes[name]
+            try:
+                with self._lock:
+                    self.long_polls_in_flight += 1 if index else 0
+                    self.requests_made += 1
+                try:
+                    result = self.http.get(path, params, index=index, missing_ok=missing_ok)
+                finally:
+                    with self._lock:
+                        self.long_polls_in_flight -= 1 if index else 0
+            except CatalogUnavailable as error:
+                if self._stop.is_set():
+                    return
+                self._failed(name, str(error))
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            seen_at = time.monotonic()
+            self._succeeded(name)
+            if result.index < index:
+                log.warning("catalog index of %s went backwards (%d -> %d): resetting", path, index, result.index)
+                self._indexes[name] = 0
+                self.recovered_at = seen_at
+                continue
+            if result.index == index and index:
+                continue  # the wait ended without a change
+            self._indexes[name] = max(result.index, 1)
+            handle(result.data, seen_at)
+            with self._wake:
+                self._synced.add(name)
+                self._wake.notify_all()
+
+    def _failed(self, name: str, error: str) -> None:
+        if self.reachable or self.last_error != error:
+            log.warning("catalog unavailable (%s): %s; keeping the last snapshot, retrying", name, error)
+        self.reachable = False
+        self.last_error = error
+        if name in self._indexes:
+            self._indexes[name] = 0  # catch up at once when it returns, whatever its indexes are now
+
+    def _succeeded(self, name: str) -> None:
+        if not self.reachable and self.last_error is not None:
+            log.info("catalog reachable again (%s)", name)
+            self.recovered_at = time.monotonic()
+        self.reachable = True
+        self.last_error = None
+
+    # ---- what changed
+
+    def _health_changed(self, data: object, seen_at: float) -> None:
+        services, nodes = check_fingerprints(data if isinstance(data, list) else [])
+        with self._wake:
+            changed = {s for s in services.keys() | self._check_prints.keys() if services.get(s) != self._check_prints.get(s)}
+            changed_nodes = {n for n in nodes.keys() | self._node_prints.keys() if nodes.get(n) != self._node_prints.get(n)}
+            if changed_nodes:
+                changed |= {s for s, instances in self._instances.items() if any(i.node in changed_nodes for i in instances)}
+            self._check_prints, self._node_prints = services, nodes
+            self._mark_dirty(changed, seen_at)
+
+    def _catalog_changed(self, data: object, seen_at: float) -> None:
+        names = {str(k): frozenset(v or ()) for k, v in (data.items() if isinstance(data, dict) else ()) if k not in IGNORED_SERVICES}
+        with self._wake:
+            changed = {s for s in names.keys() | self._catalog_tags.keys() if names.get(s) != self._catalog_tags.get(s)}
+            self._catalog_tags = names
+            self._mark_dirty(changed, seen_at)
+
+    def _kv_changed(self, data: object, seen_at: float) -> None:
+        values = kv_from_entries(data if isinstance(data, list) else None)
+        with self._wake:
+            if values != self._kv:
+                self._kv = values
+                self._kv_seen_at = seen_at
+                self._wake.notify_all()
+
+    def _mark_dirty(self, services: set[str], seen_at: float) -> None:
+        for service in services - IGNORED_SERVICES:
+            self._dirty.setdefault(service, seen_at)
+        if services:
+            self._wake.notify_all()
+
+    # ---- fetching the changed services, emitting snapshots
+
+    def _fetch_loop(self) -> None:
+        carried: list[float] = []   # seen_at of changes fetched but not yet emitted
+        with ThreadPoolExecutor(self.fetch_workers, thread_name_prefix="watch-fetch") as pool:
+            while not self._stop.is_set():
+                with self._wake:
+                    while not self._stop.is_set() and not self._ready_to_work():
+                        self._wake.wait(1.0)
+                    if self._stop.is_set():
+                        return
+                    dirty, self._dirty = self._dirty, {}
+                    kv_seen_at, self._kv_seen_at = self._kv_seen_at, None
+                try:
+                    fetched = dict(zip(dirty, pool.map(self._fetch_service, dirty)))
+                except CatalogUnavailable as error:
+                    with self._wake:
+                        for service, seen in dirty.items():
+                            self._dirty.setdefault(service, seen)
+                        if kv_seen_at is not None and self._kv_seen_at is None:
+                            self._kv_seen_at = kv_seen_at
+                    self._failed("fetch", str(error))
+                    self._stop.wait(0.5)
+                    continue
+                with self._wake:
+                    for service, instances in fetched.items():
+                        if instances:
+                            self._instances[service] = instances
+                        else:
+                            self._instances.pop(service, None)
+                    carried += [*dirty.values(), *([kv_seen_at] if kv_seen_at is not None else [])]
+                    if self._dirty:
+                        continue  # more changes arrived meanwhile: fold them in before emitting
+                    snapshot = self._snapshot()
+                seen_at = min(carried) if carried else time.monotonic()
+                carried = []
+                self._emitted_once = True
+                self.on_snapshot(snapshot, seen_at)
+
+    def _ready_to_work(self) -> bool:
+        if len(self._synced) < 3:
+            return False  # nothing is emitted before the first full read of all three queries
+        return bool(self._dirty) or self._kv_seen_at is not None or not self._emitted_once
+
+    def _fetch_service(self, service: str) -> tuple[Instance, ...]:
+        self.requests_made += 1
+        result = self.http.get(f"/v1/health/service/{requests.utils.quote(service, safe='')}")
+        return instances_from_health(service, result.data if isinstance(result.data, list) else [])
+
+    def _snapshot(self) -> Snapshot:
+        return Snapshot(services=dict(self._instances), kv=dict(self._kv), index=max(self._indexes.values()))
+
+    def current(self) -> Snapshot:
+        with self._lock:
+            return self._snapshot()
