@@ -93,6 +93,7 @@ def test_offline_variant_defines_the_same_services_and_environment_contract():
 
 @pytest.fixture(scope="module")
 def stack(docker_engine):
+    """The offline stack as its own compose project on free loopback ports (products=1); down at the end."""
     docker_engine.base_image()
     stack = scale_demo.ComposeStack(offline=True, project=f"sgtest-{uuid.uuid4().hex[:6]}", docker_env=docker_engine.env)
     try:
@@ -102,6 +103,7 @@ def stack(docker_engine):
         stack.down()
 
 
+@pytest.mark.compose
 def test_requests_through_the_gateway_reach_all_five_services(stack):
     for service in settings.SHOP_SERVICES:
         (instance,) = stack.wait_routed(service, 1)
@@ -112,6 +114,7 @@ def test_requests_through_the_gateway_reach_all_five_services(stack):
     assert requests.get(f"{stack.catalog_url}/v1/status/leader", timeout=5).json()
 
 
+@pytest.mark.compose
 def test_scale_up_and_down_under_load_without_a_failed_request(stack):
     summary = scale_demo.scale_under_load(stack, [5, 1], rate=30, hold=2, say=lambda _: None)
     assert summary["failed"] == 0, summary["first_failures"]
@@ -120,6 +123,7 @@ def test_scale_up_and_down_under_load_without_a_failed_request(stack):
     assert stack.passing("products") == 1
 
 
+@pytest.mark.compose
 def test_in_stack_registrar_registers_a_labelled_container_and_the_gateway_routes_to_it(stack, docker_engine, containers):
     network = f"{stack.project}_shopgate"
     container = containers(
@@ -141,6 +145,7 @@ def test_in_stack_registrar_registers_a_labelled_container_and_the_gateway_route
     assert requests.get(f"{stack.catalog_url}/v1/catalog/service/static", timeout=5).json() == []
 
 
+@pytest.mark.compose
 def test_compose_down_leaves_no_container_network_or_volume(stack):
     stack.down()
     assert stack.leftovers() == {"containers": [], "networks": [], "volumes": []}
