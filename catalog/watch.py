@@ -23,8 +23,7 @@ class Watchers:
     def notify(self, topics: Iterable[str]) -> None:
         for topic in topics:
             for future in self._parked.pop(topic, ()):
-                if not future.done():
-                    future.set_result(None)
+                _resolve(future)
 
     async def block(self, topics: tuple[str, ...], min_index: int, wait: float,
                     read: Callable[[], tuple[int, T]]) -> tuple[int, T]:
@@ -45,18 +44,24 @@ class Watchers:
         return index, result
 
     async def _park(self, topics: tuple[str, ...], timeout: float) -> None:
-        """Sleep until one of `topics` changes or `timeout` passes."""
-        future = asyncio.get_running_loop().create_future()
+        """Sleep until one of `topics` changes or `timeout` passes (one future, one timer: a single wake-up hop)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        timer = loop.call_later(timeout, _resolve, future)
         for topic in topics:
             self._parked[topic].add(future)
         try:
-            await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
-            pass
+            await future
         finally:
+            timer.cancel()
             for topic in topics:
                 parked = self._parked.get(topic)
                 if parked is not None:
                     parked.discard(future)
                     if not parked:
                         del self._parked[topic]
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)

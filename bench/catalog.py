@@ -1,0 +1,202 @@
+"""Benchmark the embedded catalog: registrations/s, held blocking watchers, wake-up latency, server RSS.
+
+Prints figures (not pass/fail). Starts its own `shopgate catalog` on a free
+port with a fresh --data-dir (so every write goes through the write-ahead
+journal, as in production). Watchers are raw asyncio HTTP/1.1 connections on
+uvloop so that the client's own cost stays small next to the server's; the
+latency of a watcher is from just before the change's request is sent until
+its whole response has arrived.
+
+    .venv/bin/python bench/catalog.py [--watchers 1000] [--registrations 2000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import requests  # noqa: E402
+
+from shopgate.processes import ManagedProcess, free_port, shopgate_argv, wait_for_http  # noqa: E402
+
+
+class Exchange(asyncio.Protocol):
+    """One HTTP/1.1 request on its own connection; `done` resolves at the end of the response, with its arrival time."""
+
+    def __init__(self, request: bytes, loop: asyncio.AbstractEventLoop):
+        self.request = request
+        self.buffer = b""
+        self.done: asyncio.Future[tuple[float, int, bytes]] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        head, sep, body = self.buffer.partition(b"\r\n\r\n")
+        if not sep:
+            return
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if len(body) >= length and not self.done.done():
+            status = int(head.split(b" ", 2)[1])
+            self.done.set_result((time.perf_counter(), status, head))
+            self.transport.close()
+
+    def connection_lost(self, exc) -> None:
+        if not self.done.done():
+            self.done.set_exception(ConnectionError(f"connection lost: {exc}"))
+
+
+async def open_watchers(port: int, path: str, count: int) -> list[Exchange]:
+    loop = asyncio.get_running_loop()
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    watchers = []
+    for _ in range(count):
+        _, protocol = await loop.create_connection(lambda: Exchange(request, loop), "127.0.0.1", port)
+        watchers.append(protocol)
+    return watchers
+
+
+def held(url: str) -> int:
+    gauges = requests.get(f"{url}/v1/agent/metrics", timeout=10).json()["Gauges"]
+    return next(g["Value"] for g in gauges if g["Name"] == "shopgate.catalog.blocking_queries_held")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+async def registrations_per_second(url: str, total: int, concurrency: int) -> float:
+    import aiohttp
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        queue = list(range(total))
+
+        async def worker() -> None:
+            while queue:
+                n = queue.pop()
+                body = {"Name": f"bench-{n % 50}", "ID": f"bench-{n}", "Port": 10000 + n % 50000,
+                        "Tags": ["urlprefix-/bench"], "Check": {"TTL": "600s"}}
+                async with session.put(f"{url}/v1/agent/service/register", json=body) as response:
+                    assert response.status == 200, await response.text()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return total / (time.perf_counter() - started)
+
+
+async def wake_round(url: str, port: int, path_of, watchers: int, change) -> list[float]:
+    """Hold `watchers` blocking queries, make one change, return each watcher's latency (s) from the change."""
+    index = int(requests.get(url + path_of(0), timeout=10).headers["X-Consul-Index"])
+    exchanges = await open_watchers(port, path_of(index), watchers)
+    deadline = time.monotonic() + 60
+    while held(url) < watchers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {held(url)} of {watchers} watchers held")
+        await asyncio.sleep(0.05)
+    assert not any(e.done.done() for e in exchanges), "a watcher returned before the change"
+    started = time.perf_counter()
+    await asyncio.get_running_loop().run_in_executor(None, change)
+    results = await asyncio.gather(*(e.done for e in exchanges))
+    assert all(status == 200 for _, status, _ in results)
+    return [finished - started for finished, _, _ in results]
+
+
+def table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+
+
+async def run(args: argparse.Namespace) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ManagedProcess("catalog", shopgate_argv("catalog", "--port", str(port), "--data-dir", f"{tmp}/data",
+                                                         "--log-level", "WARNING"),
+                                log_path=Path(tmp) / "catalog.log").start()
+        try:
+            wait_for_http(f"{url}/v1/status/leader", process=server)
+            rows = [("server RSS at start", f"{rss_mib(server.pid):.1f} MiB")]
+
+            rate1 = await registrations_per_second(url, args.registrations // 4, 1)
+            rate = await registrations_per_second(url, args.registrations, 16)
+            rows += [("registrations/s (1 client, sequential)", f"{rate1:,.0f}"),
+                     ("registrations/s (16 concurrent clients)", f"{rate:,.0f}"),
+                     ("server RSS after registrations", f"{rss_mib(server.pid):.1f} MiB")]
+            print(table(rows), flush=True)
+
+            kv_latencies: list[float] = []
+            for round_ in range(args.rounds):
+                kv_latencies += await wake_round(
+                    url, port, lambda i: f"/v1/kv/shopgate/?recurse&index={i}&wait=60s" if i else "/v1/kv/shopgate/?recurse",
+                    args.watchers, lambda: requests.put(f"{url}/v1/kv/shopgate/round", data=str(round_), timeout=10))
+            held_rss = rss_mib(server.pid)
+
+            reg_latencies: list[float] = []
+            for round_ in range(args.rounds):
+                reg_latencies += await wake_round(
+                    url, port, lambda i: f"/v1/health/service/web?index={i}&wait=60s" if i else "/v1/health/service/web",
+                    args.watchers, lambda: requests.put(f"{url}/v1/agent/service/register",
+                                                        json={"Name": "web", "ID": f"web-{round_}", "Port": 9000 + round_},
+                                                        timeout=10))
+
+            def latency_rows(what: str, values: list[float]) -> list[tuple[str, str]]:
+                return [(f"wake-up after {what}: p50", f"{percentile(values, 50) * 1000:.1f} ms"),
+                        (f"wake-up after {what}: p99", f"{percentile(values, 99) * 1000:.1f} ms"),
+                        (f"wake-up after {what}: all returned", f"{max(values) * 1000:.1f} ms")]
+
+            rows = [(f"blocking watchers held at once", f"{args.watchers} (x {args.rounds} rounds each)"),
+                    *latency_rows("a KV write", kv_latencies),
+                    *latency_rows("a service registration", reg_latencies),
+                    (f"server RSS with {args.watchers} watchers held", f"{held_rss:.1f} MiB"),
+                    ("server RSS at the end", f"{rss_mib(server.pid):.1f} MiB")]
+            print(table(rows), flush=True)
+        finally:
+            server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--watchers", type=int, default=1000)
+    parser.add_argument("--registrations", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    print(f"shopgate catalog benchmark: {args.watchers} watchers, {args.registrations} registrations, "
+          f"{args.rounds} rounds per latency figure")
+    # The client runs on uvloop too, so that its own cost stays small next to the server's.
+    from catalog.server import new_event_loop
+
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(run(args))
+    finally:
+        loop.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
