@@ -82,7 +82,10 @@ class ServiceInstance:
                                     tags=self.tags, meta={"version": __version__})
         log.info("%s listening on %s:%d, registering as %s:%d", self.instance_id, host, port, address, port)
         self.keeper = SelfRegistration(registration, self.consul)
-        self.keeper.start()
+
+    def tick(self) -> None:
+        if self.keeper is not None:
+            self.keeper.poll()
 
     def draining(self) -> None:
         if self.keeper is not None:

@@ -36,6 +36,9 @@ class Lifecycle(Protocol):
     def listening(self, host: str, port: int) -> None:
         """Called in the master once the socket is bound, before any worker forks."""
 
+    def tick(self) -> None:
+        """Called about once a second from the master's loop (the thread that forks workers)."""
+
     def draining(self) -> None:
         """Called on SIGTERM/SIGINT while the workers still serve."""
 
@@ -80,6 +83,10 @@ class DrainingArbiter(Arbiter):
         super().start()
         host, port = self.LISTENERS[0].sock.getsockname()[:2]
         self.lifecycle.listening(host, port)
+
+    def manage_workers(self) -> None:
+        super().manage_workers()
+        self.lifecycle.tick()
 
     def handle_term(self) -> None:
         self._drain("SIGTERM")

@@ -1,0 +1,152 @@
+"""Self-registration with real service processes against the real catalog.
+
+Registration appears and turns passing; SIGTERM drains (maintenance, in-flight request
+completes) and deregisters; a catalog that is down at start, or restarts empty, gets every
+instance (re-)registered within seconds.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+import requests
+
+from registrar.registration import Registration, parse_tags
+from shopgate.settings import SHOP_SERVICES
+
+REGISTER_DEADLINE = 10.0  # the requirement: back in the catalog within 10 s
+
+
+def wait_until(what: str, predicate, timeout: float = REGISTER_DEADLINE, interval: float = 0.1):
+    """Poll `predicate` until it returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    pytest.fail(f"not within {timeout}s: {what}")
+
+
+def passing_ids(catalog, name: str) -> set[str]:
+    try:
+        _, entries = catalog.client().health.service(name, passing=True)
+    except requests.RequestException:
+        return set()
+    return {entry["Service"]["ID"] for entry in entries}
+
+
+def checks_of(catalog, service_id: str) -> dict[str, dict]:
+    return {cid: c for cid, c in catalog.client().agent.checks().items() if c.get("ServiceID") == service_id}
+
+
+# --- the registration itself (pure) ---
+
+def test_registration_carries_id_address_tags_meta_and_http_check():
+    reg = Registration(name="products", address="10.0.0.7", port=31000, tags=("urlprefix-/shop/products strip=/shop",),
+                       meta={"version": "1.2.3"})
+    kwargs = reg.register_kwargs()
+    assert reg.id == "products-31000"
+    assert kwargs["name"] == "products" and kwargs["service_id"] == "products-31000"
+    assert (kwargs["address"], kwargs["port"]) == ("10.0.0.7", 31000)
+    assert kwargs["tags"] == ["urlprefix-/shop/products strip=/shop"]
+    assert kwargs["meta"] == {"version": "1.2.3"}
+    assert kwargs["check"] == {"http": "http://10.0.0.7:31000/health", "interval": "1s", "timeout": "1s",
+                               "DeregisterCriticalServiceAfter": "1m"}
+
+
+@pytest.mark.parametrize("text, tags", [
+    (None, ()),
+    ("", ()),
+    ("a", ("a",)),
+    (" urlprefix-/shop/users strip=/shop , canary,,canary ", ("urlprefix-/shop/users strip=/shop", "canary")),
+])
+def test_service_tags_parse_like_registrator(text, tags):
+    assert parse_tags(text) == tags
+
+
+@pytest.mark.parametrize("port", [0, -1, 65536])
+def test_registration_refuses_an_unbound_port(port):
+    with pytest.raises(ValueError, match="port"):
+        Registration(name="users", address="127.0.0.1", port=port)
+
+
+# --- real processes ---
+
+def test_instance_registers_with_tags_and_turns_passing(catalog, shop_service):
+    users = shop_service("users", env={"SERVICE_TAGS": "urlprefix-/shop/users strip=/shop, canary"})
+
+    wait_until(f"{users.id} passing in the catalog", lambda: users.id in passing_ids(catalog, "users"))
+    _, entries = catalog.client().health.service("users", passing=True)
+    service = entries[0]["Service"]
+    assert (service["ID"], service["Address"], service["Port"]) == (users.id, "127.0.0.1", users.port)
+    assert service["Tags"] == ["urlprefix-/shop/users strip=/shop", "canary"]
+    assert service["Meta"]["version"]
+    answer = requests.get(f"{users.url}/api/v1/users", timeout=5)
+    assert answer.status_code == 200
+    assert answer.headers["X-Instance"] == users.id
+
+
+def test_sigterm_enters_maintenance_finishes_in_flight_request_then_deregisters(catalog, shop_service):
+    payments = shop_service("payments", env={"SHOPGATE_PAYMENT_LATENCY": "3", "SHOPGATE_DRAIN_SECONDS": "1.5"})
+    wait_until(f"{payments.id} passing", lambda: payments.id in passing_ids(catalog, "payments"))
+
+    outcome: dict[str, requests.Response | Exception] = {}
+
+    def slow_charge():
+        try:
+            outcome["response"] = requests.post(f"{payments.url}/api/v1/payments", timeout=20, json={
+                "order_id": "ord_inflight", "user_id": 1, "amount_cents": 500, "payment_method": "pm_card_visa"})
+        except requests.RequestException as exc:
+            outcome["response"] = exc
+
+    in_flight = threading.Thread(target=slow_charge)
+    in_flight.start()
+    time.sleep(0.5)  # the charge is now inside the 3 s provider call
+    payments.process.signal(signal.SIGTERM)  # to the whole process group, like Ctrl-C or the stack runner
+
+    maintenance = f"_service_maintenance:{payments.id}"
+    wait_until("maintenance check while draining", lambda: maintenance in checks_of(catalog, payments.id), timeout=5)
+    assert payments.id not in passing_ids(catalog, "payments")
+    assert payments.process.alive(), "the instance must keep serving during the drain"
+    assert requests.get(f"{payments.url}/health", timeout=5).status_code == 200
+
+    in_flight.join(timeout=20)
+    response = outcome["response"]
+    assert isinstance(response, requests.Response), f"in-flight request failed: {response}"
+    assert response.status_code == 201 and response.json()["status"] == "approved"
+    assert payments.process.popen.wait(timeout=15) == 0
+    assert payments.id not in catalog.client().agent.services()
+    assert checks_of(catalog, payments.id) == {}
+
+
+def test_catalog_down_at_start_then_registration_once_it_is_back(catalog, shop_service):
+    catalog.stop()
+    products = shop_service("products")  # starts and serves without a catalog
+    answer = requests.get(f"{products.url}/api/v1/products", timeout=5)
+    assert answer.status_code == 200 and answer.json()[0]["id"] == 1
+
+    catalog.start()
+    wait_until(f"{products.id} registered after the catalog came back",
+               lambda: products.id in passing_ids(catalog, "products"))
+    assert "retrying" in products.process.log_tail(200)
+
+
+def test_catalog_restarted_empty_gets_every_service_back(catalog, shop_service):
+    instances = [shop_service(name) for name in SHOP_SERVICES]
+    for instance in instances:
+        wait_until(f"{instance.id} passing", lambda: instance.id in passing_ids(catalog, instance.name))
+
+    catalog.stop()
+    catalog.wipe()
+    catalog.start()
+    restarted = time.monotonic()
+    for instance in instances:
+        remaining = max(0.1, REGISTER_DEADLINE - (time.monotonic() - restarted))
+        wait_until(f"{instance.id} re-registered", lambda: instance.id in catalog.client().agent.services(),
+                   timeout=remaining)
+    for instance in instances:
+        wait_until(f"{instance.id} passing again", lambda: instance.id in passing_ids(catalog, instance.name))
