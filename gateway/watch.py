@@ -183,6 +183,7 @@ class CatalogWatcher:
         self._dirty: dict[str, float] = {}      # service -> first seen_at
         self._kv_seen_at: float | None = None
         self._emitted_once = False
+        self._failing: set[str] = set()
         # what the controller and /status read
         self.reachable = False
         self.last_error: str | None = None
@@ -253,14 +254,16 @@ class CatalogWatcher:
                 self._wake.notify_all()
 
     def _failed(self, name: str, error: str) -> None:
-        if self.reachable or self.last_error != error:
-            log.warning("catalog unavailable (%s): %s; keeping the last snapshot, retrying", name, error)
+        if name not in self._failing:
+            log.warning("catalog unavailable (%s): %s; keeping the last snapshot, retrying", name, error[:300])
+            self._failing.add(name)
         self.reachable = False
         self.last_error = error
         if name in self._indexes:
             self._indexes[name] = 0  # catch up at once when it returns, whatever its indexes are now
 
     def _succeeded(self, name: str) -> None:
+        self._failing.discard(name)
         if not self.reachable and self.last_error is not None:
             log.info("catalog reachable again (%s)", name)
             self.recovered_at = time.monotonic()

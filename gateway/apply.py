@@ -1,0 +1,247 @@
+"""ApplyPlan -> the running HAProxy: runtime API for membership, validated reloads for structure.
+
+Membership (a slot gets, changes or loses an instance) goes through the runtime API, no reload:
+
+    add     set server be/s addr A port P; weight W; state ready; health down   (one line; HAProxy's
+            own checks must `rise` before the server takes traffic)
+    remove  state drain now; `state maint` once the server's sessions reach 0 (or after a bound)
+
+Structure (routes, backends, slot counts, settings, templates) goes through:
+
+    render -> haproxy -c -> atomic swap (tmp + rename, last good kept) -> master `reload`
+    -> verify (new worker in `show proc`, failed count unchanged, every slot present)
+    -> on any failure: restore the last good file, reload it, keep serving, report HAProxy's error.
+
+The config file always holds every server of the table it was rendered from, so a reload or a
+restart after a crash never resurrects or loses servers; the controller then re-plans from that
+table to the wanted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from gateway.diff import plan_changes
+from gateway.haproxy import HAProxyError, HAProxyProcess, check_config
+from gateway.haproxy_syntax import UnsafeValue, check_token
+from gateway.metrics import GatewayMetrics
+from gateway.model import ApplyPlan, MembershipChange, RouteTable, RuntimePaths
+from gateway.render import render_config
+
+log = logging.getLogger("shopgate.gateway.apply")
+
+
+@dataclass(frozen=True)
+class GatewayFiles:
+    """The files of one controller under its state dir."""
+
+    state_dir: Path
+
+    @property
+    def config(self) -> Path:
+        return self.state_dir / "haproxy.cfg"
+
+    @property
+    def candidate(self) -> Path:
+        return self.state_dir / "haproxy.cfg.new"
+
+    @property
+    def last_good(self) -> Path:
+        return self.state_dir / "haproxy.cfg.last-good"
+
+    @property
+    def master_socket(self) -> Path:
+        return self.state_dir / "master.sock"
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.state_dir / "admin.sock"
+
+    @property
+    def haproxy_log(self) -> Path:
+        return self.state_dir / "haproxy.log"
+
+
+class ConfigRejected(RuntimeError):
+    """A config that was not applied; the message is the render error or HAProxy's own."""
+
+
+def membership_commands(change: MembershipChange) -> list[str]:
+    """Runtime-API commands for one slot change (remove: only the drain; maint follows later)."""
+    server = f"{check_token(change.backend)}/{check_token(change.slot)}"
+    if change.action == "add":
+        return [f"set server {server} addr {check_token(change.address)} port {int(change.port)}",
+                f"set server {server} weight {int(change.weight)}",
+                f"set server {server} state ready",
+                f"set server {server} health down"]
+    if change.action == "weight":
+        return [f"set server {server} weight {int(change.weight)}"]
+    if change.action in ("drain", "remove"):
+        return [f"set server {server} state drain"]
+    raise ValueError(f"unknown membership action {change.action!r}")
+
+
+class Applier:
+    """Keeps HAProxy running `running`, the last RouteTable it accepted."""
+
+    def __init__(self, haproxy: HAProxyProcess, files: GatewayFiles, templates_dir: Path, runtime: RuntimePaths,
+                 metrics: GatewayMetrics, drain_timeout: float = 30.0):
+        self.haproxy = haproxy
+        self.files = files
+        self.templates_dir = templates_dir
+        self.runtime = runtime
+        self.metrics = metrics
+        self.drain_timeout = drain_timeout
+        self.running: RouteTable | None = None      # what HAProxy serves now (config + runtime changes)
+        self.file_table: RouteTable | None = None   # what the config file on disk was rendered from
+        self.last_apply: float | None = None        # unix time of the last change HAProxy accepted
+        self.last_error: str | None = None
+        self.reloads = 0
+        self.runtime_updates = 0
+        self.rejected_configs: deque[str] = deque(maxlen=20)
+        self._refused: tuple[RouteTable, str] | None = None   # the last wanted table refused, and why
+        self._draining: dict[tuple[str, str], float] = {}     # (backend, slot) -> give-up time
+
+    # ---- entry points
+
+    def apply(self, wanted: RouteTable, force_reason: str | None = None) -> ApplyPlan:
+        """Bring HAProxy to `wanted`; returns what was done. ConfigRejected/HAProxyError when it was not."""
+        plan = ApplyPlan(structural_reasons=(force_reason,)) if force_reason else plan_changes(self.running, wanted)
+        if plan.empty:
+            return plan
+        if plan.needs_reload:
+            if force_reason is None and self._refused is not None and self._refused[0] == wanted:
+                raise ConfigRejected(self._refused[1])  # same input, same answer: do not re-run haproxy -c
+            self._structural(wanted, plan.structural_reasons)
+        else:
+            try:
+                self._membership(plan.membership)
+            except HAProxyError as error:
+                log.warning("runtime API refused a change, reloading instead: %s", error)
+                self.metrics.errors.labels("runtime").inc()
+                plan = ApplyPlan(structural_reasons=(f"runtime API: {error}",))
+                self._structural(wanted, plan.structural_reasons)
+        self.running = wanted
+        self.last_apply = time.time()
+        self.last_error = None
+        return plan
+
+    def restart_haproxy(self) -> None:
+        """HAProxy died: start it again on the last good config file, then the caller re-plans."""
+        self._draining.clear()
+        self.haproxy.start()
+        self.running = self.file_table
+        self.metrics.haproxy_restarts.inc()
+
+    def finish_drains(self) -> None:
+        """Put drained servers into maint once their sessions reached 0, or their bound passed."""
+        if not self._draining or not self.haproxy.alive():
+            return
+        now = time.monotonic()
+        try:
+            stats = self.haproxy.cli.server_stats()
+            done = [key for key, give_up in self._draining.items()
+                    if now >= give_up or key not in stats or int(stats[key].get("scur") or 0) == 0]
+            if done:
+                self.haproxy.cli.run([f"set server {b}/{s} state maint" for b, s in done])
+        except HAProxyError as error:
+            log.warning("finishing drains: %s", error)
+            return
+        for key in done:
+            self._draining.pop(key, None)
+
+    # ---- membership: runtime API
+
+    def _membership(self, changes: tuple[MembershipChange, ...]) -> None:
+        commands = [command for change in changes for command in membership_commands(change)]
+        self.haproxy.cli.run(commands)
+        give_up = time.monotonic() + self.drain_timeout
+        for change in changes:
+            key = (change.backend, change.slot)
+            if change.action == "remove":
+                self._draining[key] = give_up
+            else:
+                self._draining.pop(key, None)
+        self.runtime_updates += len(changes)
+        self.metrics.runtime_updates.inc(len(changes))
+
+    # ---- structure: render, validate, swap, reload, verify
+
+    def _structural(self, wanted: RouteTable, reasons: tuple[str, ...]) -> None:
+        why = "; ".join(reasons)
+        text = self._render(wanted, why)
+        self.files.candidate.write_text(text)
+        problem = check_config(self.haproxy.haproxy_bin, self.files.candidate)
+        if problem:
+            self._reject(wanted, why, f"haproxy -c: {problem}")
+        if not self.haproxy.alive():
+            os.replace(self.files.candidate, self.files.config)
+            self.haproxy.start()
+            self._accepted(wanted, why, "started")
+            return
+        shutil.copyfile(self.files.config, self.files.last_good)
+        os.replace(self.files.candidate, self.files.config)
+        try:
+            self.haproxy.cli.reload()
+            self._verify(wanted)
+        except HAProxyError as error:
+            self._restore()
+            self._reject(wanted, why, f"reload: {error}")
+        self._draining.clear()   # the new worker runs the rendered states
+        self.reloads += 1
+        self.metrics.reloads.inc()
+        self._accepted(wanted, why, "reloaded")
+
+    def _render(self, wanted: RouteTable, why: str) -> str:
+        try:
+            return render_config(wanted, self.templates_dir, self.runtime)
+        except (jinja2.TemplateError, UnsafeValue, OSError) as error:
+            where = f"{error.filename}:{error.lineno}: " if isinstance(error, jinja2.TemplateSyntaxError) else ""
+            self._reject(wanted, why, f"render: {where}{error.__class__.__name__}: {error}")
+            raise AssertionError("unreachable")
+
+    def _accepted(self, wanted: RouteTable, why: str, what: str) -> None:
+        log.info("HAProxy %s (%s)", what, why)
+        self.file_table = wanted
+        self._refused = None
+        self.metrics.last_good_at = time.time()
+
+    def _reject(self, wanted: RouteTable, why: str, error: str) -> None:
+        message = f"config not applied ({why[:200]}): {error}"
+        log.error("%s; HAProxy keeps the last good config", message)
+        self.rejected_configs.append(message)
+        self.metrics.rejected_configs.inc()
+        self.last_error = message
+        self._refused = (wanted, message)
+        self.files.candidate.unlink(missing_ok=True)
+        raise ConfigRejected(message)
+
+    def _verify(self, wanted: RouteTable) -> None:
+        """The new worker has every slot of `wanted` and accepts connections on the entry point."""
+        stats = self.haproxy.cli.server_stats()
+        missing = [f"{b.name}/{s.slot}" for b in wanted.backends for s in b.servers if (b.name, s.slot) not in stats]
+        if missing:
+            raise HAProxyError(f"new worker lacks servers {', '.join(missing[:5])}")
+        host, _, port = self.runtime.listen.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=2).close()
+        except OSError as error:
+            raise HAProxyError(f"new worker does not accept connections on {self.runtime.listen}: {error}") from error
+
+    def _restore(self) -> None:
+        """Put the last good file back and make HAProxy run it again."""
+        os.replace(self.files.last_good, self.files.config)
+        try:
+            self.haproxy.cli.reload()
+        except HAProxyError as error:
+            log.error("reloading the restored last good config failed too: %s", error)
+            self.metrics.errors.labels("restore").inc()

@@ -1,0 +1,361 @@
+"""`shopgate gateway`: watch the catalog, keep HAProxy in step, supervise it, report.
+
+    shopgate gateway [--consul URL] [--haproxy-bin haproxy] [--listen 127.0.0.1:8080]
+                     [--stats 127.0.0.1:8404] [--status 127.0.0.1:9180] [--state-dir DIR]
+                     [--templates DIR]
+
+One loop owns HAProxy; everything else only wakes it:
+
+    watcher (catalog + KV) ──snapshot──┐
+    template watcher ──────"edited"────┼──▶ debounce ─▶ guard ─▶ build_route_table ─▶ Applier
+    HAProxy exited ────────"restart"───┘
+
+Debounce: a burst is applied once it has been quiet for MIN_QUIET or has lasted MAX_WAIT.
+Reloads are further spaced by RELOAD_INTERVAL; runtime-API changes are not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.apply import Applier, ConfigRejected, GatewayFiles
+from gateway.diff import plan_changes
+from gateway.haproxy import HAProxyError, HAProxyProcess
+from gateway.metrics import GatewayMetrics
+from gateway.model import RouteTable, RuntimePaths, Snapshot
+from gateway.routing import build_route_table
+from gateway.status import StatusServer
+from gateway.template_watch import TemplateWatcher
+from gateway.watch import CatalogWatcher
+from shopgate import settings
+from shopgate.settings import ConsulAddress
+
+log = logging.getLogger("shopgate.gateway")
+
+MIN_QUIET = 0.05          # s without news before a burst is applied
+MAX_WAIT = 0.5            # s a burst may delay its first change
+RELOAD_INTERVAL = 1.0     # s between two reloads (a storm of structural changes folds into few)
+GUARD_HOLD = 30.0         # s the empty-catalog guard may hold back a view
+GUARD_WINDOW = 60.0       # s after a catalog outage/reset during which the guard is armed
+RESTART_BACKOFF = (0.2, 5.0)
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    consul: ConsulAddress
+    haproxy_bin: str = "haproxy"
+    listen: str = f"{settings.LOOPBACK}:{settings.GATEWAY_PORT}"
+    stats: str = f"{settings.LOOPBACK}:{settings.STATS_PORT}"
+    status: str = f"{settings.LOOPBACK}:{settings.STATUS_PORT}"
+    state_dir: Path = settings.STATE_DIR / "gateway"
+    templates_dir: Path = settings.TEMPLATES_DIR
+    wait_seconds: float = 30.0
+    drain_timeout: float = 30.0
+    guard_hold: float = GUARD_HOLD
+
+
+class EmptyCatalogGuard:
+    """Holds back a view in which most healthy instances vanished at once, for at most `hold` seconds.
+
+    Armed after a catalog outage or index reset (a restarted catalog fills up again as services
+    re-register), and always when every healthy instance vanished at once. A scale-down in a
+    healthy catalog passes straight through."""
+
+    def __init__(self, hold: float = GUARD_HOLD, window: float = GUARD_WINDOW, vanished_fraction: float = 0.5, min_instances: int = 2):
+        self.hold = hold
+        self.window = window
+        self.vanished_fraction = vanished_fraction
+        self.min_instances = min_instances
+        self.holding_since: float | None = None
+        self.reason: str | None = None
+
+    def check(self, applied: Snapshot | None, new: Snapshot, recovered_at: float | None, now: float) -> str | None:
+        """The reason to hold `new` back, or None to apply it."""
+        before = _healthy(applied) if applied is not None else 0
+        after = _healthy(new)
+        armed = after == 0 or (recovered_at is not None and now - recovered_at < self.window)
+        suspicious = armed and before >= self.min_instances and after < before * (1 - self.vanished_fraction)
+        if not suspicious:
+            if self.holding_since is not None:
+                log.info("empty-catalog guard released: %d of %d healthy instances back", after, before)
+            self.holding_since = self.reason = None
+            return None
+        if self.holding_since is None:
+            self.holding_since = now
+            log.warning("empty-catalog guard: %d of %d healthy instances vanished at once; holding the last view up to %.0fs", before - after, before, self.hold)
+        if now - self.holding_since >= self.hold:
+            log.warning("empty-catalog guard: still %d of %d after %.0fs; applying the catalog's view", after, before, self.hold)
+            self.holding_since = self.reason = None
+            return None
+        self.reason = f"{before - after} of {before} healthy instances vanished at once (held {now - self.holding_since:.0f}s of at most {self.hold:.0f}s)"
+        return self.reason
+
+
+def _healthy(snapshot: Snapshot) -> int:
+    return sum(1 for instances in snapshot.services.values() for i in instances if i.healthy)
+
+
+class Controller:
+    def __init__(self, config: ControllerConfig):
+        self.config = config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.files = GatewayFiles(config.state_dir)
+        self.metrics = GatewayMetrics()
+        self.haproxy = HAProxyProcess(config.haproxy_bin, self.files.config, self.files.master_socket, self.files.haproxy_log)
+        runtime = RuntimePaths(admin_socket=self.files.admin_socket, listen=config.listen, stats=config.stats)
+        self.applier = Applier(self.haproxy, self.files, config.templates_dir, runtime, self.metrics, config.drain_timeout)
+        self.guard = EmptyCatalogGuard(hold=config.guard_hold)
+        self.watcher = CatalogWatcher(config.consul, self._on_snapshot, wait_seconds=config.wait_seconds)
+        self.templates = TemplateWatcher(config.templates_dir, self._on_template)
+        self.status_server = StatusServer(config.status, self.status, self.metrics.registry)
+        self.metrics.long_polls.set_function(lambda: self.watcher.long_polls_in_flight)
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        # pending work, guarded by _lock
+        self._snapshot: Snapshot | None = None
+        self._seen_at: float | None = None
+        self._first_event: float | None = None
+        self._last_event = 0.0
+        self._templates_edited: str | None = None
+        # owned by the loop
+        self._applied_snapshot: Snapshot | None = None
+        self._wanted: RouteTable | None = None
+        self._last_reload = 0.0
+        self._not_before = 0.0
+        self._restart_at = 0.0
+        self._restart_delay = RESTART_BACKOFF[0]
+        self.last_error: str | None = None
+
+    # ---- events (any thread)
+
+    def _on_snapshot(self, snapshot: Snapshot, seen_at: float) -> None:
+        with self._lock:
+            self._snapshot = snapshot
+            self._seen_at = seen_at if self._seen_at is None else min(self._seen_at, seen_at)
+            self._note_event()
+
+    def _on_template(self, name: str) -> None:
+        with self._lock:
+            self._templates_edited = name
+            self._seen_at = self._seen_at or time.monotonic()
+            self._note_event()
+
+    def _note_event(self) -> None:
+        now = time.monotonic()
+        self._last_event = now
+        self._first_event = self._first_event or now
+        self._wake.set()
+
+    # ---- the loop
+
+    def run(self) -> None:
+        self.status_server.start()
+        self._supervise()
+        self.watcher.start()
+        self.templates.start()
+        log.info("gateway: entry point %s, stats %s, status http://%s/status, catalog %s",
+                 self.config.listen, self.config.stats, self.config.status, self.config.consul.url)
+        try:
+            while not self._stopping.is_set():
+                self._wake.wait(self._next_timeout())
+                self._wake.clear()
+                if self._stopping.is_set():
+                    break
+                self._supervise()
+                self.applier.finish_drains()
+                self._step()
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    def _next_timeout(self) -> float:
+        with self._lock:
+            if self._first_event is None:
+                return 0.25
+            now = time.monotonic()
+            due = max(min(self._last_event + MIN_QUIET, self._first_event + MAX_WAIT), self._not_before)
+            return min(0.25, max(0.0, due - now))
+
+    def _start_haproxy(self) -> bool:
+        """Serve at once, with no routes (503) until the catalog's first view arrives."""
+        try:
+            self.applier.apply(build_route_table(Snapshot()))
+            return True
+        except (ConfigRejected, HAProxyError) as error:
+            self._error("start", f"HAProxy did not start: {error}")
+            return False
+
+    def _supervise(self) -> None:
+        """HAProxy died (or never came up): start it again on the last good config, with backoff."""
+        if self.haproxy.alive() or time.monotonic() < self._restart_at:
+            return
+        if self.applier.file_table is None:
+            started = self._start_haproxy()
+        else:
+            code = self.haproxy.popen.returncode if self.haproxy.popen else None
+            self._error("haproxy", f"HAProxy exited with {code}; restarting it on the last good config")
+            try:
+                self.applier.restart_haproxy()
+                started = True
+            except HAProxyError as error:
+                self._error("haproxy", f"restarting HAProxy failed: {error}")
+                started = False
+        if not started:
+            self._restart_at = time.monotonic() + self._restart_delay
+            self._restart_delay = min(self._restart_delay * 2, RESTART_BACKOFF[1])
+            return
+        self._restart_delay = RESTART_BACKOFF[0]
+        with self._lock:   # re-plan from the config it runs now to the wanted view
+            self._snapshot = self._snapshot or self._applied_snapshot
+            self._seen_at = self._seen_at or time.monotonic()
+            self._note_event()
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._first_event is None or now < self._not_before:
+                return
+            if now - self._last_event < MIN_QUIET and now - self._first_event < MAX_WAIT:
+                return
+            snapshot = self._snapshot or self._applied_snapshot or Snapshot()
+            edited, seen_at = self._templates_edited, self._seen_at or now
+        hold = self.guard.check(self._applied_snapshot, snapshot, self.watcher.recovered_at, now)
+        if hold:
+            self.metrics.guard_holds.inc()
+            self._not_before = now + 1.0   # look again in a second (or on news)
+            return
+        wanted = build_route_table(snapshot, self.applier.running)
+        self._wanted = wanted
+        if not edited and plan_changes(self.applier.running, wanted).needs_reload and now - self._last_reload < RELOAD_INTERVAL:
+            self._not_before = self._last_reload + RELOAD_INTERVAL
+            return
+        with self._lock:   # from here on, news is a new burst
+            self._snapshot = None if self._snapshot is snapshot else self._snapshot
+            self._seen_at = None if self._snapshot is None else self._seen_at
+            self._first_event = None if self._snapshot is None else self._first_event
+            self._templates_edited = None
+        self._apply(wanted, snapshot, seen_at, f"template {edited} edited" if edited else None)
+
+    def _apply(self, wanted: RouteTable, snapshot: Snapshot, seen_at: float, force_reason: str | None) -> None:
+        try:
+            plan = self.applier.apply(wanted, force_reason)
+        except ConfigRejected as error:
+            self._error("config", str(error))
+            if force_reason is not None:   # the edit is refused; catalog news in the same burst still applies
+                self._apply(wanted, snapshot, seen_at, None)
+            return
+        except HAProxyError as error:
+            self._error("haproxy", str(error))
+            with self._lock:   # try again shortly
+                self._snapshot = self._snapshot or snapshot
+                self._seen_at = min(self._seen_at or seen_at, seen_at)
+                self._note_event()
+            self._not_before = time.monotonic() + 1.0
+            return
+        self._applied_snapshot = snapshot
+        self.last_error = None
+        if plan.needs_reload:
+            self._last_reload = time.monotonic()
+        if not plan.empty:
+            kind = "reload" if plan.needs_reload else "runtime"
+            self.metrics.propagation.labels(kind).observe(time.monotonic() - seen_at)
+            log.info("applied (%s): %s", kind, "; ".join(plan.structural_reasons) or f"{len(plan.membership)} slot change(s)")
+
+    def _error(self, stage: str, message: str) -> None:
+        log.error("%s", message)
+        self.metrics.errors.labels(stage).inc()
+        self.last_error = message
+
+    def _shutdown(self) -> None:
+        self.templates.stop()
+        self.watcher.stop()
+        self.haproxy.stop()
+        self.status_server.stop()
+
+    # ---- /status
+
+    def status(self) -> dict:
+        table = self.applier.running or RouteTable()
+        wanted = self._wanted or table
+        try:
+            live = self.haproxy.cli.server_stats() if self.haproxy.alive() else {}
+        except HAProxyError:
+            live = {}
+        services = {}
+        for backend in table.backends:
+            services[backend.service] = {
+                "backend": backend.name,
+                "routes": [_describe_route(r) for r in table.routes if r.backend == backend.name],
+                "slots": len(backend.servers),
+                "servers": [
+                    {"slot": s.slot, "instance": s.instance_key, "address": s.address, "port": s.port, "weight": s.weight,
+                     "state": s.state, "haproxy_status": live.get((backend.name, s.slot), {}).get("status")}
+                    for s in backend.servers if s.occupied
+                ],
+            }
+        last_good = self.metrics.last_good_at
+        return {
+            "services": services,
+            "last_apply": self.applier.last_apply,
+            "last_error": self.last_error or self.applier.last_error,
+            "reloads": self.applier.reloads,
+            "runtime_updates": self.applier.runtime_updates,
+            "rejected": list(wanted.rejected) + list(self.applier.rejected_configs),
+            "config_age_seconds": round(time.time() - last_good, 3) if last_good else None,
+            "haproxy_pid": self.haproxy.pid if self.haproxy.alive() else None,
+            "catalog": {"reachable": self.watcher.reachable, "last_error": self.watcher.last_error,
+                        "long_polls": self.watcher.long_polls_in_flight},
+            "guard": {"holding": self.guard.reason is not None, "reason": self.guard.reason},
+        }
+
+
+def _describe_route(route) -> str:
+    strip = f" strip={route.strip}" if route.strip else ""
+    return f"{route.host or ''}{route.path_prefix}{strip}"
+
+
+def parse_args(argv: list[str]) -> ControllerConfig:
+    parser = argparse.ArgumentParser(prog="shopgate gateway", description="Run the gateway controller: catalog + KV -> haproxy.cfg -> a live HAProxy.")
+    parser.add_argument("--consul", default=None, help="Consul HTTP API address (default: CONSUL_HTTP_ADDR or %s)" % settings.DEFAULT_CONSUL_ADDR)
+    parser.add_argument("--haproxy-bin", default="haproxy", help="HAProxy executable (default %(default)s)")
+    parser.add_argument("--listen", default=ControllerConfig.listen, help="entry point host:port (default %(default)s)")
+    parser.add_argument("--stats", default=ControllerConfig.stats, help="HAProxy stats page and /metrics host:port (default %(default)s)")
+    parser.add_argument("--status", default=ControllerConfig.status, help="controller /status and /metrics host:port (default %(default)s)")
+    parser.add_argument("--state-dir", type=Path, default=ControllerConfig.state_dir, help="haproxy.cfg, sockets and logs (default %(default)s)")
+    parser.add_argument("--templates", type=Path, default=ControllerConfig.templates_dir, help="haproxy.cfg templates, watched for edits (default %(default)s)")
+    parser.add_argument("--drain-timeout", type=float, default=ControllerConfig.drain_timeout, help="seconds a removed server may drain before maint (default %(default)s)")
+    parser.add_argument("--guard-hold", type=float, default=ControllerConfig.guard_hold, help="seconds the empty-catalog guard may hold a view (default %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        consul = ConsulAddress.parse(args.consul)
+    except ValueError as error:
+        parser.error(str(error))
+    if not args.templates.is_dir():
+        parser.error(f"--templates: {args.templates} is not a directory")
+    return ControllerConfig(consul=consul, haproxy_bin=args.haproxy_bin, listen=args.listen, stats=args.stats, status=args.status,
+                            state_dir=args.state_dir.resolve(), templates_dir=args.templates.resolve(),
+                            drain_timeout=args.drain_timeout, guard_hold=args.guard_hold)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(list(argv or []))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        controller = Controller(config)
+    except (OSError, ValueError) as error:
+        log.error("gateway cannot start: %s", error)
+        return 1
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: controller.stop())
+    controller.run()
+    return 0
