@@ -137,9 +137,9 @@ class Agent:
         service = parse_service(body, self.node)
         if service.id == CONSUL_SERVICE_ID:
             raise BadRequest(f"Service ID {CONSUL_SERVICE_ID!r} is reserved for the agent itself")
-        definitions = ([body.obj("Check")] if body.has("Check") else []) + body.objects("Checks")
-        definitions = [d for d in definitions if d.has("TTL", "HTTP", "TCP", "Args", "ScriptArgs", "Script",
-                                                        "CheckID", "ID", "Name", "Interval")]
+        # An empty "Check": {} means no check, as in Consul.
+        definitions = [d for d in ([body.obj("Check")] if body.has("Check") else []) + body.objects("Checks")
+                       if not d.empty]
         checks = []
         for number, definition in enumerate(definitions, start=1):
             default_id = f"service:{service.id}" + (f":{number}" if len(definitions) > 1 else "")
@@ -205,8 +205,6 @@ class Agent:
         check.service_id = body.text("ServiceID", "service_id")
         if check.service_id and self.local_service(check.service_id) is None:
             raise NotFound(f"ServiceID {check.service_id!r} does not exist")
-        if not check.definition.kind:
-            raise BadRequest("Must provide TTL or Args, HTTP or TCP with an Interval")
         self._put_agent_check(check)
         self.commit()
 
@@ -274,6 +272,8 @@ class Agent:
             deregister_after=body.duration("DeregisterCriticalServiceAfter"),
         )
         kind = definition.kind
+        if not kind:
+            raise BadRequest(f"{body.where}: Must provide TTL or Args, HTTP or TCP with an Interval")
         if kind in ("http", "tcp", "script") and not definition.interval:
             raise BadRequest(f"{body.where}: Interval must be > 0 for Script, HTTP or TCP checks")
         if kind == "ttl" and definition.ttl <= 0:

@@ -20,11 +20,11 @@ async def datacenters(request: web.Request) -> web.Response:
 @routes.get("/v1/catalog/nodes")
 async def nodes(request: web.Request) -> web.Response:
     agent, query = agent_of(request), query_of(request)
-    expression = query.get("filter")
+    expression, node_meta = query.get("filter"), query.node_meta()
     store = agent.store
 
     def read():
-        found = [node_json(store.nodes[name]) for name in sorted(store.nodes)]
+        found = [node_json(store.nodes[name]) for name in sorted(store.nodes) if store.node_has_meta(name, node_meta)]
         return store.table_index["nodes"], apply_filter(found, expression)
 
     return await indexed(request, ("nodes",), read)
@@ -52,13 +52,13 @@ async def services(request: web.Request) -> web.Response:
 async def service(request: web.Request) -> web.Response:
     agent, query = agent_of(request), query_of(request)
     name, tags, expression = request.match_info["name"], query.getall("tag"), query.get("filter")
+    node_meta, peer = query.node_meta(), query.get("peer")
     store = agent.store
-    peer = query.get("peer")
 
     def read():
-        if peer:
+        if peer:  # no cluster peering here: nothing comes from a peer
             return store.index_for_service(name), []
-        rows = [catalog_service_json(s, store.nodes[s.node]) for s in store.service_instances(name, tags)]
+        rows = [catalog_service_json(s, store.nodes[s.node]) for s in store.service_instances(name, tags, node_meta)]
         return store.index_for_service(name), apply_filter(rows, expression)
 
     return await indexed(request, (service_topic(name),), read)

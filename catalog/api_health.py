@@ -18,14 +18,13 @@ routes = web.RouteTableDef()
 async def service(request: web.Request) -> web.Response:
     agent, query = agent_of(request), query_of(request)
     name, tags, expression = request.match_info["name"], query.getall("tag"), query.get("filter")
-    passing_only = query.truthy("passing")
-    peer = query.get("peer")
+    passing_only, node_meta, peer = query.truthy("passing"), query.node_meta(), query.get("peer")
     store = agent.store
 
     def read():
         entries = []
-        if not peer:
-            for instance in store.service_instances(name, tags):
+        if not peer:  # no cluster peering here: nothing comes from a peer
+            for instance in store.service_instances(name, tags, node_meta):
                 checks = store.checks_of(instance.node, instance.id)
                 if passing_only and any(c.status != PASSING for c in checks):
                     continue

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Mapping
+from typing import Any
+
+from multidict import MultiMapping
 
 MAX_WAIT = 600.0            # Consul caps a blocking query's wait at 10 minutes
 DEFAULT_WAIT = 300.0        # and defaults it to 5 minutes
@@ -47,7 +49,7 @@ def parse_duration(text: Any, what: str = "duration") -> float:
         return float(text) * 1e-9
     if not isinstance(text, str):
         raise BadRequest(f"Invalid {what}: expected a duration string like \"10s\", got {type(text).__name__}")
-    body = text.strip()
+    body = text
     sign = 1.0
     if body[:1] in "+-" and body:
         sign = -1.0 if body[0] == "-" else 1.0
@@ -134,6 +136,10 @@ class Fields:
     def as_dict(self) -> dict[str, Any]:
         """The object as sent (keys as the client spelled them), for opaque pass-through fields."""
         return dict(self._raw)
+
+    @property
+    def empty(self) -> bool:
+        return not any(v is not None for v in self._by_folded.values())
 
     def has(self, *names: str) -> bool:
         return any(self._by_folded.get(fold(n)) is not None for n in names)
@@ -229,7 +235,7 @@ def _json_type(value: Any) -> str:
 class Query:
     """The query string of one request, read with Consul's rules (presence flags, repeatable tags)."""
 
-    def __init__(self, params: Mapping[str, str]):
+    def __init__(self, params: MultiMapping[str]):
         self.params = params
 
     def present(self, name: str) -> bool:
@@ -239,8 +245,7 @@ class Query:
         return self.params.get(name, default)
 
     def getall(self, name: str) -> list[str]:
-        return list(self.params.getall(name, [])) if hasattr(self.params, "getall") else (
-            [self.params[name]] if name in self.params else [])
+        return list(self.params.getall(name, []))
 
     def truthy(self, name: str) -> bool:
         """`?passing` alone means true; otherwise the value is a Go bool."""
@@ -270,6 +275,16 @@ class Query:
             except BadRequest:
                 raise BadRequest("Invalid wait time") from None
         return index, min(wait, MAX_WAIT)
+
+    def node_meta(self) -> dict[str, str]:
+        """`?node-meta=key:value` (repeatable): nodes must carry every pair."""
+        pairs = {}
+        for item in self.getall("node-meta"):
+            key, sep, value = item.partition(":")
+            if not sep or not key:
+                raise BadRequest(f"Invalid node-meta {item!r}: expected key:value")
+            pairs[key] = value
+        return pairs
 
     def consistency(self) -> str:
         stale, consistent = self.present("stale"), self.present("consistent")

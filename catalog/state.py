@@ -260,9 +260,16 @@ class Store:
             return self.service_index[name]
         return max(self.table_index["services"], self.table_index["nodes"])
 
-    def service_instances(self, name: str, tags: list[str] = ()) -> list[Service]:
-        found = [s for s in self.services.values() if s.name == name and all(t in s.tags for t in tags)]
+    def service_instances(self, name: str, tags: list[str] = (), node_meta: dict[str, str] | None = None
+                          ) -> list[Service]:
+        """Instances of `name` carrying every tag, on nodes carrying every node-meta pair, by node then ID."""
+        found = [s for s in self.services.values() if s.name == name and all(t in s.tags for t in tags)
+                 and (not node_meta or self.node_has_meta(s.node, node_meta))]
         return sorted(found, key=lambda s: (s.node, s.id))
+
+    def node_has_meta(self, node: str, meta: dict[str, str]) -> bool:
+        node_meta = self.nodes[node].meta
+        return all(node_meta.get(k) == v for k, v in meta.items())
 
     def checks_of(self, node: str, service_id: str) -> list[Check]:
         """The checks that decide an instance's health: its own plus its node's."""

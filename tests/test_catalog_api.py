@@ -105,3 +105,24 @@ def test_root_redirects_to_the_ui(catalog, path):
     response = requests.get(catalog.url + path, allow_redirects=False, timeout=5)
     assert response.status_code == 302 and response.headers["Location"] == "/ui/"
     assert requests.get(f"{catalog.url}/ui/", timeout=5).status_code < 500
+
+
+def test_catalog_register_and_node_meta_filters(catalog):
+    api = Api(catalog.url)
+    for node, zone in (("edge-1", "a"), ("edge-2", "b")):
+        assert api.put("/v1/catalog/register", json={
+            "Node": node, "Address": f"10.0.0.{node[-1]}", "NodeMeta": {"zone": zone},
+            "Service": {"Service": "cache", "Port": 6379},
+            "Check": {"CheckID": "cache-alive", "Name": "alive", "Status": "passing", "ServiceID": "cache"}}).json() is True
+    assert [r["Node"] for r in api.get("/v1/catalog/service/cache?node-meta=zone:b")] == ["edge-2"]
+    assert [e["Node"]["Node"] for e in api.get("/v1/health/service/cache?passing&node-meta=zone:a")] == ["edge-1"]
+    assert [n["Node"] for n in api.get("/v1/catalog/nodes?node-meta=zone:a")] == ["edge-1"]
+    # Catalog-registered instances are reported with their node's address (ServiceAddress left empty).
+    row = api.get("/v1/catalog/service/cache")[0]
+    assert (row["Address"], row["ServiceAddress"], row["ServicePort"]) == ("10.0.0.1", "", 6379)
+
+    api.put("/v1/catalog/deregister", json={"Node": "edge-1", "ServiceID": "cache"})
+    assert [r["Node"] for r in api.get("/v1/catalog/service/cache")] == ["edge-2"]
+    assert "edge-1" in [n["Node"] for n in api.get("/v1/catalog/nodes")]
+    api.put("/v1/catalog/deregister", json={"Node": "edge-1"})
+    assert api.get("/v1/catalog/node/edge-1") is None
