@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,89 @@ def processes(tmp_path):
     yield start
     for proc in reversed(started):
         proc.stop()
+
+
+class ShopInstance:
+    """One `shopgate service NAME` on a free loopback port, registering in the catalog at `consul_url`."""
+
+    def __init__(self, name: str, consul_url: str, data_dir: Path, log_dir: Path, env: dict[str, str] | None = None):
+        self.name = name
+        self.port = free_port()
+        self.id = f"{name}-{self.port}"
+        self.consul_url = consul_url
+        self.data_dir = data_dir
+        self.log_dir = log_dir
+        self.env = env or {}
+        self.process: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ShopInstance":
+        argv = shopgate_argv("service", self.name, "--port", str(self.port), "--data-dir", str(self.data_dir))
+        env = {"CONSUL_HTTP_ADDR": self.consul_url, "CONSUL_HTTP_TOKEN": "", **self.env}
+        self.process = ManagedProcess(self.id, argv, log_path=self.log_dir / f"{self.id}.log", env=env).start()
+        wait_for_http(f"{self.url}/health", timeout=20, process=self.process, ok=lambda r: r.status_code == 200)
+        return self
+
+    def stop(self, **kwargs) -> int | None:
+        """Stop the instance (SIGTERM to its process group, as the stack runner does); its exit code."""
+        return self.process.stop(**kwargs) if self.process is not None else None
+
+
+@pytest.fixture
+def shop_service(catalog, tmp_path):
+    """Start shop service instances registered in `catalog`; all stopped at teardown."""
+    started: list[ShopInstance] = []
+
+    def start(name: str, env: dict[str, str] | None = None) -> ShopInstance:
+        instance = ShopInstance(name, catalog.url, tmp_path / f"{name}-data", tmp_path, env)
+        started.append(instance)
+        return instance.start()
+
+    yield start
+    stop_shop_instances(started)
+
+
+def stop_shop_instances(instances) -> None:
+    """SIGTERM every instance at once so that their drain periods overlap, then wait for each."""
+    for instance in instances:
+        if instance.process is not None:
+            instance.process.signal(signal.SIGTERM)
+    for instance in instances:
+        if instance.process is not None and instance.process.popen is not None:
+            try:
+                instance.process.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                instance.stop(timeout=1)
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """A catalog and one instance of each of the five shop services, shared by one test module."""
+    from shopgate.settings import SHOP_SERVICES
+
+    root = tmp_path_factory.mktemp("shop")
+    (root / "catalog-data").mkdir()
+    catalog = CatalogProcess(root / "catalog-data", root)
+    instances: dict[str, ShopInstance] = {}
+    try:
+        catalog.start()
+        for name in SHOP_SERVICES:
+            instances[name] = ShopInstance(name, catalog.url, root / f"{name}-data", root).start()
+        yield ShopStack(catalog, instances)
+    finally:
+        stop_shop_instances(list(instances.values()))
+        catalog.stop()
+
+
+class ShopStack:
+    """What the `shop` fixture yields: the catalog and the instance of each service by name."""
+
+    def __init__(self, catalog: CatalogProcess, instances: dict[str, ShopInstance]):
+        self.catalog = catalog
+        self.instances = instances
+
+    def url(self, name: str) -> str:
+        return self.instances[name].url
