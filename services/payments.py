@@ -27,6 +27,7 @@ from services.validation import InputError, idempotency_key, json_object, path_i
 PAYMENT_LIMIT_CENTS = 100_000
 DECLINED_METHOD = "pm_card_chargeDeclined"
 LATENCY_ENV = "SHOPGATE_PAYMENT_LATENCY"
+LIST_LIMIT = 200  # GET /api/v1/payments: the newest charges only, so the list stays cheap
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS payments (
@@ -93,7 +94,7 @@ def routes(ctx: ServiceContext) -> Blueprint:
     def list_payments():
         order_id = request.args.get("order_id")
         if order_id is None:
-            return jsonify(ctx.store.query(f"SELECT {COLUMNS} FROM payments ORDER BY id"))
+            return jsonify(ctx.store.query(f"SELECT {COLUMNS} FROM payments ORDER BY id DESC LIMIT {LIST_LIMIT}"))
         return jsonify(ctx.store.query(f"SELECT {COLUMNS} FROM payments WHERE order_id = ? ORDER BY id", (order_id,)))
 
     @bp.get("/<raw_id>")

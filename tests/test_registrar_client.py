@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from registrar.registration import Registration, parse_tags
+from shopgate.processes import shopgate_argv
 from shopgate.settings import SHOP_SERVICES
 
 REGISTER_DEADLINE = 10.0  # the requirement: back in the catalog within 10 s
@@ -150,3 +151,17 @@ def test_catalog_restarted_empty_gets_every_service_back(catalog, shop_service):
                    timeout=remaining)
     for instance in instances:
         wait_until(f"{instance.id} passing again", lambda: instance.id in passing_ids(catalog, instance.name))
+
+
+def test_port_0_registers_the_port_actually_bound_and_ctrl_c_leaves_cleanly(catalog, processes, tmp_path):
+    service = processes("products-port0", shopgate_argv("service", "products", "--port", "0", "--data-dir", str(tmp_path)),
+                        env={"CONSUL_HTTP_ADDR": catalog.url, "CONSUL_HTTP_TOKEN": "", "SHOPGATE_DRAIN_SECONDS": "0.3"})
+    [service_id] = wait_until("an instance with port 0 registered and passing", lambda: passing_ids(catalog, "products"))
+    port = catalog.client().agent.services()[service_id]["Port"]
+    assert service_id == f"products-{port}" and port > 0
+    answer = requests.get(f"http://127.0.0.1:{port}/api/v1/products", timeout=5)
+    assert answer.headers["X-Instance"] == service_id
+
+    service.signal(signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
+    assert service.popen.wait(timeout=15) == 0
+    assert service_id not in catalog.client().agent.services()
