@@ -62,6 +62,7 @@ def main() -> int:
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            self.send_header("X-Instance", str(port))
             self.end_headers()
             self.wfile.write(data)
 

@@ -1,0 +1,152 @@
+"""A real `shopgate gateway` (with its HAProxy) and real backend processes, for the gateway's integration tests."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import requests
+
+from shopgate.processes import ManagedProcess, free_port, shopgate_argv, stop_pid, wait_for_http
+from shopgate.settings import TEMPLATES_DIR
+
+BACKEND_SCRIPT = Path(__file__).resolve().parent / "gateway_backend.py"
+
+
+def eventually(what: str, predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.1):
+    """Poll `predicate` until it returns something truthy; fail with `what` after a generous deadline."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except (requests.RequestException, KeyError, ValueError) as error:
+            last = error
+        time.sleep(interval)
+    raise AssertionError(f"not within {timeout:.0f}s: {what} (last: {last!r})")
+
+
+@dataclass
+class Backend:
+    service: str
+    port: int
+    process: ManagedProcess
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def instance(self) -> str:
+        return f"{self.service}-{self.port}"
+
+
+@dataclass
+class Gateway:
+    """One controller process with free ports; knows its catalog and starts backends registered there."""
+
+    catalog: object
+    tmp_path: Path
+    start_process: Callable[..., ManagedProcess]
+    guard_hold: float = 30.0
+    listen: int = field(default_factory=free_port)
+    stats: int = field(default_factory=free_port)
+    status_port: int = field(default_factory=free_port)
+    process: ManagedProcess | None = None
+    haproxy_pids: set[int] = field(default_factory=set)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listen}"
+
+    @property
+    def stats_url(self) -> str:
+        return f"http://127.0.0.1:{self.stats}"
+
+    @property
+    def templates(self) -> Path:
+        return self.tmp_path / "templates"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.tmp_path / "gateway-state"
+
+    def start(self) -> "Gateway":
+        shutil.copytree(TEMPLATES_DIR, self.templates, dirs_exist_ok=True)
+        argv = shopgate_argv(
+            "gateway", "--consul", self.catalog.url, "--listen", f"127.0.0.1:{self.listen}",
+            "--stats", f"127.0.0.1:{self.stats}", "--status", f"127.0.0.1:{self.status_port}",
+            "--state-dir", str(self.state_dir), "--templates", str(self.templates),
+            "--guard-hold", str(self.guard_hold), "--drain-timeout", "5",
+        )
+        self.process = self.start_process("gateway", argv)
+        wait_for_http(f"http://127.0.0.1:{self.status_port}/status", timeout=30, process=self.process,
+                      ok=lambda r: r.status_code == 200 and r.json().get("haproxy_pid"))
+        return self
+
+    def status(self) -> dict:
+        status = requests.get(f"http://127.0.0.1:{self.status_port}/status", timeout=5).json()
+        if status.get("haproxy_pid"):
+            self.haproxy_pids.add(status["haproxy_pid"])
+        return status
+
+    def metrics(self) -> str:
+        return requests.get(f"http://127.0.0.1:{self.status_port}/metrics", timeout=5).text
+
+    def servers_up(self, service: str) -> set[int]:
+        """Ports of `service`'s servers that are wanted ready and UP in HAProxy."""
+        servers = self.status()["services"].get(service, {}).get("servers", [])
+        return {s["port"] for s in servers if s["state"] == "ready" and str(s["haproxy_status"]).startswith("UP")}
+
+    def routed(self, service: str, ports: set[int]) -> bool:
+        """True once exactly `ports` serve `service` (HAProxy UP and wanted ready)."""
+        return self.servers_up(service) == ports
+
+    def start_backend(self, service: str, tags: str = "", drain: float = 2.0, name: str | None = None) -> Backend:
+        port = free_port()
+        process = self.start_process(name or f"{service}-{port}", [
+            sys.executable, str(BACKEND_SCRIPT), "--service", service, "--consul", self.catalog.url,
+            "--port", str(port), "--tags", tags, "--drain", str(drain)])
+        wait_for_http(f"http://127.0.0.1:{port}/health", timeout=15, process=process)
+        return Backend(service, port, process)
+
+    def stop(self) -> None:
+        """Stop the controller, then any HAProxy it left behind (by pid)."""
+        if self.process is not None:
+            self.process.stop(timeout=15)
+        for pid in self.haproxy_pids:
+            stop_pid(pid, timeout=5, group=True)
+
+
+@pytest.fixture
+def gateway_factory(catalog, processes, tmp_path):
+    made: list[Gateway] = []
+
+    def make(**kwargs) -> Gateway:
+        gateway = Gateway(catalog, tmp_path, processes, **kwargs)
+        made.append(gateway)
+        return gateway.start()
+
+    yield make
+    for gateway in made:
+        gateway.stop()
+
+
+@pytest.fixture
+def gateway(gateway_factory) -> Gateway:
+    return gateway_factory()
+
+
+def server_limits(gateway: Gateway, backend: str) -> set[str]:
+    """The session limits (`slim`) of `backend`'s servers, as HAProxy's stats page (CSV) reports them."""
+    text = requests.get(f"{gateway.stats_url}/;csv", timeout=5).text.lstrip("# ")
+    header, *rows = [line.split(",") for line in text.splitlines() if line]
+    column = header.index("slim")
+    return {row[column] for row in rows if row[0] == backend and row[1] not in ("FRONTEND", "BACKEND")}

@@ -1,0 +1,75 @@
+"""The gateway under load: instances come, go and fail, routes and settings change — and no request fails.
+
+Real catalog, real `shopgate gateway` with its HAProxy, real backend processes, a steady
+keep-alive load through the entry point (shopgate.load). Every wait polls with a generous deadline;
+the only hard assertion about the load is its failure count.
+"""
+
+from __future__ import annotations
+
+import requests
+
+from gateway_harness import eventually, gateway, gateway_factory, server_limits  # noqa: F401  (fixtures)
+from shopgate.load import Load, Target, summarize
+
+
+def assert_no_failed_requests(records) -> dict:
+    summary = summarize(records)
+    assert summary["requests"] > 100, summary
+    assert summary["failed"] == 0, summary
+    return summary
+
+
+def test_instances_added_removed_and_failing_under_load(gateway):
+    first = [gateway.start_backend("products") for _ in range(2)]
+    eventually("2 instances routed", lambda: gateway.routed("products", {b.port for b in first}))
+    reloads_before = gateway.status()["reloads"]
+
+    load = Load(gateway.url, [Target("GET", "/api/v1/products/item?sleep=0.02")], rate=80, concurrency=16, duration=60, keepalive=True).start()
+    try:
+        added = [gateway.start_backend("products") for _ in range(2)]
+        everyone = {b.port for b in first + added}
+        eventually("4 instances routed", lambda: gateway.routed("products", everyone))
+
+        leaving = added[0]
+        leaving.process.signal(15)   # deregisters, keeps serving while it drains
+        eventually("a deregistered instance leaves", lambda: gateway.routed("products", everyone - {leaving.port}))
+
+        failing = first[0]
+        requests.post(f"{failing.url}/fail", timeout=5)   # its health check fails in the catalog and in HAProxy
+        remaining = everyone - {leaving.port, failing.port}
+        eventually("a failing instance leaves", lambda: gateway.routed("products", remaining))
+        served_at_end = set()
+        eventually("the rest serve", lambda: served_at_end.update(r.instance for r in load.records[-40:]) or served_at_end >= {str(p) for p in remaining})
+    finally:
+        records = load.stop()
+
+    assert_no_failed_requests(records)
+    answered = {r.instance for r in records}
+    assert {str(b.port) for b in added} <= answered, "new instances took traffic"
+    status = gateway.status()
+    assert status["reloads"] == reloads_before, "membership changes went through the runtime API, without reloads"
+    assert status["runtime_updates"] >= 4
+    assert "shopgate_gateway_runtime_updates_total" in gateway.metrics()
+
+
+def test_structural_changes_under_load(gateway):
+    products = [gateway.start_backend("products") for _ in range(2)]
+    eventually("products routed", lambda: gateway.routed("products", {b.port for b in products}))
+    reloads_before = gateway.status()["reloads"]
+
+    load = Load(gateway.url, [Target("GET", "/api/v1/products/item")], rate=80, concurrency=16, duration=60, keepalive=True).start()
+    try:
+        # a new service: a backend and a route appear (reload)
+        users = gateway.start_backend("users", tags="urlprefix-/people strip=/people")
+        eventually("the new route answers", lambda: requests.get(f"{gateway.url}/people/me", timeout=5).json()["path"] == "/me")
+        # a per-service setting from KV (reload)
+        gateway.catalog.client().kv.put("shopgate/services/products/maxconn", "500")
+        eventually("the setting is live", lambda: server_limits(gateway, "be_products") == {"500"})
+        eventually("some load after the last reload", lambda: len(load.records) > 300)
+    finally:
+        records = load.stop()
+
+    assert_no_failed_requests(records)
+    assert gateway.status()["reloads"] >= reloads_before + 2
+    assert users.port in gateway.servers_up("users")
