@@ -22,6 +22,9 @@ from services.validation import InputError
 
 log = logging.getLogger("shopgate.services")
 
+#: Every request body is a small JSON object; anything bigger is refused with 413.
+MAX_BODY_BYTES = 64 * 1024
+
 
 @dataclass
 class ServiceContext:
@@ -46,6 +49,7 @@ class ServiceSpec:
 
 def create_app(spec: ServiceSpec, context: ServiceContext) -> Flask:
     app = Flask(f"shopgate.{spec.name}")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.url_map.strict_slashes = False
     app.json.sort_keys = False
     app.register_blueprint(spec.routes(context), url_prefix=spec.api_prefix())

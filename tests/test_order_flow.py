@@ -224,6 +224,7 @@ BAD_INPUT = [
     ("POST", "orders", "", '{"user_id": 1, "product_id": 1, "quantity": 0}', 400, "quantity must be at least 1"),
     ("POST", "orders", "", '{"user_id": 999, "product_id": 1, "quantity": 1}', 404, "user 999 not found"),
     ("POST", "orders", "", '{"user_id": 1, "product_id": 999, "quantity": 1}', 404, "product 999 not found"),
+    ("POST", "orders", "", '{"pad": "' + "x" * 70_000 + '"}', 413, "Request Entity Too Large"),
 ]
 
 
