@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable
 
 from catalog.parsing import BadRequest, Fields, NotFound
 from catalog.persist import Journal
+from catalog.sessions import SessionKeeper
 from catalog.records import (CRITICAL, NODE_MAINTENANCE_ID, PASSING, SERF_CHECK_ID, SERVICE_MAINTENANCE_PREFIX,
                              STATUSES, Check, CheckDefinition, Node, Service)
 from catalog.state import Store
@@ -64,6 +65,7 @@ class Agent:
         self.store = Store(config.datacenter)
         self.watchers = Watchers()
         self.runner: CheckRunner | None = None
+        self.sessions = SessionKeeper(self)
         self._reapers: dict[str, asyncio.TimerHandle] = {}
         node_id = str(uuid.uuid4())
         if journal is not None:
@@ -106,8 +108,9 @@ class Agent:
         self.commit()
 
     def start_checks(self, runner: "CheckRunner") -> None:
-        """Resume running every stored agent check (after a restart too)."""
+        """Resume running every stored agent check and session timer (after a restart too)."""
         self.runner = runner
+        self.sessions.resume()
         for check in list(self.store.checks.values()):
             if check.node == self.node:
                 runner.sync(check)
@@ -235,6 +238,7 @@ class Agent:
             return
         self.commit()
         self._watch_reaper(check)
+        self.sessions.check_changed(self.node, check_id, status)
 
     def _put_agent_check(self, check: Check) -> None:
         existing = self.local_check(check.check_id)

@@ -1,4 +1,5 @@
-"""/v1/kv: Consul's key/value store — get (recurse, keys + separator, raw), put (cas, flags), delete (recurse, cas)."""
+"""/v1/kv: Consul's key/value store — get (recurse, keys + separator, raw), put (cas, flags, acquire/release),
+delete (recurse, cas)."""
 
 from __future__ import annotations
 
@@ -89,8 +90,6 @@ async def kv_put(request: web.Request) -> web.Response:
     agent, query = agent_of(request), query_of(request)
     key = key_of(request, required=True)
     refuse_conflicting(query, "cas", "acquire", "release")
-    if query.present("acquire") or query.present("release"):
-        raise BadRequest("Sessions are not supported by this catalog: ?acquire and ?release need a session")
     if request.content_length is not None and request.content_length > MAX_VALUE_SIZE:
         return _too_large(request.content_length)
     value = await request.content.read(MAX_VALUE_SIZE + 1)
@@ -99,8 +98,13 @@ async def kv_put(request: web.Request) -> web.Response:
     flags = query.uint("flags")
     if flags > MAX_FLAGS:
         raise BadRequest(f"Invalid flags: {flags} does not fit in 64 bits")
-    cas = query.uint("cas") if query.present("cas") else None
-    stored = agent.store.kv_put(key, value, flags, cas)
+    if query.present("acquire"):
+        stored = agent.sessions.acquire(key, value, flags, query.get("acquire"))
+    elif query.present("release"):
+        stored = agent.sessions.release(key, value, flags, query.get("release"))
+    else:
+        cas = query.uint("cas") if query.present("cas") else None
+        stored = agent.store.kv_put(key, value, flags, cas)
     agent.commit()
     return json_response(stored)
 

@@ -120,6 +120,7 @@ class KVEntry(Doc):
     value: bytes = b""
     flags: int = 0
     lock_index: int = 0
+    session: str = ""           # the session holding this key's lock, if any
     create_index: int = 0
     modify_index: int = 0
 
@@ -133,3 +134,19 @@ class KVEntry(Doc):
         entry = super().from_doc(doc)
         entry.value = base64.b64decode(entry.value)
         return entry
+
+
+@dataclass
+class Session(Doc):
+    """A Consul session: a lock owner that dies with its checks, its TTL, or on destroy."""
+
+    id: str
+    name: str
+    node: str
+    lock_delay: float = 15.0
+    behavior: str = "release"   # what happens to its locked keys when it ends: "release" or "delete"
+    ttl: float | None = None
+    node_checks: list[str] = field(default_factory=lambda: [SERF_CHECK_ID])
+    service_checks: list[dict[str, str]] = field(default_factory=list)
+    create_index: int = 0
+    modify_index: int = 0

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from catalog import acl, api_agent, api_catalog, api_health, api_kv
+from catalog import acl, api_agent, api_catalog, api_health, api_kv, api_session
 from catalog.agent import Agent, AgentConfig, default_node_name
 from catalog.checks import CheckRunner
 from catalog.parsing import ClientError
@@ -73,7 +73,7 @@ def build_app(agent: Agent, acl_token: str | None = None) -> web.Application:
     app[AGENT_KEY] = agent
     app[BODY_CACHE_KEY] = BodyCache()
     app[acl.ACCESS_KEY] = acl.AccessPolicy(acl_token or "")
-    for module in (api_agent, api_catalog, api_health, api_kv):
+    for module in (api_agent, api_catalog, api_health, api_kv, api_session):
         app.add_routes(module.routes)
     app.router.add_get("/", to_ui)
     app.router.add_get("/ui", to_ui)

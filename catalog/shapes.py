@@ -11,7 +11,7 @@ import base64
 from typing import Any
 
 from catalog.parsing import format_duration
-from catalog.records import Check, KVEntry, Node, Service
+from catalog.records import Check, KVEntry, Node, Service, Session
 
 
 def node_json(node: Node) -> dict[str, Any]:
@@ -128,11 +128,29 @@ def check_json(check: Check) -> dict[str, Any]:
 
 
 def kv_json(entry: KVEntry) -> dict[str, Any]:
-    return {
+    out = {
         "LockIndex": entry.lock_index,
         "Key": entry.key,
         "Flags": entry.flags,
         "Value": base64.b64encode(entry.value).decode() if entry.value else None,
         "CreateIndex": entry.create_index,
         "ModifyIndex": entry.modify_index,
+    }
+    if entry.session:
+        out["Session"] = entry.session
+    return out
+
+
+def session_json(session: Session) -> dict[str, Any]:
+    return {
+        "ID": session.id,
+        "Name": session.name,
+        "Node": session.node,
+        "LockDelay": int(session.lock_delay * 1e9),
+        "Behavior": session.behavior,
+        "TTL": format_duration(session.ttl) if session.ttl else "",
+        "NodeChecks": list(session.node_checks),
+        "ServiceChecks": [dict(c) for c in session.service_checks],
+        "CreateIndex": session.create_index,
+        "ModifyIndex": session.modify_index,
     }

@@ -20,10 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from catalog.records import (CRITICAL, NODE_MAINTENANCE_ID, PASSING, SERF_CHECK_ID, Check, KVEntry, Node,
-                             Service)
+from catalog.records import Check, KVEntry, Node, Service, Session
 
-TABLES = ("nodes", "services", "checks", "kvs")
+TABLES = ("nodes", "services", "checks", "kvs", "sessions")
 
 
 class Conflict(Exception):
@@ -57,6 +56,7 @@ class Store:
         self.checks: dict[tuple[str, str], Check] = {}
         self.kv: dict[str, KVEntry] = {}
         self.tombstones: dict[str, int] = {}
+        self.sessions: dict[str, Session] = {}
         self.pending = Pending()
 
     # ------------------------------------------------------------ bookkeeping
@@ -108,6 +108,9 @@ class Store:
             elif table == "kvs":
                 entry = KVEntry.from_doc(doc)
                 self.kv[entry.key] = entry
+            elif table == "sessions":
+                session = Session.from_doc(doc)
+                self.sessions[session.id] = session
             elif table == "tombstones":
                 self.tombstones[doc["key"]] = doc["index"]
         self.index = index
@@ -297,15 +300,67 @@ class Store:
                 return False
             if cas != 0 and (existing is None or existing.modify_index != cas):
                 return False
+        self._set_kv(key, value, flags, existing.lock_index if existing else 0, existing.session if existing else "")
+        return True
+
+    def _set_kv(self, key: str, value: bytes, flags: int, lock_index: int, session: str) -> None:
+        existing = self.kv.get(key)
         index = self._next_index()
-        entry = KVEntry(key, value, flags, existing.lock_index if existing else 0,
-                        existing.create_index if existing else index, index)
+        entry = KVEntry(key, value, flags, lock_index, session, existing.create_index if existing else index, index)
         self.kv[key] = entry
         if self.tombstones.pop(key, None) is not None:
             self._write("tombstones", key, None)
         self._bump("kvs", index)
         self._write("kvs", key, entry.to_doc())
+
+    def kv_acquire(self, key: str, value: bytes, flags: int, session: str) -> bool:
+        """Take (or, for the holder, update) the key's lock for `session`; false if another session holds it."""
+        existing = self.kv.get(key)
+        if existing is not None and existing.session and existing.session != session:
+            return False
+        held = existing is not None and existing.session == session
+        lock_index = (existing.lock_index if existing else 0) + (0 if held else 1)
+        self._set_kv(key, value, flags, lock_index, session)
         return True
+
+    def kv_release(self, key: str, value: bytes, flags: int, session: str) -> bool:
+        existing = self.kv.get(key)
+        if existing is None or existing.session != session:
+            return False
+        self._set_kv(key, value, flags, existing.lock_index, "")
+        return True
+
+    # ------------------------------------------------------------ sessions
+
+    def put_session(self, session: Session) -> Session:
+        index = self._next_index()
+        session.create_index = session.modify_index = index
+        self.sessions[session.id] = session
+        self._bump("sessions", index)
+        self._write("sessions", session.id, session.to_doc())
+        return session
+
+    def end_session(self, session_id: str) -> list[str]:
+        """Destroy a session; its locks are released or their keys deleted (its Behavior). Returns those keys."""
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return []
+        index = self._next_index()
+        self._bump("sessions", index)
+        self._write("sessions", session_id, None)
+        locked = sorted(k for k, e in self.kv.items() if e.session == session_id)
+        for key in locked:
+            entry = self.kv[key]
+            if session.behavior == "delete":
+                self._bury(key, index)
+                self._bump("kvs", index)
+            else:
+                self._set_kv(key, entry.value, entry.flags, entry.lock_index, "")
+        return locked
+
+    def sessions_of_check(self, node: str, check_id: str) -> list[str]:
+        return [s.id for s in self.sessions.values() if s.node == node and (
+            check_id in s.node_checks or any(c.get("ID") == check_id for c in s.service_checks))]
 
     def kv_delete(self, key: str, cas: int | None = None) -> bool:
         existing = self.kv.get(key)

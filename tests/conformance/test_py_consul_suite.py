@@ -33,6 +33,7 @@ SELECTED: dict[str, list[str]] = {
     "tests/api/test_kv.py::TestConsul": [
         "test_kv", "test_kv_wait", "test_kv_encoding", "test_kv_put_cas", "test_kv_put_flags", "test_kv_recurse",
         "test_kv_delete", "test_kv_delete_cas", "test_kv_keys_only",
+        "test_kv_acquire_release",  # beyond the required set: sessions
     ],
     "tests/api/test_agent.py::TestAgent": [
         "test_agent_checks", "test_service_multi_check", "test_service_dereg_issue_156",
@@ -56,6 +57,7 @@ SELECTED: dict[str, list[str]] = {
         "test_health_connect", "test_health_ingress",
     ],
     "tests/api/test_status.py::TestStatus": ["test_status_leader", "test_status_peers"],
+    "tests/api/test_session.py::TestSession": ["test_session", "test_session_delete_ttl_renew"],
 }
 
 #: Tests that point HTTP checks at 127.0.0.1:8500 and so need the private network namespace.
