@@ -112,7 +112,7 @@ class DrainingArbiter(Arbiter):
             if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
                 self.log.info("second stop signal: cutting the drain short")
                 break
-            if sig in (signal.SIGCHLD, getattr(signal, "SIGCLD", signal.SIGCHLD)):
+            if sig == signal.SIGCHLD:
                 self.reap_workers()
 
 
