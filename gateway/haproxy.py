@@ -16,7 +16,9 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -33,16 +35,30 @@ class HAProxyError(RuntimeError):
 
 
 def check_config(haproxy_bin: str, cfg_path: Path, timeout: float = 60.0) -> str | None:
-    """None when `haproxy -c` accepts the file, else HAProxy's alerts (the lines that explain why)."""
+    """None when `haproxy -c` accepts the file, else HAProxy's alerts, each with the config line it names."""
     try:
-        result = subprocess.run([haproxy_bin, "-c", "-q", "-f", str(cfg_path)], capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run([haproxy_bin, "-c", "-f", str(cfg_path)], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return f"haproxy -c did not finish within {timeout:.0f}s"
     if result.returncode == 0:
         return None
     output = (result.stdout + result.stderr).strip()
-    alerts = [line for line in output.splitlines() if "ALERT" in line]
-    return "\n".join(alerts or output.splitlines()[-10:]) or f"haproxy -c exited with {result.returncode}"
+    alerts = [_ALERT_PREFIX.sub("", line) for line in output.splitlines() if "ALERT" in line]
+    try:
+        lines = cfg_path.read_text().splitlines()
+    except OSError:
+        lines = []
+    shown = []
+    for alert in alerts or output.splitlines()[-10:]:
+        match = _PARSING_AT.search(alert)
+        if match and 0 < int(match.group(1)) <= len(lines):
+            alert += f" (line: {lines[int(match.group(1)) - 1].strip()!r})"
+        shown.append(alert)
+    return "\n".join(shown) or f"haproxy -c exited with {result.returncode}"
+
+
+_ALERT_PREFIX = re.compile(r"^\[ALERT\]\s*\(\d+\)\s*:\s*")
+_PARSING_AT = re.compile(r"parsing \[[^\]]*:(\d+)\]")
 
 
 # ---------------------------------------------------------------- master CLI
@@ -196,9 +212,14 @@ class HAProxyProcess:
         return self.popen is not None and self.popen.poll() is None
 
     def start(self, timeout: float = 15.0) -> ProcInfo:
-        """Start HAProxy on the current config; wait until its master answers and a worker runs."""
+        """Start HAProxy on the current config; wait until its master answers and a worker runs.
+
+        Workers outlive a killed master (measured on 2.6) and keep serving the old config: once
+        the new HAProxy serves (listeners are SO_REUSEPORT), the previous process group gets
+        SIGUSR1, HAProxy's soft stop, so they finish their requests and leave."""
         if self.alive():
             raise HAProxyError(f"HAProxy already running as pid {self.pid}")
+        previous_group = self.popen.pid if self.popen is not None else None
         self.master_socket.unlink(missing_ok=True)
         with open(self.log_path, "ab") as log_file:
             self.popen = subprocess.Popen(
@@ -212,6 +233,8 @@ class HAProxyProcess:
             try:
                 info = self.cli.show_proc()
                 if info.workers:
+                    if previous_group is not None:
+                        _soft_stop_group(previous_group)
                     return info
             except HAProxyError:
                 pass
@@ -244,3 +267,12 @@ class HAProxyProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def _soft_stop_group(group: int) -> None:
+    """SIGUSR1 to what is left of a previous HAProxy's process group (its orphaned workers)."""
+    try:
+        os.killpg(group, signal.SIGUSR1)
+        log.warning("soft-stopping workers left over from the previous HAProxy (process group %d)", group)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -3,7 +3,7 @@
     python tests/gateway_backend.py --service products --consul URL [--port 0] [--tags a,b]
 
 GET /health answers 200 (or 500 after POST /fail), any other path answers JSON naming this
-instance, `?sleep=0.5` delays the answer. On SIGTERM it deregisters first, keeps serving for
+instance, `?sleep=0.5` delays the answer. SIGUSR1 registers it again (after a catalog wipe). On SIGTERM it deregisters first, keeps serving for
 --drain seconds (the gateway moves traffic away meanwhile), then exits: a well-behaved instance.
 """
 
@@ -32,7 +32,6 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--tags", default="")
     parser.add_argument("--drain", type=float, default=2.0)
-    parser.add_argument("--no-register", action="store_true")
     args = parser.parse_args()
     healthy = threading.Event()
     healthy.set()
@@ -74,26 +73,29 @@ def main() -> int:
     port = server.server_address[1]
     service_id = f"{args.service}-{port}"
     consul = ConsulAddress.parse(args.consul, token="").client()
-    if not args.no_register:
+
+    def register(*_) -> None:
         consul.agent.service.register(
             args.service, service_id=service_id, address="127.0.0.1", port=port,
             tags=[t for t in args.tags.split(",") if t],
             check={"HTTP": f"http://127.0.0.1:{port}/health", "Interval": "1s", "Timeout": "1s"},
         )
+
+    register()
     print(json.dumps({"port": port, "id": service_id}), flush=True)
 
     def leave(*_) -> None:
         def drain() -> None:
-            if not args.no_register:
-                try:
-                    consul.agent.service.deregister(service_id)
-                except Exception as error:  # the catalog may be down: still leave
-                    print(f"deregister failed: {error}", file=sys.stderr)
+            try:
+                consul.agent.service.deregister(service_id)
+            except Exception as error:  # the catalog may be down: still leave
+                print(f"deregister failed: {error}", file=sys.stderr)
             time.sleep(args.drain)
             server.shutdown()
         threading.Thread(target=drain, daemon=True).start()
 
     signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=register, daemon=True).start())
     server.serve_forever()
     server.server_close()
     return 0

@@ -109,7 +109,7 @@ class Gateway:
         """True once exactly `ports` serve `service` (HAProxy UP and wanted ready)."""
         return self.servers_up(service) == ports
 
-    def start_backend(self, service: str, tags: str = "", drain: float = 2.0, name: str | None = None) -> Backend:
+    def start_backend(self, service: str, tags: str = "", drain: float = 1.0, name: str | None = None) -> Backend:
         port = free_port()
         process = self.start_process(name or f"{service}-{port}", [
             sys.executable, str(BACKEND_SCRIPT), "--service", service, "--consul", self.catalog.url,

@@ -1,0 +1,126 @@
+"""The gateway when things go wrong: a broken template, a catalog outage and wipe, HAProxy killed, bad KV values.
+
+Each time HAProxy must keep serving what worked, and the controller must say what happened in /status.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import requests
+
+from gateway_harness import eventually, gateway, gateway_factory, server_limits  # noqa: F401  (fixtures)
+
+
+def answered_by(gateway, path: str = "/api/v1/products/x") -> str:
+    response = requests.get(gateway.url + path, timeout=5)
+    assert response.status_code == 200, f"{path}: HTTP {response.status_code} {response.text[:200]}"
+    return response.headers["X-Instance"]
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    """Edit a template the way editors do: write a temporary file, rename it over the original."""
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    temporary = path.with_name(path.name + ".swp")
+    temporary.write_text(text.replace(old, new, 1))
+    os.replace(temporary, path)
+
+
+def test_template_edits_apply_live_and_a_broken_one_is_rejected(gateway):
+    backend = gateway.start_backend("products")
+    eventually("products routed", lambda: gateway.routed("products", {backend.port}))
+    reloads = gateway.status()["reloads"]
+
+    edit(gateway.templates / "defaults.cfg.j2", "    mode http\n", "    mode http\n    bogus-keyword on\n")
+    rejected = eventually("the broken edit is rejected", lambda: [r for r in gateway.status()["rejected"] if "bogus-keyword" in r])
+    assert "unknown keyword" in rejected[0], "HAProxy's own error message is reported"
+    assert gateway.status()["last_error"]
+    assert answered_by(gateway) == str(backend.port), "the old config keeps serving"
+    assert gateway.status()["reloads"] == reloads
+    assert "bogus-keyword" not in (gateway.state_dir / "haproxy.cfg").read_text()
+    assert "shopgate_gateway_rejected_configs_total 1.0" in gateway.metrics()
+
+    edit(gateway.templates / "defaults.cfg.j2", "    bogus-keyword on\n", "")
+    edit(gateway.templates / "frontend.cfg.j2", "    bind {{ runtime.listen | token }}\n",
+         "    bind {{ runtime.listen | token }}\n    http-response set-header X-Edited live\n")
+    eventually("the fixed edit is live", lambda: requests.get(gateway.url + "/api/v1/products/x", timeout=5).headers.get("X-Edited") == "live")
+    assert gateway.status()["reloads"] > reloads
+    assert gateway.status()["last_error"] is None
+
+    edit(gateway.templates / "backend.cfg.j2", "{% for server in backend.servers %}", "{% for server in backend.servers %")
+    eventually("a template syntax error is rejected", lambda: any("render" in r and "backend.cfg.j2" in r for r in gateway.status()["rejected"]))
+    assert answered_by(gateway) == str(backend.port)
+
+
+def test_catalog_outage_and_wipe_keep_haproxy_serving(gateway_factory, catalog):
+    gateway = gateway_factory(guard_hold=120)
+    backends = [gateway.start_backend("products") for _ in range(2)]
+    ports = {b.port for b in backends}
+    eventually("products routed", lambda: gateway.routed("products", ports))
+
+    catalog.stop()
+    eventually("the controller notices the outage", lambda: gateway.status()["catalog"]["reachable"] is False)
+    assert {answered_by(gateway) for _ in range(8)} == {str(p) for p in ports}, "HAProxy keeps serving through the outage"
+
+    catalog.wipe()
+    catalog.start()   # back, but empty: the instances have not registered again yet
+    eventually("the guard holds the empty view", lambda: gateway.status()["guard"]["holding"])
+    assert gateway.status()["catalog"]["reachable"]
+    assert gateway.routed("products", ports), "the last view is held"
+    assert {answered_by(gateway) for _ in range(8)} == {str(p) for p in ports}
+
+    newcomer = gateway.start_backend("products")
+    for backend in backends:
+        backend.process.signal(signal.SIGUSR1)   # register again
+    eventually("the controller catches up", lambda: gateway.routed("products", ports | {newcomer.port}))
+    assert not gateway.status()["guard"]["holding"]
+    assert "shopgate_gateway_guard_holds_total" in gateway.metrics()
+
+
+def test_haproxy_killed_is_restarted_on_the_last_good_config(gateway):
+    backends = [gateway.start_backend("products") for _ in range(2)]
+    ports = {b.port for b in backends}
+    eventually("products routed", lambda: gateway.routed("products", ports))
+    old_pid = gateway.status()["haproxy_pid"]
+
+    os.kill(old_pid, signal.SIGKILL)
+    eventually("a new HAProxy runs", lambda: gateway.status()["haproxy_pid"] not in (None, old_pid))
+    eventually("it routes to every instance", lambda: gateway.routed("products", ports))
+    assert {answered_by(gateway) for _ in range(8)} == {str(p) for p in ports}
+    eventually("the old workers are gone", lambda: not processes_in_group(old_pid))
+    assert "shopgate_gateway_haproxy_restarts_total 1.0" in gateway.metrics()
+
+
+def processes_in_group(group: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == group and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def test_kv_settings_are_applied_and_invalid_ones_reported(gateway):
+    backend = gateway.start_backend("products")
+    eventually("products routed", lambda: gateway.routed("products", {backend.port}))
+    kv = gateway.catalog.client().kv
+
+    kv.put("shopgate/services/products/maxconn", "250")
+    eventually("a valid setting is applied", lambda: server_limits(gateway, "be_products") == {"250"})
+
+    kv.put("shopgate/services/products/balance", "fastest\n    bind :1")
+    kv.put("shopgate/gateway/retries", "many")
+    rejected = eventually("invalid settings are reported", lambda: [
+        r for r in gateway.status()["rejected"] if r.startswith(("shopgate/services/products/balance:", "shopgate/gateway/retries:"))])
+    assert len(rejected) == 2, rejected
+    config = (gateway.state_dir / "haproxy.cfg").read_text()
+    assert "fastest" not in config and "bind :1" not in config
+    assert server_limits(gateway, "be_products") == {"250"}, "valid settings stay in force"
+    assert answered_by(gateway) == str(backend.port)
