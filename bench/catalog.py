@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -109,7 +108,7 @@ async def registrations_per_second(url: str, total: int, concurrency: int) -> fl
 
 async def wake_round(url: str, port: int, path_of, watchers: int, change) -> list[float]:
     """Hold `watchers` blocking queries, make one change, return each watcher's latency (s) from the change."""
-    index = int(requests.get(url + path_of(0), timeout=10).headers["X-Consul-Index"])
+    index = int(requests.get(url + path_of(0), timeout=10).headers["X-Consul-Index"])  # index=0: answers at once
     exchanges = await open_watchers(port, path_of(index), watchers)
     deadline = time.monotonic() + 60
     while held(url) < watchers:
@@ -149,27 +148,30 @@ async def run(args: argparse.Namespace) -> None:
                      ("server RSS after registrations", f"{rss_mib(server.pid):.1f} MiB")]
             print(table(rows), flush=True)
 
+            def kv_watch(index: int) -> str:
+                return f"/v1/kv/shopgate/?recurse&index={index}&wait=60s"
+
+            def health_watch(index: int) -> str:
+                return f"/v1/health/service/web?index={index}&wait=60s"
+
             kv_latencies: list[float] = []
             for round_ in range(args.rounds):
-                kv_latencies += await wake_round(
-                    url, port, lambda i: f"/v1/kv/shopgate/?recurse&index={i}&wait=60s" if i else "/v1/kv/shopgate/?recurse",
-                    args.watchers, lambda: requests.put(f"{url}/v1/kv/shopgate/round", data=str(round_), timeout=10))
+                kv_latencies += await wake_round(url, port, kv_watch, args.watchers, lambda: requests.put(
+                    f"{url}/v1/kv/shopgate/round", data=str(round_), timeout=10))
             held_rss = rss_mib(server.pid)
 
             reg_latencies: list[float] = []
             for round_ in range(args.rounds):
-                reg_latencies += await wake_round(
-                    url, port, lambda i: f"/v1/health/service/web?index={i}&wait=60s" if i else "/v1/health/service/web",
-                    args.watchers, lambda: requests.put(f"{url}/v1/agent/service/register",
-                                                        json={"Name": "web", "ID": f"web-{round_}", "Port": 9000 + round_},
-                                                        timeout=10))
+                registration = {"Name": "web", "ID": f"web-{round_}", "Port": 9000 + round_}
+                reg_latencies += await wake_round(url, port, health_watch, args.watchers, lambda: requests.put(
+                    f"{url}/v1/agent/service/register", json=registration, timeout=10))
 
             def latency_rows(what: str, values: list[float]) -> list[tuple[str, str]]:
                 return [(f"wake-up after {what}: p50", f"{percentile(values, 50) * 1000:.1f} ms"),
                         (f"wake-up after {what}: p99", f"{percentile(values, 99) * 1000:.1f} ms"),
                         (f"wake-up after {what}: all returned", f"{max(values) * 1000:.1f} ms")]
 
-            rows = [(f"blocking watchers held at once", f"{args.watchers} (x {args.rounds} rounds each)"),
+            rows = [("blocking watchers held at once", f"{args.watchers} (x {args.rounds} rounds each)"),
                     *latency_rows("a KV write", kv_latencies),
                     *latency_rows("a service registration", reg_latencies),
                     (f"server RSS with {args.watchers} watchers held", f"{held_rss:.1f} MiB"),

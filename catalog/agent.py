@@ -2,26 +2,26 @@
 
 Every change goes through `commit()`: rows are written ahead to the journal
 (when there is one) and only then are watchers woken and the HTTP answer
-sent, so an acknowledged write survives a crash. Service and check
-definitions arrive as `Fields` (Consul's case-insensitive JSON) and leave as
-records in the store; the `CheckRunner` is told which checks to run.
+sent, so an acknowledged write survives a crash. Definitions are parsed by
+`catalog.definitions`; the agent applies them to the store, tells the
+`CheckRunner` which checks to run, and reaps services left critical.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import socket
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
+from catalog.definitions import parse_agent_check, parse_service, require_name, sidecar_for
 from catalog.parsing import BadRequest, Fields, NotFound
 from catalog.persist import Journal
-from catalog.sessions import SessionKeeper
 from catalog.records import (CRITICAL, NODE_MAINTENANCE_ID, PASSING, SERF_CHECK_ID, SERVICE_MAINTENANCE_PREFIX,
-                             STATUSES, Check, CheckDefinition, Node, Service)
+                             STATUSES, Check, Node, Service)
+from catalog.sessions import SessionKeeper
 from catalog.state import Store
 from catalog.watch import Watchers
 
@@ -32,23 +32,8 @@ log = logging.getLogger("catalog.agent")
 
 DATACENTER = "dc1"
 CONSUL_SERVICE_ID = "consul"
-SIDECAR_MIN_PORT, SIDECAR_MAX_PORT = 21000, 21255
 SERVER_PORT = 8300          # where Consul's RPC would listen: part of the leader address clients see
-DEFAULT_CHECK_TIMEOUT = 10.0
-MIN_CHECK_INTERVAL = 0.1    # Consul's floor is 1s; ours is lower so tests need not wait, but never a busy loop
 MAX_OUTPUT = 4096
-
-#: Names end up in URL paths and HAProxy configs: no slashes, no whitespace, no control characters.
-VALID_NAME = re.compile(r"^[^/\s\x00-\x1f\x7f]{1,256}$")
-
-
-def require_name(value: str, what: str) -> str:
-    if not value:
-        raise BadRequest(f"Missing {what}")
-    if not VALID_NAME.match(value):
-        raise BadRequest(f"Invalid {what} {value!r}: use 1-256 characters without '/', whitespace or control characters")
-    return value
-
 
 @dataclass
 class AgentConfig:
@@ -146,7 +131,8 @@ class Agent:
         checks = []
         for number, definition in enumerate(definitions, start=1):
             default_id = f"service:{service.id}" + (f":{number}" if len(definitions) > 1 else "")
-            check = self.parse_agent_check(definition, default_id, f"Service '{service.name}' check")
+            check = parse_agent_check(definition, self.node, default_id, f"Service '{service.name}' check",
+                                      self.config.enable_script_checks)
             check.service_id = service.id
             checks.append(check)
         sidecar = sidecar_for(service, body, {s.port for s in self.local_services()})
@@ -182,7 +168,8 @@ class Agent:
             return False
         check_id = SERVICE_MAINTENANCE_PREFIX + service_id
         if enable:
-            notes = reason or "Maintenance mode is enabled for this service, but no reason was provided. This is a default message."
+            notes = reason or ("Maintenance mode is enabled for this service, but no reason was provided. "
+                               "This is a default message.")
             self.store.put_check(Check(self.node, check_id, "Service Maintenance Mode", CRITICAL, notes,
                                        service_id=service_id))
         else:
@@ -192,7 +179,8 @@ class Agent:
 
     def node_maintenance(self, enable: bool, reason: str) -> None:
         if enable:
-            notes = reason or "Maintenance mode is enabled for this node, but no reason was provided. This is a default message."
+            notes = reason or ("Maintenance mode is enabled for this node, but no reason was provided. "
+                               "This is a default message.")
             self.store.put_check(Check(self.node, NODE_MAINTENANCE_ID, "Node Maintenance Mode", CRITICAL, notes))
         else:
             self.store.delete_check(self.node, NODE_MAINTENANCE_ID)
@@ -204,7 +192,7 @@ class Agent:
         name = body.text("Name")
         if not name:
             raise BadRequest("Missing check name")
-        check = self.parse_agent_check(body, name, name)
+        check = parse_agent_check(body, self.node, name, name, self.config.enable_script_checks)
         check.service_id = body.text("ServiceID", "service_id")
         if check.service_id and self.local_service(check.service_id) is None:
             raise NotFound(f"ServiceID {check.service_id!r} does not exist")
@@ -253,6 +241,7 @@ class Agent:
     def _remove_check(self, check_id: str) -> None:
         self._forget_check(check_id)
         self.store.delete_check(self.node, check_id)
+        self.sessions.check_removed(self.node, check_id)
 
     def _forget_check(self, check_id: str) -> None:
         if self.runner is not None:
@@ -260,45 +249,6 @@ class Agent:
         handle = self._reapers.pop(check_id, None)
         if handle is not None:
             handle.cancel()
-
-    def parse_agent_check(self, body: Fields, default_id: str, default_name: str) -> "CheckRequest":
-        definition = CheckDefinition(
-            interval=body.duration("Interval"),
-            timeout=body.duration("Timeout"),
-            ttl=body.duration("TTL"),
-            http=body.text("HTTP"),
-            method=body.text("Method"),
-            header=_header(body),
-            body=body.text("Body"),
-            tls_skip_verify=body.flag("TLSSkipVerify"),
-            tcp=body.text("TCP"),
-            args=body.strings("Args", "ScriptArgs") or ([body.text("Script")] if body.text("Script") else []),
-            deregister_after=body.duration("DeregisterCriticalServiceAfter"),
-        )
-        kind = definition.kind
-        if not kind:
-            raise BadRequest(f"{body.where}: Must provide TTL or Args, HTTP or TCP with an Interval")
-        if kind in ("http", "tcp", "script") and not definition.interval:
-            raise BadRequest(f"{body.where}: Interval must be > 0 for Script, HTTP or TCP checks")
-        if kind == "ttl" and definition.ttl <= 0:
-            raise BadRequest(f"{body.where}: TTL must be > 0 for TTL checks")
-        if kind == "script" and not self.config.enable_script_checks:
-            raise BadRequest("Scripts are disabled on this agent; to enable, start it with --enable-script-checks")
-        if kind == "http" and not definition.http.startswith(("http://", "https://")):
-            raise BadRequest(f"{body.where}: HTTP must be an http:// or https:// URL, got {definition.http!r}")
-        if kind == "tcp" and not _host_port(definition.tcp):
-            raise BadRequest(f"{body.where}: TCP must be host:port, got {definition.tcp!r}")
-        if definition.interval is not None:
-            definition.interval = max(definition.interval, MIN_CHECK_INTERVAL)
-        if kind in ("http", "tcp", "script") and definition.timeout is None:
-            definition.timeout = DEFAULT_CHECK_TIMEOUT
-        status = body.text("Status")
-        if status and status not in STATUSES:
-            raise BadRequest(f"{body.where}: Status must be one of passing, warning, critical, got {status!r}")
-        check_id = body.text("CheckID", "ID") or default_id
-        require_name(check_id, "check ID")
-        return CheckRequest(self.node, check_id, body.text("Name") or default_name, status or CRITICAL,
-                            body.text("Notes"), body.text("Output"), definition, bool(status))
 
     # ------------------------------------------------------------ reaper
 
@@ -380,87 +330,6 @@ class Agent:
         if not service_id and not check_id:
             self.store.delete_node(name)
         self.commit()
-
-
-@dataclass
-class CheckRequest:
-    """A parsed agent check before it is stored: remembers whether the client chose its Status."""
-
-    node: str
-    check_id: str
-    name: str
-    status: str
-    notes: str
-    output: str
-    definition: CheckDefinition
-    status_given: bool
-    service_id: str = ""
-
-    def to_record(self) -> Check:
-        return Check(self.node, self.check_id, self.name, self.status, self.notes, self.output,
-                     self.service_id, definition=self.definition)
-
-
-def parse_service(body: Fields, node: str) -> Service:
-    name = require_name(body.text("Name", "Service"), "service name")
-    service_id = require_name(body.text("ID") or name, "service ID")
-    port = body.integer("Port")
-    if not 0 <= port <= 65535:
-        raise BadRequest(f"{body.where}: Port must be between 0 and 65535, got {port}")
-    weights = {"Passing": 1, "Warning": 1}
-    if body.has("Weights"):
-        given = body.obj("Weights")
-        weights = {"Passing": given.integer("Passing", default=1), "Warning": given.integer("Warning", default=1)}
-        if weights["Passing"] < 1:
-            raise BadRequest(f"{body.where}: Weights.Passing must be greater than 0")
-    tagged: dict[str, dict] = {}
-    raw_tagged = body.raw("TaggedAddresses")
-    if raw_tagged is not None:
-        if not isinstance(raw_tagged, dict):
-            raise body.wrong("TaggedAddresses", "an object", raw_tagged)
-        for tag, value in raw_tagged.items():
-            address = Fields(value, f"{body.where}.TaggedAddresses.{tag}")
-            tagged[tag] = {"Address": address.text("Address"), "Port": address.integer("Port")}
-    locality = body.obj("Locality")
-    return Service(node, service_id, name, body.strings("Tags"), body.text("Address"), port,
-                   body.string_map("Meta"), tagged, weights, body.flag("EnableTagOverride"), body.text("Kind"),
-                   proxy=body.obj("Proxy").as_dict(),
-                   locality={"Region": locality.text("Region"), "Zone": locality.text("Zone")}
-                   if body.has("Locality") else None)
-
-
-def sidecar_for(service: Service, body: Fields, taken_ports: set[int]) -> Service | None:
-    """Connect.SidecarService: Consul registers `<id>-sidecar-proxy` next to the service, on a port from 21000."""
-    connect = body.obj("Connect")
-    if not connect.has("SidecarService"):
-        return None
-    sidecar = connect.obj("SidecarService")
-    port = sidecar.integer("Port") or next(
-        (p for p in range(SIDECAR_MIN_PORT, SIDECAR_MAX_PORT + 1) if p not in taken_ports), None)
-    if port is None:
-        raise BadRequest(f"No free sidecar port left in {SIDECAR_MIN_PORT}-{SIDECAR_MAX_PORT}")
-    return Service(service.node, sidecar.text("ID") or f"{service.id}-sidecar-proxy",
-                   sidecar.text("Name") or f"{service.name}-sidecar-proxy", sidecar.strings("Tags"),
-                   sidecar.text("Address"), port, sidecar.string_map("Meta"), kind="connect-proxy",
-                   proxy={"DestinationServiceName": service.name, "DestinationServiceID": service.id,
-                          "LocalServiceAddress": "127.0.0.1", "LocalServicePort": service.port},
-                   sidecar_of=service.id)
-
-
-def _header(body: Fields) -> dict[str, list[str]]:
-    raw = body.raw("Header")
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict) or not all(
-            isinstance(v, list) and all(isinstance(i, str) for i in v) for v in raw.values()):
-        raise BadRequest(f"Request decode failed: {body.where}: Header must be an object of string lists, "
-                         "e.g. {\"X-Token\": [\"abc\"]}")
-    return {k: list(v) for k, v in raw.items()}
-
-
-def _host_port(text: str) -> bool:
-    host, _, port = text.rpartition(":")
-    return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
 def default_node_name() -> str:

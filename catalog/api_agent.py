@@ -16,7 +16,7 @@ from catalog.acl import ACCESS_KEY
 from catalog.agent import Agent
 from catalog.filtering import apply_filter
 from catalog.parsing import BadRequest, parse_bool
-from catalog.responses import agent_of, json_response, query_of, read_fields, true_response
+from catalog.responses import agent_of, json_response, query_of, read_fields
 from catalog.shapes import agent_service_json, check_json
 
 VERSION = "1.22.0"  # the Consul API level this catalog speaks; py-consul's suite keys its skips on it

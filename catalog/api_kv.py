@@ -126,4 +126,5 @@ async def kv_delete(request: web.Request) -> web.Response:
 
 def _too_large(size: int) -> web.Response:
     return web.Response(status=413, text=f"Request body({size} bytes) too large, max size: {MAX_VALUE_SIZE} bytes. "
-                                         "See https://developer.hashicorp.com/consul/docs/agent/config/config-files#kv_max_value_size.")
+                                         "See https://developer.hashicorp.com/consul/docs/agent/config/"
+                                         "config-files#kv_max_value_size.")

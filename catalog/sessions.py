@@ -96,6 +96,11 @@ class SessionKeeper:
             for session_id in self.store.sessions_of_check(node, check_id):
                 self.destroy(session_id)
 
+    def check_removed(self, node: str, check_id: str) -> None:
+        """So does a session whose check is deregistered."""
+        for session_id in self.store.sessions_of_check(node, check_id):
+            self.destroy(session_id)
+
     def acquire(self, key: str, value: bytes, flags: int, session_id: str) -> bool:
         if session_id not in self.store.sessions:
             raise BadRequest(f"invalid session {session_id!r}")

@@ -119,7 +119,7 @@ def check_json(check: Check) -> dict[str, Any]:
         "ServiceTags": list(check.service_tags),
         "Type": definition.kind,
         "Interval": format_duration(definition.interval) if definition.interval else "",
-        "Timeout": format_duration(definition.timeout) if definition.timeout and definition.kind in ("http", "tcp") else "",
+        "Timeout": format_duration(definition.timeout) if definition.kind in ("http", "tcp") else "",
         "ExposedPort": 0,
         "Definition": {},
         "CreateIndex": check.create_index,

@@ -110,10 +110,10 @@ def test_root_redirects_to_the_ui(catalog, path):
 def test_catalog_register_and_node_meta_filters(catalog):
     api = Api(catalog.url)
     for node, zone in (("edge-1", "a"), ("edge-2", "b")):
-        assert api.put("/v1/catalog/register", json={
-            "Node": node, "Address": f"10.0.0.{node[-1]}", "NodeMeta": {"zone": zone},
-            "Service": {"Service": "cache", "Port": 6379},
-            "Check": {"CheckID": "cache-alive", "Name": "alive", "Status": "passing", "ServiceID": "cache"}}).json() is True
+        registration = {"Node": node, "Address": f"10.0.0.{node[-1]}", "NodeMeta": {"zone": zone},
+                        "Service": {"Service": "cache", "Port": 6379},
+                        "Check": {"CheckID": "cache-alive", "Name": "alive", "Status": "passing", "ServiceID": "cache"}}
+        assert api.put("/v1/catalog/register", json=registration).json() is True
     assert [r["Node"] for r in api.get("/v1/catalog/service/cache?node-meta=zone:b")] == ["edge-2"]
     assert [e["Node"]["Node"] for e in api.get("/v1/health/service/cache?passing&node-meta=zone:a")] == ["edge-1"]
     assert [n["Node"] for n in api.get("/v1/catalog/nodes?node-meta=zone:a")] == ["edge-1"]

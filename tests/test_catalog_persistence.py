@@ -47,7 +47,6 @@ def test_kill_9_loses_no_acknowledged_write(catalog):
     stop = threading.Event()
 
     def writer() -> None:
-        nonlocal highest_seen
         n = 0
         while not stop.is_set():
             key = f"load/{n}"
