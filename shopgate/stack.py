@@ -84,7 +84,13 @@ class ProcessRecord:
 
     def running(self) -> bool:
         """Alive and still running our argv (a reused pid runs something else)."""
-        return pid_alive(self.pid) and process_cmdline(self.pid) == self.argv
+        deadline = time.monotonic() + 1
+        while pid_alive(self.pid):
+            cmdline = process_cmdline(self.pid)
+            if cmdline or time.monotonic() > deadline:
+                return cmdline == self.argv
+            time.sleep(0.01)   # just exec'ed: the kernel fills in the new command line a moment later
+        return False
 
 
 @dataclass
@@ -310,7 +316,7 @@ class Progress:
 
     def done(self, label: str, detail: str = "") -> None:
         self._clear()
-        print(f"  ✓ {label:<34} {self.elapsed():5.1f}s  {detail}".rstrip(), file=self.stream, flush=True)
+        print(f"  ✓ {label:<30} {self.elapsed():5.1f}s  {detail}".rstrip(), file=self.stream, flush=True)
 
     def wait(self, label: str, probe: Callable[[], tuple[bool, str]], timeout: float,
              watch: list[ProcessRecord] = (), detail: str = "") -> None:
@@ -331,7 +337,7 @@ class Progress:
                 raise StackError(f"{label}: not ready after {timeout:.0f}s ({seen})")
             if self.live:
                 tick += 1
-                self.stream.write(f"\r  {self.SPINNER[tick % len(self.SPINNER)]} {label:<34} {self.elapsed():5.1f}s  {seen[:60]}\033[K")
+                self.stream.write(f"\r  {self.SPINNER[tick % len(self.SPINNER)]} {label:<30} {self.elapsed():5.1f}s  {seen[:70]}\033[K")
                 self.stream.flush()
             time.sleep(0.1)
 
@@ -344,18 +350,14 @@ def wait_for_instances(manifest: Manifest, service: str, progress: Progress, tim
     """Until every local instance of `service` passes in the catalog and the gateway routes to each one."""
     wanted = {r.port for r in manifest.instances(service) if r.running()}
 
-    def registered() -> tuple[bool, str]:
+    def ready() -> tuple[bool, str]:
         passing = {i["port"] for i in catalog_instances(manifest.ports.catalog_url, service) if i["health"] == "passing"}
-        return wanted <= passing, f"{len(wanted & passing)}/{len(wanted)} passing"
-
-    def routed() -> tuple[bool, str]:
-        ports = routed_ports(gateway_status(manifest.ports), service)
-        ok = wanted <= ports and (not wanted or entry_routes(manifest.ports, service))
-        return ok, f"{len(wanted & ports)}/{len(wanted)} routed"
+        routed = routed_ports(gateway_status(manifest.ports), service)
+        ok = wanted <= passing and wanted <= routed and (not wanted or entry_routes(manifest.ports, service))
+        return ok, f"{len(wanted & passing)}/{len(wanted)} passing in the catalog, {len(wanted & routed)}/{len(wanted)} routed"
 
     watch = [r for r in manifest.instances(service) if r.port in wanted]
-    progress.wait(f"{service} ×{len(wanted)} passing in catalog", registered, timeout, watch)
-    progress.wait(f"{service} routed at /api/v1/{service}", routed, timeout, watch)
+    progress.wait(f"{service} ×{len(wanted)}", ready, timeout, watch, f"passing, routed at /api/v1/{service}")
 
 
 # ---------------------------------------------------------------- up
@@ -645,7 +647,7 @@ def status_main(argv: list[str]) -> int:
 def scale(manifest: Manifest, service: str, count: int, progress: Progress) -> tuple[int, int]:
     """Start or stop local instances until `count` run; wait for the gateway to follow. Returns (before, after)."""
     alive = [r for r in manifest.instances(service) if r.running()]
-    manifest.processes = [p for p in manifest.processes if p.service is None or p in alive]   # forget dead ones
+    manifest.processes = [p for p in manifest.processes if p.service != service or p in alive]   # forget dead ones
     if count > len(alive):
         for _ in range(count - len(alive)):
             start_instance(manifest, service)
@@ -656,9 +658,8 @@ def scale(manifest: Manifest, service: str, count: int, progress: Progress) -> t
         manifest.processes = [p for p in manifest.processes if p not in leaving]
         manifest.save()
         gone = {r.port for r in leaving}
-        progress.done(f"{service}: {len(leaving)} drained and deregistered")
-        progress.wait(f"{service}: gateway stopped routing to them",
-                      lambda: (not gone & routed_ports(gateway_status(manifest.ports), service), "waiting"), 30)
+        progress.wait(f"{service} −{len(leaving)}", lambda: (not gone & routed_ports(gateway_status(manifest.ports), service), "draining"),
+                      30, detail="drained, deregistered, no longer routed")
     manifest.save()
     return len(alive), count
 

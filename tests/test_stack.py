@@ -46,7 +46,7 @@ def test_up_prints_progress_and_urls(stack):
     out = stack.up_output
     assert "✓ catalog" in out and "✓ gateway" in out
     for service in SHOP_SERVICES:
-        assert f"✓ {service} routed at /api/v1/{service}" in out
+        assert f"✓ {service} ×2" in out and f"routed at /api/v1/{service}" in out
     assert f"{stack.ports.entry_url}/api/v1/<service>" in out
     assert stack.ports.stats_url in out
     assert f"{stack.ports.catalog_url}/ui/" in out
