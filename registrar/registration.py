@@ -24,9 +24,10 @@ def parse_tags(text: str | None) -> tuple[str, ...]:
     return tuple(tags)
 
 
-def instance_id(name: str, port: int) -> str:
-    """The id of an instance: unique per node because two instances cannot bind one port."""
-    return f"{name}-{port}"
+def instance_id(name: str, port: int, host: str | None = None) -> str:
+    """The id of an instance: `<name>-<port>` is unique on one host (two instances cannot bind one
+    port); `<name>-<host>-<port>` when instances on several hosts share one catalog."""
+    return f"{name}-{host}-{port}" if host else f"{name}-{port}"
 
 
 @dataclass(frozen=True)

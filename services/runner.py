@@ -76,8 +76,9 @@ class ServiceInstance:
 
     # Lifecycle, in the gunicorn master
     def listening(self, host: str, port: int) -> None:
-        self.instance_id = instance_id(self.spec.name, port)
         address = self.advertise or advertised_address(host, self.consul)
+        # Listening on every interface means reachable from other hosts, which may share the catalog.
+        self.instance_id = instance_id(self.spec.name, port, address if host in WILDCARD_ADDRESSES else None)
         registration = Registration(name=self.spec.name, id=self.instance_id, address=address, port=port,
                                     tags=self.tags, meta={"version": __version__})
         log.info("%s listening on %s:%d, registering as %s:%d", self.instance_id, host, port, address, port)

@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from registrar.registration import Registration, parse_tags
+from registrar.registration import Registration, instance_id, parse_tags
 from shopgate.processes import shopgate_argv
 from shopgate.settings import SHOP_SERVICES
 
@@ -57,6 +57,11 @@ def test_registration_carries_id_address_tags_meta_and_http_check():
     assert kwargs["meta"] == {"version": "1.2.3"}
     assert kwargs["check"] == {"http": "http://10.0.0.7:31000/health", "interval": "1s", "timeout": "1s",
                                "DeregisterCriticalServiceAfter": "1m"}
+
+
+def test_instance_ids_are_unique_per_host_and_port():
+    assert instance_id("users", 41000) == "users-41000"
+    assert instance_id("users", 8000, "172.18.0.5") == "users-172.18.0.5-8000"
 
 
 @pytest.mark.parametrize("text, tags", [
