@@ -2,7 +2,8 @@
 
 `Peers.request("payments", "POST", "/api/v1/payments", ...)` asks the catalog for the
 healthy instances of `payments` (`/v1/health/service/payments?passing`), picks one at
-random (client-side choice), and on a connection failure tries another one. The instance
+random (client-side choice), and on a connection failure tries another one. A timeout is
+not retried here (the request may have been carried out): it raises PeerUnavailable. The instance
 list is cached for a second so that a busy service does not hammer the catalog.
 """
 
@@ -96,6 +97,8 @@ class Peers:
                     return self._http.request(method, endpoint.base_url + path, **kwargs)
                 except requests.ConnectionError as exc:
                     log.warning("%s %s on %s failed (%s); trying another instance", method, path, endpoint.id, exc)
+                except requests.Timeout:  # it may have been done: only the caller knows if a retry is safe
+                    raise PeerUnavailable(service, f"{method} {path} on {endpoint.id} timed out") from None
         if not tried:
             raise PeerUnavailable(service, "no healthy instance in the catalog")
         raise PeerUnavailable(service, f"no instance answered (tried {', '.join(sorted(tried))})")

@@ -113,12 +113,25 @@ def routes(ctx: ServiceContext) -> Blueprint:
         return response.json()
 
     def release(order_id: str) -> None:
+        """Give the reserved stock back (idempotent; no reservation = nothing to give back)."""
         try:
             response = peers.request("inventory", "POST", f"/api/v1/inventory/reservations/{order_id}/release")
-            if response.status_code != 200:
+            if response.status_code not in (200, 404):
                 log.error("release of reservation %s answered %s: %s", order_id, response.status_code, response.text)
         except PeerUnavailable as exc:
             log.error("reservation %s not released: %s", order_id, exc)
+
+    def charge(order_id: str, user_id: int, amount_cents: int, payment_method: str) -> requests.Response:
+        """Charge once: a second attempt after a lost answer reuses the idempotency key, so it
+        returns the first attempt's result instead of charging again."""
+        request_args = dict(headers={"Idempotency-Key": f"order-{order_id}"},
+                            json={"order_id": order_id, "user_id": user_id, "amount_cents": amount_cents,
+                                  "payment_method": payment_method})
+        try:
+            return peers.request("payments", "POST", "/api/v1/payments", **request_args)
+        except PeerUnavailable as exc:
+            log.warning("charge for %s: %s; asking again with the same idempotency key", order_id, exc)
+            return peers.request("payments", "POST", "/api/v1/payments", **request_args)
 
     @bp.get("")
     def list_orders():
@@ -160,16 +173,14 @@ def routes(ctx: ServiceContext) -> Blueprint:
             reserved = peers.request("inventory", "POST", "/api/v1/inventory/reservations",
                                      json={"reservation_id": order_id, "product_id": product_id, "quantity": quantity})
         except PeerUnavailable as exc:
+            release(order_id)  # the reservation may have been made before the answer was lost
             return finish(order_id, "failed", 503, str(exc))
         if reserved.status_code not in (200, 201):
             return finish(order_id, "failed", 409 if reserved.status_code in (404, 409) else 502,
                           f"inventory: {error_of(reserved)}")
 
         try:
-            charged = peers.request("payments", "POST", "/api/v1/payments",
-                                    headers={"Idempotency-Key": f"order-{order_id}"},
-                                    json={"order_id": order_id, "user_id": user_id, "amount_cents": amount_cents,
-                                          "payment_method": user["payment_method"]})
+            charged = charge(order_id, user_id, amount_cents, user["payment_method"])
         except PeerUnavailable as exc:
             release(order_id)
             return finish(order_id, "failed", 503, str(exc))
