@@ -97,7 +97,7 @@ def test_instance_registers_with_tags_and_turns_passing(catalog, shop_service):
 
 
 def test_sigterm_enters_maintenance_finishes_in_flight_request_then_deregisters(catalog, shop_service):
-    payments = shop_service("payments", env={"SHOPGATE_PAYMENT_LATENCY": "3", "SHOPGATE_DRAIN_SECONDS": "1.5"})
+    payments = shop_service("payments", env={"SHOPGATE_PAYMENT_LATENCY": "4", "SHOPGATE_DRAIN_SECONDS": "2.5"})
     wait_until(f"{payments.id} passing", lambda: payments.id in passing_ids(catalog, "payments"))
 
     outcome: dict[str, requests.Response | Exception] = {}
@@ -111,7 +111,7 @@ def test_sigterm_enters_maintenance_finishes_in_flight_request_then_deregisters(
 
     in_flight = threading.Thread(target=slow_charge)
     in_flight.start()
-    time.sleep(0.5)  # the charge is now inside the 3 s provider call
+    time.sleep(0.5)  # the charge is now inside the 4 s provider call
     payments.process.signal(signal.SIGTERM)  # to the whole process group, like Ctrl-C or the stack runner
 
     maintenance = f"_service_maintenance:{payments.id}"
