@@ -37,8 +37,8 @@ MAX_OUTPUT = 4096
 
 @dataclass
 class AgentConfig:
-    node_name: str
     address: str
+    node_name: str | None = None     # None: the name kept in the data dir, else the host name
     datacenter: str = DATACENTER
     enable_script_checks: bool = False
 
@@ -52,23 +52,21 @@ class Agent:
         self.runner: CheckRunner | None = None
         self.sessions = SessionKeeper(self)
         self._reapers: dict[str, asyncio.TimerHandle] = {}
-        node_id = str(uuid.uuid4())
+        identity = {"id": str(uuid.uuid4()), "name": config.node_name or default_node_name()}
         if journal is not None:
             index, records = journal.load()
             self.store.load(index, records)
-            identity = journal.meta("node")
-            if identity is not None:
-                node_id = identity["id"]
-            else:
-                journal.write([("meta", "node", {"id": node_id})])
-        self.node_id = node_id
+            # The node keeps its ID and name across restarts (a container's host name changes with each run),
+            # so that the services registered on it stay the agent's own.
+            kept = journal.meta("node") or {}
+            identity = {"id": kept.get("id", identity["id"]),
+                        "name": config.node_name or kept.get("name", identity["name"])}
+            journal.write([("meta", "node", identity)])
+        self.node_id = identity["id"]
+        self.node = identity["name"]
         self._ensure_self()
 
     # ------------------------------------------------------------ plumbing
-
-    @property
-    def node(self) -> str:
-        return self.config.node_name
 
     @property
     def leader_address(self) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from catalog import acl, api_agent, api_catalog, api_health, api_kv, api_session
-from catalog.agent import Agent, AgentConfig, default_node_name
+from catalog.agent import Agent, AgentConfig
 from catalog.checks import CheckRunner
 from catalog.parsing import ClientError
 from catalog.persist import Journal
@@ -118,7 +118,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "without it everything lives in memory, like `consul agent -dev`")
     parser.add_argument("--acl-token", default=None,
                         help="require this token (X-Consul-Token header or ?token=) on every /v1/ request")
-    parser.add_argument("--node", default=None, help="node name (default: the host name)")
+    parser.add_argument("--node", default=None,
+                        help="node name (default: the one kept in --data-dir, else the host name)")
     parser.add_argument("--enable-script-checks", action="store_true",
                         help="allow checks that run a command (Args), as Consul's enable_script_checks")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -130,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     advertise = LOOPBACK if args.bind in ("0.0.0.0", "::", "") else args.bind
     journal = Journal(args.data_dir) if args.data_dir else None
-    agent = Agent(AgentConfig(args.node or default_node_name(), advertise,
-                              enable_script_checks=args.enable_script_checks), journal)
+    agent = Agent(AgentConfig(advertise, args.node, enable_script_checks=args.enable_script_checks), journal)
     app = build_app(agent, args.acl_token)
     where = f"data in {journal.path}" if journal else "in memory only (no --data-dir)"
     log.info("shopgate catalog: Consul HTTP API on http://%s:%d/v1/ , UI at http://%s:%d/ui/ ; node %s, index %d, %s%s",

@@ -32,7 +32,8 @@ class Api:
         return self.call("PUT", path, **kwargs)
 
     def index(self, path: str) -> int:
-        return int(self.call("GET", path).headers["X-Consul-Index"])
+        """The X-Consul-Index of a read (a 404 carries one too)."""
+        return int(self.call("GET", path, expect=None).headers["X-Consul-Index"])
 
     def check_status(self, check_id: str) -> str | None:
         check = self.get("/v1/agent/checks").get(check_id)

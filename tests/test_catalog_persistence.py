@@ -91,3 +91,16 @@ def test_kill_9_loses_no_acknowledged_write(catalog):
     # New writes continue above every index handed out before the crash.
     api.put("/v1/kv/after", data="1")
     assert api.get("/v1/kv/after")[0]["ModifyIndex"] > max(e["ModifyIndex"] for e in keys.values())
+
+
+def test_the_node_keeps_its_name_and_services_across_restarts(catalog_factory):
+    """A container's host name changes with every run; its catalog node and agent services must not."""
+    server = catalog_factory("named", extra_args=("--node", "edge-a"))
+    api = Api(server.url)
+    api.put("/v1/agent/service/register", json={"Name": "web"})
+    server.stop()
+    server.extra_args = ()
+    server.start()
+    assert api.get("/v1/agent/self")["Config"]["NodeName"] == "edge-a"
+    assert set(api.get("/v1/agent/services")) == {"web"}
+    assert [n["Node"] for n in api.get("/v1/catalog/nodes")] == ["edge-a"]
