@@ -53,14 +53,14 @@ def render_chart(path: Path, records: list[RequestRecord], timeline: list[tuple[
     failures = sum(r.failed for r in records)
 
     fig, (ax_rate, ax_latency, ax_instances) = plt.subplots(
-        3, 1, figsize=(13, 9.5), sharex=True, gridspec_kw={"height_ratios": [3, 2, 3]})
+        3, 1, figsize=(13, 10), sharex=True, gridspec_kw={"height_ratios": [3, 2, 3]})
     fig.suptitle(title, fontsize=13, fontweight="bold")
 
     ax_rate.step(xs + [len(xs)], ok + ok[-1:], where="post", color="#2a7ab9", linewidth=1.6, label="successful req/s")
     ax_rate.bar(xs, failed, color="#d62728", width=1.0, align="edge", label=f"failed req/s (total {failures})")
     ax_rate.set_ylabel("requests / s")
-    ax_rate.set_ylim(0, max(ok + failed + [1]) * 1.45)
-    ax_rate.legend(loc="upper right", fontsize=9)
+    ax_rate.set_ylim(0, max(ok + failed + [1]) * 1.3)
+    ax_rate.legend(loc="lower right", fontsize=9)
 
     ax_latency.step(xs + [len(xs)], p50 + p50[-1:], where="post", color="#555555", linewidth=1.2, label="p50 per second")
     ax_latency.step(xs + [len(xs)], p99 + p99[-1:], where="post", color="#ff7f0e", linewidth=1.2, label="p99 per second")
@@ -87,13 +87,15 @@ def render_chart(path: Path, records: list[RequestRecord], timeline: list[tuple[
         for axis in (ax_rate, ax_latency, ax_instances):
             axis.axvspan(step.start, max(step.end, step.start + 0.15), color="#999999", alpha=0.15, linewidth=0)
             axis.axvline(step.start, color="#666666", linewidth=0.8, linestyle="--")
-        ax_rate.text(step.start + 0.15, top * (0.97 - 0.07 * (number % 3)), f"{number}. {step.label}",
-                     fontsize=8, va="top", ha="left", color="#333333",
-                     bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})
+        ax_rate.text(step.start, top * 0.97, f" {number}", fontsize=10, fontweight="bold", va="top", ha="left", color="#333333")
     for axis in (ax_rate, ax_latency, ax_instances):
         axis.grid(True, alpha=0.3)
         axis.set_xlim(0, max(end, len(xs)))
-    fig.tight_layout()
+    rows = (len(steps) + 1) // 2
+    for number, step in enumerate(steps, 1):
+        column, row = divmod(number - 1, rows)
+        fig.text(0.06 + 0.47 * column, 0.075 - 0.022 * row, f"{number}. {step.label}", fontsize=9, va="top", ha="left")
+    fig.tight_layout(rect=(0, 0.09 if steps else 0, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

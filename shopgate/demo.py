@@ -86,12 +86,16 @@ class Watcher:
     def _run(self) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(requests.RequestException, ValueError, KeyError):
-                self.samples.append(self._sample())
+                if (sample := self._sample()) is not None:
+                    self.samples.append(sample)
             self._stop.wait(self.interval)
 
-    def _sample(self) -> Sample:
+    def _sample(self) -> Sample | None:
         t = self.clock()
         status = gateway_status(self.manifest.ports)
+        servers = [s for service in status.get("services", {}).values() for s in service.get("servers", [])]
+        if any(s.get("haproxy_status") is None for s in servers):
+            return None   # HAProxy's stats were unreadable for a moment (a reload): unknown, not "down"
         routed = {name: frozenset(routed_ports(status, name)) for name in status.get("services", {})}
         passing = {name: frozenset(i["port"] for i in catalog_instances(self.manifest.ports.catalog_url, name) if i["health"] == "passing")
                    for name in list(self.focus)}
@@ -166,11 +170,13 @@ class Demo:
         self.say(f"step {len(self.steps)}: {label}")
         return step
 
+    def measured(self, step: StepResult, m: Measure) -> None:
+        step.measures.append(m)
+        catalog = f"catalog +{m.catalog:.2f}s, " if m.catalog is not None else ""
+        self.say(f"    ✓ {m.change}: {catalog}gateway +{m.gateway:.2f}s")
+
     def end(self, step: StepResult) -> None:
         step.finished = self.load.now()
-        for m in step.measures:
-            catalog = f"catalog +{m.catalog:.2f}s, " if m.catalog is not None else ""
-            self.say(f"    ✓ {m.change}: {catalog}gateway +{m.gateway:.2f}s")
         failed = sum(r.failed for r in list(self.load.records))
         self.say(f"    ({len(self.load.records)} requests so far, {failed} failed)")
 
@@ -208,7 +214,7 @@ class Demo:
         step = self.begin(f"scale {service} {before} → {count}")
         self.watcher.focus.add(service)
         new = self._start(service, count - before)
-        step.measures.append(self._measure_in(service, new, step.started, f"{len(new)} new instances routed"))
+        self.measured(step, self._measure_in(service, new, step.started, f"{len(new)} new instances routed"))
         self.end(step)
 
     def scale_down(self, service: str, count: int) -> None:
@@ -217,7 +223,7 @@ class Demo:
         self.watcher.focus.add(service)
         leaving = alive[count:]
         self._stop(leaving)
-        step.measures.append(self._measure_out(service, leaving, step.started, f"{len(leaving)} drained instances out"))
+        self.measured(step, self._measure_out(service, leaving, step.started, f"{len(leaving)} drained instances out"))
         self.end(step)
 
     def kill_one(self, service: str) -> None:
@@ -227,20 +233,23 @@ class Demo:
         os.killpg(victim.pid, signal.SIGKILL)
         self.killed.append(victim)
         self._forget([victim])
-        step.measures.append(self._measure_out(service, [victim], step.started, "killed instance out"))
+        self.measured(step, self._measure_out(service, [victim], step.started, "killed instance out"))
         self.end(step)
 
     def roll(self, service: str) -> None:
+        """Replace each instance: start the new one, wait until routed; SIGTERM the old one, wait until not routed."""
         old = self.local(service)
         step = self.begin(f"roll {service} ({len(old)} instances, one by one)")
         self.watcher.focus.add(service)
         for record in old:
             since = self.load.now()
             new = self._start(service, 1)
-            step.measures.append(self._measure_in(service, new, since, f"{new[0].name} routed"))
+            self.measured(step, self._measure_in(service, new, since, f"{new[0].name} routed"))
             since = self.load.now()
-            self._stop([record])
-            step.measures.append(self._measure_out(service, [record], since, f"{record.name} out"))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(record.pid, signal.SIGTERM)   # it drains and deregisters; its exit is awaited below
+            self.measured(step, self._measure_out(service, [record], since, f"{record.name} out"))
+        self._stop(old)
         self.end(step)
 
     # -- configuration
@@ -250,7 +259,7 @@ class Demo:
         error = gateway_status(self.manifest.ports).get("last_error")
         if error:
             raise DemoError(f"{change}: the gateway reports an error: {error}")
-        step.measures.append(Measure(change, None, gateway))
+        self.measured(step, Measure(change, None, gateway))
 
     def edit_template(self, templates: Path) -> None:
         edit = TemplateEdit.plan(templates)
@@ -261,7 +270,7 @@ class Demo:
         if edit.header:
             wait_until(f"responses carrying {DEMO_HEADER}", lambda: DEMO_HEADER in requests.get(
                 f"{self.manifest.ports.entry_url}/api/v1/products", timeout=3).headers)
-            step.measures.append(Measure(f"responses carry {DEMO_HEADER}", None, self.load.now() - step.started))
+            self.measured(step, Measure(f"responses carry {DEMO_HEADER}", None, self.load.now() - step.started))
         self.end(step)
 
     def set_balance(self, consul_url: str, value: str) -> None:
