@@ -105,7 +105,7 @@ class Agent:
         return [s for s in self.store.node_services(self.node) if s.id != CONSUL_SERVICE_ID]
 
     def local_checks(self) -> list[Check]:
-        return [c for c in self.store.sorted_checks(lambda c: c.node == self.node) if c.check_id != SERF_CHECK_ID]
+        return [c for c in self.store.node_checks(self.node) if c.check_id != SERF_CHECK_ID]
 
     def local_service(self, service_id: str) -> Service | None:
         if service_id == CONSUL_SERVICE_ID:
@@ -133,15 +133,14 @@ class Agent:
                                       self.config.enable_script_checks)
             check.service_id = service.id
             checks.append(check)
-        sidecar = sidecar_for(service, body, {s.port for s in self.local_services()})
+        sidecar = sidecar_for(service, body, lambda: {s.port for s in self.local_services()})
         self.store.put_service(service)
         if sidecar is not None:
             self.store.put_service(sidecar)
         new_ids = {c.check_id for c in checks}
         if replace_existing_checks:
-            for old in self.local_checks():
-                if old.service_id == service.id and old.check_id not in new_ids and not old.check_id.startswith(
-                        SERVICE_MAINTENANCE_PREFIX):
+            for old in self.store.service_checks(self.node, service.id):
+                if old.check_id not in new_ids and not old.check_id.startswith(SERVICE_MAINTENANCE_PREFIX):
                     self._remove_check(old.check_id)
         for check in checks:
             self._put_agent_check(check)
@@ -150,12 +149,10 @@ class Agent:
     def deregister_service(self, service_id: str) -> bool:
         if self.local_service(service_id) is None:
             return False
-        for sidecar in self.local_services():
-            if sidecar.sidecar_of == service_id:
-                self.deregister_service(sidecar.id)
-        for check in self.local_checks():
-            if check.service_id == service_id:
-                self._forget_check(check.check_id)
+        for sidecar_id in self.store.sidecars_of(self.node, service_id):
+            self.deregister_service(sidecar_id)
+        for check in self.store.service_checks(self.node, service_id):
+            self._forget_check(check.check_id)
         self.store.delete_service(self.node, service_id)
         self.commit()
         return True

@@ -53,7 +53,7 @@ async def service_checks(request: web.Request) -> web.Response:
     store = agent.store
 
     def read():
-        found = [check_json(c) for c in store.sorted_checks(lambda c: c.service_name == name and c.service_id)]
+        found = [check_json(c) for c in store.checks_of_service_name(name)]
         return store.table_index["checks"], apply_filter(found, expression)
 
     return await indexed(request, ("checks",), read)
@@ -81,7 +81,7 @@ async def node(request: web.Request) -> web.Response:
     store = agent.store
 
     def read():
-        found = [check_json(c) for c in store.sorted_checks(lambda c: c.node == name)]
+        found = [check_json(c) for c in store.node_checks(name)]
         return store.table_index["checks"], apply_filter(found, expression)
 
     return await indexed(request, ("checks",), read)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from catalog.parsing import BadRequest, Fields
 from catalog.records import CRITICAL, STATUSES, Check, CheckDefinition, Service
@@ -78,14 +79,15 @@ def parse_service(body: Fields, node: str) -> Service:
                    if body.has("Locality") else None)
 
 
-def sidecar_for(service: Service, body: Fields, taken_ports: set[int]) -> Service | None:
+def sidecar_for(service: Service, body: Fields, taken_ports: Callable[[], set[int]]) -> Service | None:
     """Connect.SidecarService: Consul registers `<id>-sidecar-proxy` next to the service, on a port from 21000."""
     connect = body.obj("Connect")
     if not connect.has("SidecarService"):
         return None
     sidecar = connect.obj("SidecarService")
+    taken = set() if sidecar.integer("Port") else taken_ports()
     port = sidecar.integer("Port") or next(
-        (p for p in range(SIDECAR_MIN_PORT, SIDECAR_MAX_PORT + 1) if p not in taken_ports), None)
+        (p for p in range(SIDECAR_MIN_PORT, SIDECAR_MAX_PORT + 1) if p not in taken), None)
     if port is None:
         raise BadRequest(f"No free sidecar port left in {SIDECAR_MIN_PORT}-{SIDECAR_MAX_PORT}")
     return Service(service.node, sidecar.text("ID") or f"{service.id}-sidecar-proxy",

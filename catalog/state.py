@@ -17,6 +17,8 @@ changes that concern them:
 
 from __future__ import annotations
 
+import bisect
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -58,6 +60,13 @@ class Store:
         self.tombstones: dict[str, int] = {}
         self.sessions: dict[str, Session] = {}
         self.pending = Pending()
+        # Secondary indexes, so that a read or write costs the size of its answer, not of the catalog.
+        self._instances: dict[str, set[tuple[str, str]]] = defaultdict(set)        # service name -> keys
+        self._node_service_ids: dict[str, set[str]] = defaultdict(set)              # node -> service IDs
+        self._owned_checks: dict[tuple[str, str], set[str]] = defaultdict(set)      # (node, service ID|"") -> IDs
+        self._sidecars: dict[tuple[str, str], set[str]] = defaultdict(set)          # (node, service ID) -> IDs
+        self._kv_keys = SortedKeys()
+        self._tombstone_keys = SortedKeys()
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -79,14 +88,45 @@ class Store:
         self.pending.topics.add(service_topic(name))
 
     def _forget_service_if_gone(self, name: str) -> None:
-        if not any(s.name == name for s in self.services.values()):
+        if not self._instances.get(name):
+            self._instances.pop(name, None)
             self.service_index.pop(name, None)
             self.pending.topics.add(service_topic(name))
 
     def _bump_node_services(self, node: str, index: int) -> None:
-        for service in self.services.values():
-            if service.node == node:
-                self._bump_service(service.name, index)
+        for service_id in self._node_service_ids.get(node, ()):
+            self._bump_service(self.services[(node, service_id)].name, index)
+
+    def _add_service(self, service: Service) -> None:
+        key = (service.node, service.id)
+        previous = self.services.get(key)
+        if previous is not None:
+            self._remove_service(previous)
+        self.services[key] = service
+        self._instances[service.name].add(key)
+        self._node_service_ids[service.node].add(service.id)
+        if service.sidecar_of:
+            self._sidecars[(service.node, service.sidecar_of)].add(service.id)
+
+    def _remove_service(self, service: Service) -> None:
+        key = (service.node, service.id)
+        del self.services[key]
+        self._instances[service.name].discard(key)
+        _discard(self._node_service_ids, service.node, service.id)
+        if service.sidecar_of:
+            _discard(self._sidecars, (service.node, service.sidecar_of), service.id)
+
+    def _add_check(self, check: Check) -> None:
+        key = (check.node, check.check_id)
+        previous = self.checks.get(key)
+        if previous is not None:
+            self._remove_check(previous)
+        self.checks[key] = check
+        self._owned_checks[(check.node, check.service_id)].add(check.check_id)
+
+    def _remove_check(self, check: Check) -> None:
+        del self.checks[(check.node, check.check_id)]
+        _discard(self._owned_checks, (check.node, check.service_id), check.check_id)
 
     def _write(self, table: str, key: str, doc: dict | None) -> None:
         self.pending.rows.append((table, key, doc))
@@ -100,19 +140,19 @@ class Store:
                 node = Node.from_doc(doc)
                 self.nodes[node.name] = node
             elif table == "services":
-                service = Service.from_doc(doc)
-                self.services[(service.node, service.id)] = service
+                self._add_service(Service.from_doc(doc))
             elif table == "checks":
-                check = Check.from_doc(doc)
-                self.checks[(check.node, check.check_id)] = check
+                self._add_check(Check.from_doc(doc))
             elif table == "kvs":
                 entry = KVEntry.from_doc(doc)
                 self.kv[entry.key] = entry
+                self._kv_keys.add(entry.key)
             elif table == "sessions":
                 session = Session.from_doc(doc)
                 self.sessions[session.id] = session
             elif table == "tombstones":
                 self.tombstones[doc["key"]] = doc["index"]
+                self._tombstone_keys.add(doc["key"])
         self.index = index
         # Not knowing which table changed last, start all at the global index: never backwards.
         self.table_index = dict.fromkeys(TABLES, index)
@@ -138,10 +178,11 @@ class Store:
         if name not in self.nodes:
             return False
         index = self._next_index()
-        for key in [k for k in self.checks if k[0] == name]:
-            self._drop_check(key, index)
-        for key in [k for k in self.services if k[0] == name]:
-            self._drop_service(key, index)
+        for owner in [o for o in self._owned_checks if o[0] == name]:
+            for check_id in list(self._owned_checks.get(owner, ())):
+                self._drop_check((name, check_id), index)
+        for service_id in list(self._node_service_ids.get(name, ())):
+            self._drop_service((name, service_id), index)
         del self.nodes[name]
         self._bump("nodes", index)
         self._write("nodes", name, None)
@@ -161,16 +202,15 @@ class Store:
         index = self._next_index()
         service.create_index = existing.create_index if existing else index
         service.modify_index = index
-        self.services[key] = service
+        self._add_service(service)
         self._bump("services", index)
         self._bump_service(service.name, index)
         if existing is not None and existing.name != service.name:
             self._bump_service(existing.name, index)
             self._forget_service_if_gone(existing.name)
         # Service checks carry the service's name and tags.
-        for check in self.checks.values():
-            if check.node == service.node and check.service_id == service.id and (
-                    check.service_name, check.service_tags) != (service.name, service.tags):
+        for check in self.service_checks(service.node, service.id):
+            if (check.service_name, check.service_tags) != (service.name, service.tags):
                 check.service_name, check.service_tags = service.name, list(service.tags)
                 check.modify_index = index
                 self._write("checks", row_key(check.node, check.check_id), check.to_doc())
@@ -182,13 +222,14 @@ class Store:
         if key not in self.services:
             return False
         index = self._next_index()
-        for check_key in [k for k, c in self.checks.items() if k[0] == node and c.service_id == service_id]:
-            self._drop_check(check_key, index)
+        for check in self.service_checks(node, service_id):
+            self._drop_check((node, check.check_id), index)
         self._drop_service(key, index)
         return True
 
     def _drop_service(self, key: tuple[str, str], index: int) -> None:
-        service = self.services.pop(key)
+        service = self.services[key]
+        self._remove_service(service)
         self._bump("services", index)
         self._bump_service(service.name, index)
         self._forget_service_if_gone(service.name)
@@ -215,7 +256,7 @@ class Store:
         index = self._next_index()
         check.create_index = existing.create_index if existing else index
         check.modify_index = index
-        self.checks[key] = check
+        self._add_check(check)
         self._touch_check(check, index)
         if existing is not None and existing.service_id != check.service_id:
             self._touch_check(existing, index)
@@ -243,7 +284,8 @@ class Store:
         return True
 
     def _drop_check(self, key: tuple[str, str], index: int) -> None:
-        check = self.checks.pop(key)
+        check = self.checks[key]
+        self._remove_check(check)
         self._touch_check(check, index)
         self._write("checks", row_key(*key), None)
 
@@ -266,9 +308,9 @@ class Store:
     def service_instances(self, name: str, tags: list[str] = (), node_meta: dict[str, str] | None = None
                           ) -> list[Service]:
         """Instances of `name` carrying every tag, on nodes carrying every node-meta pair, by node then ID."""
-        found = [s for s in self.services.values() if s.name == name and all(t in s.tags for t in tags)
-                 and (not node_meta or self.node_has_meta(s.node, node_meta))]
-        return sorted(found, key=lambda s: (s.node, s.id))
+        found = [self.services[key] for key in sorted(self._instances.get(name, ()))]
+        return [s for s in found if all(t in s.tags for t in tags)
+                and (not node_meta or self.node_has_meta(s.node, node_meta))]
 
     def node_has_meta(self, node: str, meta: dict[str, str]) -> bool:
         node_meta = self.nodes[node].meta
@@ -276,20 +318,34 @@ class Store:
 
     def checks_of(self, node: str, service_id: str) -> list[Check]:
         """The checks that decide an instance's health: its own plus its node's."""
-        found = [c for c in self.checks.values() if c.node == node and c.service_id in ("", service_id)]
-        return sorted(found, key=lambda c: c.check_id)
+        ids = self._owned_checks.get((node, ""), set()) | self._owned_checks.get((node, service_id), set())
+        return [self.checks[(node, check_id)] for check_id in sorted(ids)]
+
+    def service_checks(self, node: str, service_id: str) -> list[Check]:
+        """The checks registered for one instance (not its node's)."""
+        return [self.checks[(node, check_id)] for check_id in sorted(self._owned_checks.get((node, service_id), ()))]
+
+    def checks_of_service_name(self, name: str) -> list[Check]:
+        found = [check for node, service_id in self._instances.get(name, ())
+                 for check in self.service_checks(node, service_id)]
+        return sorted(found, key=lambda c: (c.node, c.check_id))
 
     def service_tags(self) -> dict[str, list[str]]:
-        names: dict[str, set[str]] = {}
-        for service in self.services.values():
-            names.setdefault(service.name, set()).update(service.tags)
-        return {name: sorted(tags) for name, tags in sorted(names.items())}
+        return {name: sorted({tag for key in keys for tag in self.services[key].tags})
+                for name, keys in sorted(self._instances.items()) if keys}
 
     def sorted_checks(self, keep=lambda check: True) -> list[Check]:
         return [self.checks[k] for k in sorted(self.checks) if keep(self.checks[k])]
 
+    def node_checks(self, node: str) -> list[Check]:
+        ids = [check_id for owner in self._owned_checks if owner[0] == node for check_id in self._owned_checks[owner]]
+        return [self.checks[(node, check_id)] for check_id in sorted(ids)]
+
     def node_services(self, node: str) -> list[Service]:
-        return sorted((s for s in self.services.values() if s.node == node), key=lambda s: s.id)
+        return [self.services[(node, service_id)] for service_id in sorted(self._node_service_ids.get(node, ()))]
+
+    def sidecars_of(self, node: str, service_id: str) -> list[str]:
+        return sorted(self._sidecars.get((node, service_id), ()))
 
     # ------------------------------------------------------------ KV
 
@@ -308,7 +364,9 @@ class Store:
         index = self._next_index()
         entry = KVEntry(key, value, flags, lock_index, session, existing.create_index if existing else index, index)
         self.kv[key] = entry
+        self._kv_keys.add(key)
         if self.tombstones.pop(key, None) is not None:
+            self._tombstone_keys.discard(key)
             self._write("tombstones", key, None)
         self._bump("kvs", index)
         self._write("kvs", key, entry.to_doc())
@@ -375,7 +433,7 @@ class Store:
         return True
 
     def kv_delete_tree(self, prefix: str) -> None:
-        doomed = [k for k in self.kv if k.startswith(prefix)]
+        doomed = self._kv_keys.with_prefix(prefix)
         if not doomed:
             return
         index = self._next_index()
@@ -385,7 +443,9 @@ class Store:
 
     def _bury(self, key: str, index: int) -> None:
         del self.kv[key]
+        self._kv_keys.discard(key)
         self.tombstones[key] = index
+        self._tombstone_keys.add(key)
         self._write("kvs", key, None)
         self._write("tombstones", key, {"key": key, "index": index})
 
@@ -394,9 +454,41 @@ class Store:
 
     def kv_list(self, prefix: str) -> tuple[int, list[KVEntry]]:
         """Entries under prefix, sorted, and the prefix's index (Consul's kvsListTxn rule)."""
-        entries = sorted((e for k, e in self.kv.items() if k.startswith(prefix)), key=lambda e: e.key)
+        entries = [self.kv[key] for key in self._kv_keys.with_prefix(prefix)]
         if prefix == "":
             return self.kv_index(), entries
         index = max((e.modify_index for e in entries), default=0)
-        index = max([index] + [i for k, i in self.tombstones.items() if k.startswith(prefix)])
+        index = max([index] + [self.tombstones[k] for k in self._tombstone_keys.with_prefix(prefix)])
         return (index or self.kv_index()), entries
+
+
+class SortedKeys:
+    """Keys kept in order, so that a prefix is one bisection away (KV recurse, keys, delete-tree)."""
+
+    def __init__(self) -> None:
+        self._keys: list[str] = []
+
+    def add(self, key: str) -> None:
+        at = bisect.bisect_left(self._keys, key)
+        if at == len(self._keys) or self._keys[at] != key:
+            self._keys.insert(at, key)
+
+    def discard(self, key: str) -> None:
+        at = bisect.bisect_left(self._keys, key)
+        if at < len(self._keys) and self._keys[at] == key:
+            del self._keys[at]
+
+    def with_prefix(self, prefix: str) -> list[str]:
+        start = bisect.bisect_left(self._keys, prefix)
+        end = start
+        while end < len(self._keys) and self._keys[end].startswith(prefix):
+            end += 1
+        return self._keys[start:end]
+
+
+def _discard(index: dict, key, member) -> None:
+    members = index.get(key)
+    if members is not None:
+        members.discard(member)
+        if not members:
+            del index[key]
