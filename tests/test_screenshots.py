@@ -10,6 +10,7 @@ import pytest
 
 from browser import page_text, screenshot
 from shopgate.settings import PROJECT_ROOT, SHOP_SERVICES
+from shopgate.stack import gateway_status
 from stack_harness import StackUnderTest
 
 pytestmark = pytest.mark.browser
@@ -30,18 +31,21 @@ def stack(tmp_path_factory):
 
 def test_haproxy_stats_page_shows_every_service_backend_up(stack):
     url = stack.ports.stats_url
+    backends = {name: svc["backend"] for name, svc in gateway_status(stack.ports).get("services", {}).items()}
+    assert set(backends) >= set(SHOP_SERVICES)
     text = page_text(url, wait_ms=1000)
     for service in SHOP_SERVICES:
-        assert service in text, f"{service} missing from the stats page:\n{text[:2000]}"
-    assert "UP" in text
-    png = screenshot(url, ARTIFACTS / "haproxy-stats.png", height=1400, wait_ms=1000)
+        assert backends[service] in text, f"backend {backends[service]} missing from the stats page:\n{text[:2000]}"
+    assert text.count(" UP") >= 2 * len(SHOP_SERVICES), "each backend and its one server are UP"
+    png = screenshot(url, ARTIFACTS / "stack-haproxy-stats.png", height=1400, wait_ms=1000)
     assert png.read_bytes().startswith(PNG_MAGIC)
 
 
 def test_catalog_ui_lists_every_service(stack):
-    url = f"{stack.ports.catalog_url}/ui/"
+    url = f"{stack.ports.catalog_url}/ui/?live=0"   # one-shot mode: no blocking query keeps the page loading
     text = page_text(url, wait_ms=3000)
-    for service in SHOP_SERVICES:
-        assert service in text, f"{service} missing from the catalog UI:\n{text[:2000]}"
-    png = screenshot(url, ARTIFACTS / "catalog-ui.png", wait_ms=3000)
+    for record in stack.manifest().processes:
+        if record.service:
+            assert f"{record.service}-{record.port}" in text, f"instance {record.name} missing from the catalog UI:\n{text[:2000]}"
+    png = screenshot(url, ARTIFACTS / "stack-catalog-ui.png", wait_ms=3000)
     assert png.read_bytes().startswith(PNG_MAGIC)
