@@ -26,21 +26,22 @@ class StepSpan:
     end: float
 
 
-def per_second(records: list[RequestRecord]) -> tuple[list[float], list[float], list[float], list[float]]:
-    """Per one-second bin: successful and failed requests per second, p50 and p99 latency (ms).
+def per_second(records: list[RequestRecord]) -> tuple[list[int], list[int], list[float], list[float]]:
+    """Per one-second bin: successful and failed requests, p50 and p99 latency (ms).
 
-    The last bin is usually cut short by the end of the load; its rates are scaled to its length.
+    The load usually stops a moment into its last second; that short bin is left out (its rate
+    would look like a drop) unless a request in it failed.
     """
     last = max((r.started for r in records), default=0.0)
     seconds = int(last) + 1
-    ok, failed = [0.0] * seconds, [0.0] * seconds
+    ok, failed = [0] * seconds, [0] * seconds
     latencies: list[list[float]] = [[] for _ in range(seconds)]
     for record in records:
         second = int(record.started)
         (failed if record.failed else ok)[second] += 1
         latencies[second].append(record.latency * 1000)
-    tail = max(last - int(last), 0.2)
-    ok[-1], failed[-1] = ok[-1] / tail, failed[-1] / tail
+    if seconds > 1 and last - int(last) < 0.9 and not failed[-1]:
+        ok, failed, latencies = ok[:-1], failed[:-1], latencies[:-1]
     return ok, failed, [percentile(v, 0.5) for v in latencies], [percentile(v, 0.99) for v in latencies]
 
 
