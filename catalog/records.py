@@ -1,7 +1,8 @@
 """The catalog's records: nodes, services, checks and KV entries, as plain dataclasses.
 
 They carry Consul's Raft-style `create_index`/`modify_index`, and round-trip
-through plain dicts (`to_doc`/`from_doc`) for the write-ahead store.
+through plain dicts (`to_doc`/`from_doc`) for the write-ahead store. Slotted:
+a large catalog is many of them, and fewer objects mean shorter GC pauses.
 """
 
 from __future__ import annotations
@@ -21,16 +22,23 @@ SERVICE_MAINTENANCE_PREFIX = "_service_maintenance:"
 class Doc:
     """Round-trip a record through a JSON-able dict (nested dataclasses included)."""
 
+    __slots__ = ()
+
     def to_doc(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]):
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in doc.items() if k in known})
+        return cls(**cls.decode({k: v for k, v in doc.items() if k in known}))
+
+    @classmethod
+    def decode(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """Turn stored field values back into Python ones (overridden where a field is not plain JSON)."""
+        return values
 
 
-@dataclass
+@dataclass(slots=True)
 class Node(Doc):
     name: str
     id: str
@@ -42,7 +50,7 @@ class Node(Doc):
     modify_index: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class Service(Doc):
     node: str
     id: str
@@ -62,7 +70,7 @@ class Service(Doc):
     modify_index: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class CheckDefinition(Doc):
     """How the agent runs a check (empty for catalog-registered checks, which nobody runs)."""
 
@@ -91,7 +99,7 @@ class CheckDefinition(Doc):
         return ""
 
 
-@dataclass
+@dataclass(slots=True)
 class Check(Doc):
     node: str
     check_id: str
@@ -107,14 +115,13 @@ class Check(Doc):
     modify_index: int = 0
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> "Check":
-        check = super().from_doc(doc)
-        if isinstance(check.definition, dict):
-            check.definition = CheckDefinition.from_doc(check.definition)
-        return check
+    def decode(cls, values: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(values.get("definition"), dict):
+            values["definition"] = CheckDefinition.from_doc(values["definition"])
+        return values
 
 
-@dataclass
+@dataclass(slots=True)
 class KVEntry(Doc):
     key: str
     value: bytes = b""
@@ -130,13 +137,12 @@ class KVEntry(Doc):
         return doc
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> "KVEntry":
-        entry = super().from_doc(doc)
-        entry.value = base64.b64decode(entry.value)
-        return entry
+    def decode(cls, values: dict[str, Any]) -> dict[str, Any]:
+        values["value"] = base64.b64decode(values.get("value", ""))
+        return values
 
 
-@dataclass
+@dataclass(slots=True)
 class Session(Doc):
     """A Consul session: a lock owner that dies with its checks, its TTL, or on destroy."""
 
