@@ -1,9 +1,10 @@
 """Conformance: py-consul 1.8.0's own test suite, run against `shopgate catalog`.
 
 The suite comes from the py-consul sdist on PyPI, fetched at test time into
-`.cache/` (gitignored, never committed). It runs in a subprocess with our
-fixture plugin (`shopgate_consul_fixtures.py`) in place of upstream's
-Docker-based conftest. Two of its tests point HTTP checks at
+`.cache/` (gitignored, never committed), with the one plugin its asyncio
+tests need (pytest-asyncio, installed into `.cache/` too, so that it never
+loads in our own suite). It runs in a subprocess with our fixture plugin
+(`shopgate_consul_fixtures.py`) in place of upstream's Docker-based conftest. Two of its tests point HTTP checks at
 `127.0.0.1:8500` — inside a Consul container that is the agent itself — so
 each shard runs in a private network namespace (`unshare --net`) where the
 catalog can own port 8500 without touching the machine's real 8500.
@@ -25,6 +26,7 @@ import pytest
 from shopgate.settings import PROJECT_ROOT
 
 PY_CONSUL_VERSION = "1.8.0"
+PYTEST_ASYNCIO = "pytest-asyncio==1.5.0"
 CACHE_DIR = PROJECT_ROOT / ".cache"
 PLUGIN_DIR = Path(__file__).resolve().parent
 
@@ -58,12 +60,23 @@ SELECTED: dict[str, list[str]] = {
     ],
     "tests/api/test_status.py::TestStatus": ["test_status_leader", "test_status_peers"],
     "tests/api/test_session.py::TestSession": ["test_session", "test_session_delete_ttl_renew"],
+    # py-consul's asyncio client (consul.aio) against the same server, blocking queries included.
+    "tests/test_aio.py::TestAsyncioConsul": [
+        "test_kv", "test_consul_ctor", "test_kv_binary", "test_kv_missing", "test_kv_put_flags", "test_kv_delete",
+        "test_kv_subscribe", "test_agent_services", "test_session",
+    ],
 }
 
 #: Tests that point HTTP checks at 127.0.0.1:8500 and so need the private network namespace.
 NEEDS_PORT_8500 = {"test_agent_checks", "test_service_multi_check"}
 
 SHARDS = 2
+
+
+def _pip(*args: str, what: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=180)
+    if done.returncode != 0:
+        pytest.fail(f"could not fetch {what} from PyPI:\n{done.stderr}")
 
 
 def fetch_suite() -> Path:
@@ -73,18 +86,27 @@ def fetch_suite() -> Path:
         return target
     CACHE_DIR.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE_DIR) as tmp:
-        download = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-             f"py-consul=={PY_CONSUL_VERSION}", "-d", tmp],
-            capture_output=True, text=True, timeout=180)
-        if download.returncode != 0:
-            pytest.fail(f"could not fetch the py-consul {PY_CONSUL_VERSION} sdist from PyPI:\n{download.stderr}")
+        _pip("download", "--quiet", "--no-deps", "--no-binary", ":all:", f"py-consul=={PY_CONSUL_VERSION}", "-d", tmp,
+             what=f"the py-consul {PY_CONSUL_VERSION} sdist")
         archive = next(Path(tmp).glob("*.tar.gz"))
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
         unpacked = Path(tmp) / target.name
         if not target.exists():
             unpacked.rename(target)  # atomic: a concurrent run sees all of it or nothing
+    return target
+
+
+def fetch_asyncio_plugin() -> Path:
+    """pytest-asyncio in its own directory under .cache/, on the inner run's PYTHONPATH only."""
+    target = CACHE_DIR / PYTEST_ASYNCIO.replace("==", "-")
+    if (target / "pytest_asyncio").is_dir():
+        return target
+    with tempfile.TemporaryDirectory(dir=CACHE_DIR) as tmp:
+        site = Path(tmp) / "site"
+        _pip("install", "--quiet", "--no-deps", "--target", str(site), PYTEST_ASYNCIO, what=PYTEST_ASYNCIO)
+        if not target.exists():
+            site.rename(target)
     return target
 
 
@@ -95,10 +117,10 @@ def private_network_available() -> bool:
     return probe.returncode == 0
 
 
-def run_shard(suite: Path, node_ids: list[str], private_net: bool, log_dir: Path) -> tuple[int, str]:
+def run_shard(suite: Path, plugins: Path, node_ids: list[str], private_net: bool, log_dir: Path) -> tuple[int, str]:
     pytest_argv = [sys.executable, "-m", "pytest", "-p", "shopgate_consul_fixtures", "--confcutdir=tests",
                    "-o", "addopts=", "-p", "no:cacheprovider", "-q", "-rfE", f"--basetemp={log_dir}", *node_ids]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PLUGIN_DIR)]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PLUGIN_DIR), str(plugins)]),
            "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("CONSUL_HTTP_ADDR", None)
     if private_net:
@@ -111,18 +133,19 @@ def run_shard(suite: Path, node_ids: list[str], private_net: bool, log_dir: Path
 
 
 def test_py_consul_suite_passes_against_the_catalog(tmp_path):
-    suite = fetch_suite()
+    suite, plugins = fetch_suite(), fetch_asyncio_plugin()
     private_net = private_network_available()
     node_ids = [f"{test_class}::{name}" for test_class, names in SELECTED.items() for name in names
                 if private_net or name not in NEEDS_PORT_8500]
     shards = [node_ids[i::SHARDS] for i in range(SHARDS)]
     with ThreadPoolExecutor(SHARDS) as pool:
-        results = list(pool.map(lambda i: run_shard(suite, shards[i], private_net, tmp_path / f"shard{i}"),
+        results = list(pool.map(lambda i: run_shard(suite, plugins, shards[i], private_net, tmp_path / f"shard{i}"),
                                 range(SHARDS)))
     failed = [output for code, output in results if code != 0]
     assert not failed, "py-consul's suite failed against shopgate catalog:\n" + "\n\n".join(failed)
     for code, output in results:
         assert " passed" in output and "failed" not in output, output
+        print(output.strip().splitlines()[-1])  # e.g. "31 passed in 14.2s", shown with -rP or -s
     if not private_net:
         pytest.skip(f"ran {len(node_ids)} tests; {sorted(NEEDS_PORT_8500)} need a private network namespace "
                     "(`unshare --net`, as root) so that the catalog can listen on 127.0.0.1:8500")
