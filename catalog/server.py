@@ -12,6 +12,7 @@ import asyncio
 import gc
 import logging
 import resource
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -146,14 +147,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     advertise = LOOPBACK if args.bind in ("0.0.0.0", "::", "") else args.bind
-    journal = Journal(args.data_dir) if args.data_dir else None
+    try:
+        journal = Journal(args.data_dir) if args.data_dir else None
+    except (OSError, sqlite3.Error) as exc:
+        log.error("cannot use --data-dir %s: %s", args.data_dir, exc)
+        return 1
     agent = Agent(AgentConfig(advertise, args.node, enable_script_checks=args.enable_script_checks), journal)
     app = build_app(agent, args.acl_token)
     where = f"data in {journal.path}" if journal else "in memory only (no --data-dir)"
-    log.info("shopgate catalog: Consul HTTP API on http://%s:%d/v1/ , UI at http://%s:%d/ui/ ; node %s, index %d, %s%s",
-             advertise, args.port, advertise, args.port, agent.node, agent.store.index, where,
-             ", ACL token required" if args.acl_token else "")
+
+    def announce(_: str) -> None:  # called by aiohttp once the socket listens
+        log.info("shopgate catalog listening on http://%s:%d (API /v1/, UI /ui/); node %s, index %d, %s%s",
+                 advertise, args.port, agent.node, agent.store.index, where,
+                 ", ACL token required" if args.acl_token else "")
+
     raise_open_files_limit()
-    web.run_app(app, loop=new_event_loop(), host=args.bind, port=args.port, access_log=None, print=None,
-                handler_cancellation=True, shutdown_timeout=1.0, backlog=2048)
+    try:
+        web.run_app(app, loop=new_event_loop(), host=args.bind, port=args.port, access_log=None, print=announce,
+                    handler_cancellation=True, shutdown_timeout=1.0, backlog=2048)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", args.bind, args.port, exc)
+        return 1
     return 0
