@@ -27,8 +27,8 @@ UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or "unknown CPU")
-    haproxy = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[:1]
-    return f"{os.cpu_count()} × {cpu}, Linux {platform.release()}, Python {platform.python_version()}, {' '.join(haproxy)[:40]}"
+    haproxy = (subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split() + ["?"] * 3)[2]
+    return f"{os.cpu_count()} × {cpu}, Linux {platform.release()}, Python {platform.python_version()}, HAProxy {haproxy}"
 
 
 @dataclass(frozen=True)

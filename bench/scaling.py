@@ -30,7 +30,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=0, help="load duration (default: long enough for the cycles)")
     args = parser.parse_args()
-    seconds = args.seconds or args.cycles * 14 + 4
+    seconds = args.seconds or args.cycles * 11 + 5
     events = []
     with scratch_stack(instances=1) as manifest:
         result = {}
