@@ -8,6 +8,7 @@ from aiohttp import web
 from catalog.parsing import BadRequest
 from catalog.responses import agent_of, indexed, json_response, query_of
 from catalog.shapes import kv_json
+from catalog.state import key_topic
 
 MAX_VALUE_SIZE = 512 * 1024
 MAX_FLAGS = 2**64 - 1
@@ -76,7 +77,7 @@ async def kv_get(request: web.Request) -> web.Response:
             return store.kv_index(), None
         return entry.modify_index, (entry.value if raw else [kv_json(entry)])
 
-    response = await indexed(request, ("kvs",), read_one, not_found=lambda data: data is None,
+    response = await indexed(request, (key_topic(key),), read_one, not_found=lambda data: data is None,
                              content_type="text/plain" if raw else "application/json")
     if raw:
         # As Consul: a stored value must never run as a page in a browser.

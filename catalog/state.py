@@ -12,7 +12,8 @@ changes that concern them:
   the service's instances and checks and by its nodes' node-level checks
   (the `services`+`nodes` table index once the service is gone);
 - health/state, health/node, health/checks: the `checks` table index;
-- kv: an entry's ModifyIndex; a prefix's highest ModifyIndex or tombstone.
+- kv: an entry's ModifyIndex (the `kvs` table index while it is missing, woken
+  only by that key); a prefix's highest ModifyIndex or tombstone.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ class Pending:
 
 def service_topic(name: str) -> str:
     return f"service:{name}"
+
+
+def key_topic(key: str) -> str:
+    """Watchers of one KV key wake only when that key changes (prefix watchers use the `kvs` topic)."""
+    return f"kv:{key}"
 
 
 def row_key(*parts: str) -> str:
@@ -363,6 +369,7 @@ class Store:
         existing = self.kv.get(key)
         index = self._next_index()
         entry = KVEntry(key, value, flags, lock_index, session, existing.create_index if existing else index, index)
+        self.pending.topics.add(key_topic(key))
         self.kv[key] = entry
         self._kv_keys.add(key)
         if self.tombstones.pop(key, None) is not None:
@@ -442,6 +449,7 @@ class Store:
         self._bump("kvs", index)
 
     def _bury(self, key: str, index: int) -> None:
+        self.pending.topics.add(key_topic(key))
         del self.kv[key]
         self._kv_keys.discard(key)
         self.tombstones[key] = index

@@ -95,3 +95,17 @@ def test_a_thousand_blocking_queries_are_held_and_all_return_on_one_change(catal
     assert len(results) == watchers
     assert all(status == 200 and new_index > index for status, new_index in results)
     assert api.held() == 0
+
+
+def test_a_missing_key_watch_waits_for_that_key_only(catalog):
+    """consul-template watches keys that do not exist yet: a 404 that keeps blocking until the key appears."""
+    api = Api(catalog.url)
+    index = api.index("/v1/kv/shopgate/maintenance")
+    with ThreadPoolExecutor(1) as pool:
+        watch = pool.submit(api.call, "GET", f"/v1/kv/shopgate/maintenance?index={index}&wait=30s", expect=None)
+        eventually(lambda: api.held() == 1, what="the watch to be held")
+        api.put("/v1/kv/shopgate/other", data="x")
+        api.put("/v1/kv/shopgate/maintenance", data="on")
+        response = watch.result(timeout=10)
+    # Had the unrelated write answered the watch, it would have been a 404.
+    assert response.status_code == 200 and response.json()[0]["Value"] == "b24="
