@@ -92,12 +92,13 @@ if [[ ! -f "$WHEELS/.complete" ]]; then
     platforms=(--platform "manylinux2014_$arch" --platform "manylinux2010_$arch" --platform "manylinux1_$arch" --platform any)
     for minor in $(seq 36 -1 5); do platforms+=(--platform "manylinux_2_${minor}_$arch"); done
     say "downloading wheels: $(echo "$REQUIREMENTS" | tr '\n' ' ')"
-    # shellcheck disable=SC2086
+    printf '%s\n' "$REQUIREMENTS" > "$WHEELS.requirements.txt"
     if ! "$PY" -m pip download --quiet --disable-pip-version-check -d "$WHEELS" --only-binary=:all: \
             --python-version 3.11 --implementation cp --abi "cp$PYTHON_TAG" "${platforms[@]}" \
-            $(echo "$REQUIREMENTS") 2> >(grep -v 'is ignored: it is neither' >&2); then
+            -r "$WHEELS.requirements.txt" 2> >(grep -v 'is ignored: it is neither' >&2); then
         die "pip download of the image requirements failed"
     fi
+    rm -f "$WHEELS.requirements.txt"
     touch "$WHEELS/.complete"
     find "$CACHE_DIR" -maxdepth 1 -name 'wheels-*' ! -name "wheels-$BASE_KEY" -exec rm -rf {} +
 fi

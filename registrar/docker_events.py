@@ -102,18 +102,21 @@ class DockerRegistrar:
     # --- the whole engine -----------------------------------------------------------------------
 
     def sync(self) -> None:
-        """Make the catalog match the running containers: register what is missing, remove what is gone."""
-        try:
-            running = [ContainerInfo.from_inspect(c.attrs) for c in self.engine.containers.list()]
-        except ENGINE_ERRORS as exc:
-            log.warning("resync skipped: engine did not answer (%s)", _short(exc))
-            return
-        try:
-            in_catalog = self.catalog.agent.services()
-        except CATALOG_ERRORS as exc:
-            log.warning("resync skipped: catalog did not answer (%s)", _short(exc))
-            return
+        """Make the catalog match the running containers: register what is missing, remove what is gone.
+
+        Holds the lock throughout, so that an event (a container dying meanwhile) is applied after
+        the resync, never overtaken by it."""
         with self._lock:
+            try:
+                running = [ContainerInfo.from_inspect(c.attrs) for c in self.engine.containers.list()]
+            except ENGINE_ERRORS as exc:
+                log.warning("resync skipped: engine did not answer (%s)", _short(exc))
+                return
+            try:
+                in_catalog = self.catalog.agent.services()
+            except CATALOG_ERRORS as exc:
+                log.warning("resync skipped: catalog did not answer (%s)", _short(exc))
+                return
             live = {container.id for container in running}
             self.explained &= live
             for container_id in list(self.registered):
@@ -233,6 +236,9 @@ class DockerRegistrar:
                               **service.register_kwargs(container.health)):
                     log.info("registered %s (%s) at %s:%d for container %s", service.name, service.id,
                              service.address, service.port, container.name)
+                    if container.id in self.stopping:  # the catalog had lost it mid-drain: drain on
+                        self._call(f"maintenance for {service.id}", self.catalog.agent.service.maintenance,
+                                   service.id, "true", "container stopping: draining")
             elif container.health is not None:
                 self._set_health(service, container.health)
         if plan.services:
