@@ -3,6 +3,8 @@ delete (recurse, cas)."""
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from catalog.parsing import BadRequest
@@ -11,6 +13,7 @@ from catalog.shapes import kv_json
 from catalog.state import key_topic
 
 MAX_VALUE_SIZE = 512 * 1024
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 MAX_FLAGS = 2**64 - 1
 
 routes = web.RouteTableDef()
@@ -27,7 +30,7 @@ def key_of(request: web.Request, required: bool) -> str:
         raise BadRequest("Invalid key: key must not begin with a '/'")
     if "../" in key or key.endswith("/..") or key == "..":
         raise BadRequest("Invalid key: key contains path traversal sequence")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7f for ch in key):
+    if CONTROL_CHARACTER.search(key):
         raise BadRequest("Invalid key: key contains a control character")
     return key
 
