@@ -29,7 +29,7 @@ from gateway.diff import plan_changes
 from gateway.haproxy import HAProxyError, HAProxyProcess
 from gateway.metrics import GatewayMetrics
 from gateway.model import RouteTable, RuntimePaths, Snapshot
-from gateway.routing import build_route_table
+from gateway.routing import SLOT_HEADROOM, build_route_table
 from gateway.status import StatusServer
 from gateway.template_watch import TemplateWatcher
 from gateway.watch import CatalogWatcher
@@ -58,6 +58,7 @@ class ControllerConfig:
     wait_seconds: float = 30.0
     drain_timeout: float = 30.0
     guard_hold: float = GUARD_HOLD
+    slot_headroom: int = SLOT_HEADROOM
 
 
 class EmptyCatalogGuard:
@@ -189,7 +190,7 @@ class Controller:
     def _start_haproxy(self) -> bool:
         """Serve at once, with no routes (503) until the catalog's first view arrives."""
         try:
-            self.applier.apply(build_route_table(Snapshot()))
+            self.applier.apply(build_route_table(Snapshot(), headroom=self.config.slot_headroom))
             return True
         except (ConfigRejected, HAProxyError) as error:
             self._error("start", f"HAProxy did not start: {error}")
@@ -234,7 +235,7 @@ class Controller:
             self.metrics.guard_holds.inc()
             self._not_before = now + 1.0   # look again in a second (or on news)
             return
-        wanted = build_route_table(snapshot, self.applier.running)
+        wanted = build_route_table(snapshot, self.applier.running, headroom=self.config.slot_headroom)
         self._wanted = wanted
         if not edited and plan_changes(self.applier.running, wanted).needs_reload and now - self._last_reload < RELOAD_INTERVAL:
             self._not_before = self._last_reload + RELOAD_INTERVAL
@@ -335,6 +336,8 @@ def parse_args(argv: list[str]) -> ControllerConfig:
     parser.add_argument("--templates", type=Path, default=ControllerConfig.templates_dir, help="haproxy.cfg templates, watched for edits (default %(default)s)")
     parser.add_argument("--drain-timeout", type=float, default=ControllerConfig.drain_timeout, help="seconds a removed server may drain before maint (default %(default)s)")
     parser.add_argument("--guard-hold", type=float, default=ControllerConfig.guard_hold, help="seconds the empty-catalog guard may hold a view (default %(default)s)")
+    parser.add_argument("--slot-headroom", type=int, default=ControllerConfig.slot_headroom,
+                        help="server slots per instance, rounded up to a power of two (default %(default)s); HAProxy reserves a file descriptor per slot")
     args = parser.parse_args(argv)
     try:
         consul = ConsulAddress.parse(args.consul)
@@ -344,7 +347,7 @@ def parse_args(argv: list[str]) -> ControllerConfig:
         parser.error(f"--templates: {args.templates} is not a directory")
     return ControllerConfig(consul=consul, haproxy_bin=args.haproxy_bin, listen=args.listen, stats=args.stats, status=args.status,
                             state_dir=args.state_dir.resolve(), templates_dir=args.templates.resolve(),
-                            drain_timeout=args.drain_timeout, guard_hold=args.guard_hold)
+                            drain_timeout=args.drain_timeout, guard_hold=args.guard_hold, slot_headroom=max(1, args.slot_headroom))
 
 
 def main(argv: list[str] | None = None) -> int:

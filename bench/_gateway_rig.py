@@ -1,0 +1,164 @@
+"""A catalog full of services and a real `shopgate gateway` watching it, for the gateway benchmarks.
+
+Instances get TTL checks that start passing (so 10,000 instances cost the catalog no check
+traffic) and point at closed loopback ports: HAProxy's own checks keep them DOWN, which the
+benchmarks do not care about — they time when HAProxy's *runtime state* changes (the
+health-check rise is excluded, as in the issue's definition).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway.haproxy import MasterCLI  # noqa: E402
+from shopgate.processes import ManagedProcess, free_port, shopgate_argv, wait_for_http  # noqa: E402
+
+FIRST_PORT = 20000
+#: srv_admin_state flags (HAProxy's SRV_ADMF_FMAINT, SRV_ADMF_FDRAIN): set by `state maint` / `state drain`.
+FORCED_MAINT, FORCED_DRAIN = 0x01, 0x08
+
+
+class Rig:
+    """Catalog + controller (+ its HAProxy) in a temporary directory; `close()` stops them by pid."""
+
+    def __init__(self, services: int, instances: int, progress=print, gateway_args: tuple[str, ...] = (), kv: dict[str, str] | None = None):
+        self.services, self.instances = services, instances
+        self.gateway_args, self.kv = gateway_args, kv or {}
+        self.dir = Path(tempfile.mkdtemp(prefix="shopgate-bench-"))
+        self.catalog_port = free_port()
+        self.status_port, self.listen_port, self.stats_port = free_port(), free_port(), free_port()
+        self.http = requests.Session()
+        self.http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=16))
+        self.catalog = self.gateway = None
+        self.progress = progress
+        self.next_port = FIRST_PORT + services * instances
+
+    @property
+    def catalog_url(self) -> str:
+        return f"http://127.0.0.1:{self.catalog_port}"
+
+    @property
+    def cli(self) -> MasterCLI:
+        return MasterCLI(self.dir / "gateway" / "master.sock")
+
+    def start(self) -> "Rig":
+        self.catalog = ManagedProcess("catalog", shopgate_argv("catalog", "--bind", "127.0.0.1", "--port", str(self.catalog_port),
+                                                               "--data-dir", str(self.dir / "catalog")), log_path=self.dir / "catalog.log").start()
+        wait_for_http(f"{self.catalog_url}/v1/status/leader", timeout=30, process=self.catalog)
+        for key, value in self.kv.items():
+            self.kv_put(key, value)
+        started = time.monotonic()
+        names = [(f"svc{s:05d}", f"svc{s:05d}-{i}", FIRST_PORT + s * self.instances + i) for s in range(self.services) for i in range(self.instances)]
+        with ThreadPoolExecutor(8) as pool:
+            for done, _ in enumerate(pool.map(lambda item: self.register(*item), names), 1):
+                if done % 2000 == 0:
+                    self.progress(f"  registered {done}/{len(names)} instances")
+        self.progress(f"  catalog: {len(names)} instances of {self.services} services registered in {time.monotonic() - started:.1f}s")
+        started = time.monotonic()
+        self.gateway = ManagedProcess("gateway", shopgate_argv(
+            "gateway", "--consul", self.catalog_url, "--listen", f"127.0.0.1:{self.listen_port}",
+            "--stats", f"127.0.0.1:{self.stats_port}", "--status", f"127.0.0.1:{self.status_port}",
+            "--state-dir", str(self.dir / "gateway"), *self.gateway_args), log_path=self.dir / "gateway.log").start()
+        wait_for_http(f"http://127.0.0.1:{self.status_port}/metrics", timeout=60, process=self.gateway)
+        deadline = time.monotonic() + 600
+        while self.metric("shopgate_gateway_reloads_total") < 1:
+            if time.monotonic() > deadline or not self.gateway.alive() or self.metric("shopgate_gateway_rejected_configs_total") > 0:
+                raise RuntimeError(f"gateway did not load the catalog:\n{self.gateway.log_tail()}")
+            time.sleep(0.2)
+        self.progress(f"  gateway: first full config of {len(names)} servers running {time.monotonic() - started:.1f}s after start")
+        return self
+
+    def register(self, service: str, service_id: str, port: int | None = None, status: str = "passing") -> int:
+        if port is None:
+            port = self.next_port
+            self.next_port += 1
+        body = {"Name": service, "ID": service_id, "Address": "127.0.0.1", "Port": port,
+                "Check": {"CheckID": f"service:{service_id}", "TTL": "1h", "Status": status}}
+        self.http.put(f"{self.catalog_url}/v1/agent/service/register", json=body, timeout=30).raise_for_status()
+        return port
+
+    def pass_check(self, service_id: str) -> None:
+        self.http.put(f"{self.catalog_url}/v1/agent/check/pass/service:{service_id}", timeout=30).raise_for_status()
+
+    def deregister(self, service_id: str) -> None:
+        self.http.put(f"{self.catalog_url}/v1/agent/service/deregister/{service_id}", timeout=30).raise_for_status()
+
+    def kv_put(self, key: str, value: str) -> None:
+        self.http.put(f"{self.catalog_url}/v1/kv/{key}", data=value, timeout=30).raise_for_status()
+
+    def admin_states(self, backend: str) -> dict[str, int]:
+        """HAProxy's runtime view of `backend`: "addr:port" -> srv_admin_state flags (`show servers state`)."""
+        text = self.cli.send(f"@1 show servers state {backend}", connect_for=2.0)
+        states = {}
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) > 18 and fields[0].isdigit():
+                states[f"{fields[4]}:{fields[18]}"] = int(fields[6])
+        return states
+
+    def wait_for(self, backend: str, address: str, predicate, timeout: float = 30.0) -> float:
+        """Poll HAProxy every ~2 ms until predicate(admin state of `address` or None); the monotonic time it held."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self.admin_states(backend).get(address)):
+                return time.monotonic()
+            time.sleep(0.002)
+        raise TimeoutError(f"{backend} {address}: not within {timeout}s\n{self.gateway.log_tail()}")
+
+    def metric(self, name: str, labels: str = "") -> float:
+        text = self.http.get(f"http://127.0.0.1:{self.status_port}/metrics", timeout=30).text
+        match = re.search(rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+-]+|NaN)$", text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.gateway.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def close(self) -> None:
+        for process in (self.gateway, self.catalog):
+            if process is not None:
+                process.stop(timeout=20)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def measure_changes(rig: Rig, changes: int, services: list[str]) -> tuple[list[float], list[float], list[float]]:
+    """`changes` rounds of: an instance turns passing (-> slot leaves MAINT), then deregisters (-> DRAIN/MAINT).
+
+    Returns (add latencies, removal latencies, controller-side seen->applied latencies), in ms."""
+    adds, removes, controller = [], [], []
+    runtime_sum = 'shopgate_gateway_propagation_seconds_sum', '{kind="runtime"}'
+    for round_ in range(changes):
+        service = services[round_ % len(services)]
+        backend, service_id = f"be_{service}", f"{service}-bench-{round_}"
+        port = rig.register(service, service_id, status="critical")
+        address = f"127.0.0.1:{port}"
+        time.sleep(0.15)   # the critical registration settles (no change in HAProxy)
+        before = rig.metric(*runtime_sum)
+        started = time.monotonic()
+        rig.pass_check(service_id)
+        adds.append((rig.wait_for(backend, address, lambda s: s is not None and not s & FORCED_MAINT) - started) * 1000)
+        time.sleep(0.05)
+        after_add = rig.metric(*runtime_sum)
+        started = time.monotonic()
+        rig.deregister(service_id)
+        removes.append((rig.wait_for(backend, address, lambda s: s is None or s & (FORCED_MAINT | FORCED_DRAIN)) - started) * 1000)
+        time.sleep(0.05)
+        controller += [(after_add - before) * 1000, (rig.metric(*runtime_sum) - after_add) * 1000]
+    return adds, removes, controller
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))] if ordered else 0.0
