@@ -12,6 +12,7 @@ import asyncio
 import gc
 import logging
 import resource
+import socket
 import sqlite3
 import sys
 from pathlib import Path
@@ -110,6 +111,19 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(10_000, 20, 100)
 
 
+def advertise_address(bind: str) -> str:
+    """The node's address: the bind address, or for a wildcard bind the host's outbound IP (as Consul picks
+    a private IP), so that instances registered without an Address are reachable from other hosts."""
+    if bind not in ("0.0.0.0", "::", ""):
+        return bind
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))  # UDP connect only picks a route; nothing is sent
+            return probe.getsockname()[0]
+        except OSError:
+            return LOOPBACK
+
+
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop where it exists (1.6x the request rate of asyncio's default loop), else the default."""
     try:
@@ -130,6 +144,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="shopgate catalog", description=__doc__.splitlines()[0])
     parser.add_argument("--bind", default=LOOPBACK, help=f"address to listen on (default {LOOPBACK})")
     parser.add_argument("--port", type=int, default=CATALOG_PORT, help=f"HTTP port (default {CATALOG_PORT})")
+    parser.add_argument("--advertise", default=None,
+                        help="the node's address in the catalog (default: --bind, or this host's IP for 0.0.0.0)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="keep KV, services, checks and the index here (SQLite, write-ahead); "
                              "without it everything lives in memory, like `consul agent -dev`")
@@ -146,7 +162,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    advertise = LOOPBACK if args.bind in ("0.0.0.0", "::", "") else args.bind
+    advertise = args.advertise or advertise_address(args.bind)
     try:
         journal = Journal(args.data_dir) if args.data_dir else None
     except (OSError, sqlite3.Error) as exc:

@@ -126,3 +126,13 @@ def test_catalog_register_and_node_meta_filters(catalog):
     assert "edge-1" in [n["Node"] for n in api.get("/v1/catalog/nodes")]
     api.put("/v1/catalog/deregister", json={"Node": "edge-1"})
     assert api.get("/v1/catalog/node/edge-1") is None
+
+
+def test_advertised_address_is_the_nodes_address(catalog_factory):
+    """Instances registered without an Address are reached at their node's address, as in Consul."""
+    server = catalog_factory("advertised", extra_args=("--advertise", "10.1.2.3"))
+    api = Api(server.url)
+    api.put("/v1/agent/service/register", json={"Name": "web", "Port": 8080})
+    row = api.get("/v1/catalog/service/web")[0]
+    assert (row["Address"], row["ServiceAddress"], row["ServicePort"]) == ("10.1.2.3", "", 8080)
+    assert api.get("/v1/status/leader") == "10.1.2.3:8300"
