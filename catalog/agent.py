@@ -320,9 +320,11 @@ class Agent:
         service_id, check_id = body.text("ServiceID"), body.text("CheckID")
         if service_id:
             self.store.delete_service(name, service_id)
-        if check_id:
-            self.store.delete_check(name, check_id)
+        if check_id and self.store.delete_check(name, check_id):
+            self.sessions.check_removed(name, check_id)
         if not service_id and not check_id:
+            for session_id in [s.id for s in self.store.sessions.values() if s.node == name]:
+                self.sessions.destroy(session_id)  # a session dies with its node
             self.store.delete_node(name)
         self.commit()
 
