@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import sys
 import tempfile
@@ -175,7 +176,8 @@ async def run(args: argparse.Namespace) -> None:
                     *latency_rows("a KV write", kv_latencies),
                     *latency_rows("a service registration", reg_latencies),
                     (f"server RSS with {args.watchers} watchers held", f"{held_rss:.1f} MiB"),
-                    ("server RSS at the end", f"{rss_mib(server.pid):.1f} MiB")]
+                    ("server RSS at the end", f"{rss_mib(server.pid):.1f} MiB"),
+                    ("machine load average (1 min) at the end", f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")]
             print(table(rows), flush=True)
         finally:
             server.stop()
