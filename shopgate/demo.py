@@ -368,7 +368,20 @@ class Restore:
     balance: bytes | None = None
 
 
-def restore(state_dir: Path, saved: Restore, demo: Demo | None, say: Callable[[str], None]) -> None:
+def deregister_killed(state_dir: Path, killed: list[ProcessRecord]) -> None:
+    """The operator's clean-up after a crash: a SIGKILLed instance never deregistered itself."""
+    manifest = Manifest.load(state_dir)
+    if manifest is None:
+        return
+    catalog_url = manifest.ports.catalog_url
+    with contextlib.suppress(requests.RequestException):
+        for victim in killed:
+            for inst in catalog_instances(catalog_url, victim.service):
+                if inst["port"] == victim.port:
+                    requests.put(f"{catalog_url}/v1/agent/service/deregister/{inst['id']}", timeout=5)
+
+
+def restore(state_dir: Path, saved: Restore, say: Callable[[str], None]) -> None:
     manifest = Manifest.load(state_dir)
     if manifest is None:
         return
@@ -380,10 +393,6 @@ def restore(state_dir: Path, saved: Restore, demo: Demo | None, say: Callable[[s
             requests.delete(f"{catalog_url}/v1/kv/{KV_BALANCE_KEY}", timeout=5)
         else:
             requests.put(f"{catalog_url}/v1/kv/{KV_BALANCE_KEY}", data=saved.balance, timeout=5)
-        for victim in demo.killed if demo else []:
-            for inst in catalog_instances(catalog_url, victim.service):
-                if inst["port"] == victim.port:
-                    requests.put(f"{catalog_url}/v1/agent/service/deregister/{inst['id']}", timeout=5)
     with manifest_lock(state_dir):
         manifest = Manifest.load(state_dir)
         if manifest is not None and len([r for r in manifest.instances("products") if r.running()]) != saved.products:
@@ -468,8 +477,9 @@ def run_demo(state_dir: Path, plan: Plan, chart: Path | None, templates: Path, s
     finally:
         records = load.stop()
         watcher.stop()
+        deregister_killed(state_dir, demo.killed)
         if saved is not None:
-            restore(state_dir, saved, demo, say)
+            restore(state_dir, saved, say)
     path = None
     if chart is not None:
         spans = [StepSpan(s.label, s.started, s.finished or s.started) for s in demo.steps]

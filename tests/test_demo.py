@@ -42,7 +42,7 @@ def test_short_demo_reports_zero_failed_requests(tmp_path):
     assert report["ok"] and report["error"] is None
     load = report["load"]
     assert load["failed"] == 0, load["first_failures"]
-    assert load["requests"] >= 500
+    assert load["requests"] >= 0.9 * report["rate"] * report["duration"], "the load kept its rate through every step"
     assert any(k.startswith("POST 201") for k in load["statuses"]), load["statuses"]
     labels = [step["label"] for step in report["steps"]]
     assert len(labels) == 6, labels
