@@ -155,26 +155,29 @@ async def run(args: argparse.Namespace) -> None:
             def health_watch(index: int) -> str:
                 return f"/v1/health/service/web?index={index}&wait=60s"
 
-            kv_latencies: list[float] = []
+            kv_rounds: list[list[float]] = []
             for round_ in range(args.rounds):
-                kv_latencies += await wake_round(url, port, kv_watch, args.watchers, lambda: requests.put(
-                    f"{url}/v1/kv/shopgate/round", data=str(round_), timeout=10))
+                kv_rounds.append(await wake_round(url, port, kv_watch, args.watchers, lambda: requests.put(
+                    f"{url}/v1/kv/shopgate/round", data=str(round_), timeout=10)))
             held_rss = rss_mib(server.pid)
 
-            reg_latencies: list[float] = []
+            reg_rounds: list[list[float]] = []
             for round_ in range(args.rounds):
                 registration = {"Name": "web", "ID": f"web-{round_}", "Port": 9000 + round_}
-                reg_latencies += await wake_round(url, port, health_watch, args.watchers, lambda: requests.put(
-                    f"{url}/v1/agent/service/register", json=registration, timeout=10))
+                reg_rounds.append(await wake_round(url, port, health_watch, args.watchers, lambda: requests.put(
+                    f"{url}/v1/agent/service/register", json=registration, timeout=10)))
 
-            def latency_rows(what: str, values: list[float]) -> list[tuple[str, str]]:
+            def latency_rows(what: str, rounds: list[list[float]]) -> list[tuple[str, str]]:
+                values = [latency for one_round in rounds for latency in one_round]
+                per_round = " ".join(f"{max(one_round) * 1000:.0f}" for one_round in rounds)
                 return [(f"wake-up after {what}: p50", f"{percentile(values, 50) * 1000:.1f} ms"),
                         (f"wake-up after {what}: p99", f"{percentile(values, 99) * 1000:.1f} ms"),
-                        (f"wake-up after {what}: all returned", f"{max(values) * 1000:.1f} ms")]
+                        (f"wake-up after {what}: all returned", f"{max(values) * 1000:.1f} ms "
+                                                                f"(per round: {per_round} ms)")]
 
             rows = [("blocking watchers held at once", f"{args.watchers} (x {args.rounds} rounds each)"),
-                    *latency_rows("a KV write", kv_latencies),
-                    *latency_rows("a service registration", reg_latencies),
+                    *latency_rows("a KV write", kv_rounds),
+                    *latency_rows("a service registration", reg_rounds),
                     (f"server RSS with {args.watchers} watchers held", f"{held_rss:.1f} MiB"),
                     ("server RSS at the end", f"{rss_mib(server.pid):.1f} MiB"),
                     ("machine load average (1 min) at the end", f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")]
