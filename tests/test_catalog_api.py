@@ -136,3 +136,26 @@ def test_advertised_address_is_the_nodes_address(catalog_factory):
     row = api.get("/v1/catalog/service/web")[0]
     assert (row["Address"], row["ServiceAddress"], row["ServicePort"]) == ("10.1.2.3", "", 8080)
     assert api.get("/v1/status/leader") == "10.1.2.3:8300"
+
+
+def test_ui_without_its_files_says_so_plainly(tmp_path, monkeypatch):
+    """A checkout without catalog/ui/ still serves the API, and /ui/ explains what is missing (no 500)."""
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from catalog import server
+    from catalog.agent import Agent, AgentConfig
+
+    monkeypatch.setattr(server, "UI_DIR", tmp_path / "ui")
+
+    async def fetch() -> tuple[int, str, int]:
+        app = server.build_app(Agent(AgentConfig("127.0.0.1", "test-node")))
+        async with TestClient(TestServer(app)) as client:
+            ui = await client.get("/ui/")
+            api = await client.get("/v1/catalog/services")
+            return ui.status, await ui.text(), api.status
+
+    status, text, api_status = asyncio.run(fetch())
+    assert status == 404 and "The web UI is not installed" in text and "index.html is missing" in text
+    assert api_status == 200
