@@ -540,8 +540,13 @@ def down_main(argv: list[str]) -> int:
         return 0
     supervisor = manifest.supervisor
     if supervisor is not None and supervisor.running():
-        print(f"asking the foreground `shopgate up` (pid {supervisor.pid}) to stop…", flush=True)
-        stop_records([supervisor], SERVICE_STOP_TIMEOUT + 35)
+        # It shares its terminal's process group: signal the pid alone; it stops the stack itself.
+        print(f"asking the foreground shopgate (pid {supervisor.pid}) that runs this stack to stop it…", flush=True)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(supervisor.pid, signal.SIGTERM)
+        deadline = time.monotonic() + SERVICE_STOP_TIMEOUT + 35
+        while supervisor.running() and time.monotonic() < deadline:
+            time.sleep(0.1)
     if Manifest.load(state_dir) is not None:
         stop_stack(manifest)
     return 0

@@ -128,7 +128,8 @@ def test_down_leaves_no_process(stack):
         sock.bind(("127.0.0.1", stack.ports.gateway))   # the entry point's port is free again
 
 
-def test_foreground_up_stops_cleanly_on_ctrl_c(tmp_path):
+@pytest.mark.parametrize("stop_with", ["ctrl-c", "shopgate down"])
+def test_foreground_up_stops_cleanly(tmp_path, stop_with):
     stack = StackUnderTest(tmp_path)
     proc = subprocess.Popen(shopgate_argv("up", "--instances", "1", "--state-dir", str(stack.state_dir), *stack.port_args()),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -143,7 +144,11 @@ def test_foreground_up_stops_cleanly_on_ctrl_c(tmp_path):
         stack.remember()
         pids = stack.live_pids()
         assert requests.get(f"{stack.ports.entry_url}/api/v1/orders", timeout=5).status_code == 200
-        proc.send_signal(signal.SIGINT)
+        if stop_with == "ctrl-c":
+            proc.send_signal(signal.SIGINT)
+        else:
+            down = stack.run("down", timeout=90)
+            assert down.returncode == 0 and "asking the foreground shopgate" in down.stdout, down.stdout + down.stderr
         rest, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, "".join(output) + rest
         assert "stopped." in rest
