@@ -37,9 +37,9 @@ from shopgate import settings
 from shopgate.chart import StepSpan, render_chart
 from shopgate.load import Load, RequestRecord, shop_mix, summarize
 from shopgate.stack import (
-    Manifest, ProcessRecord, Progress, StackError, add_stack_arguments, catalog_instances, ensure_alive,
-    SERVICE_STOP_TIMEOUT, gateway_status, manifest_lock, ports_from_args, prepare, routed_ports, scale, start_instance, start_stack,
-    stop_on_sigterm, stop_records, stop_stack,
+    SERVICE_STOP_TIMEOUT, Manifest, ProcessRecord, Progress, StackError, add_stack_arguments, catalog_instances,
+    ensure_alive, gateway_status, manifest_lock, ports_from_args, prepare, routed_ports, scale, start_instance,
+    start_stack, stop_on_sigterm, stop_records, stop_stack,
 )
 
 STEP_TIMEOUT = 45.0
@@ -227,7 +227,10 @@ class Demo:
         self.end(step)
 
     def kill_one(self, service: str) -> None:
-        victim = self.local(service)[-1]
+        alive = self.local(service)
+        if len(alive) < 2:
+            raise DemoError(f"SIGKILL step: {service} needs 2 instances or more so that one is left to serve")
+        victim = alive[-1]
         step = self.begin(f"SIGKILL {victim.name} (no deregistration)")
         self.watcher.focus.add(service)
         os.killpg(victim.pid, signal.SIGKILL)
@@ -342,7 +345,10 @@ SHORT = Plan(rate=30, peak=4, low=1, pause=1.0)
 
 def run_steps(demo: Demo, plan: Plan, templates: Path) -> None:
     consul_url = demo.manifest.ports.catalog_url
-    pause = lambda: time.sleep(plan.pause)  # noqa: E731
+
+    def pause() -> None:   # plain load between the steps, so that each one stands apart in the chart
+        time.sleep(plan.pause)
+
     pause()
     demo.scale_up("products", plan.peak)
     pause()
@@ -528,7 +534,7 @@ def main(argv: list[str]) -> int:
                             kv_value(existing.ports.catalog_url, KV_BALANCE_KEY))
             say(f"(the template step edits {edit.path}; it is restored at the end, as are products and the KV key)")
         report = run_demo(state_dir, plan, args.chart, templates, saved, say)
-    except (StackError, DemoError) as exc:
+    except (StackError, DemoError, RuntimeError, requests.RequestException) as exc:
         print(f"shopgate demo: {exc}", file=sys.stderr)
         report = None
     except KeyboardInterrupt:

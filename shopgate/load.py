@@ -53,13 +53,6 @@ class RequestRecord:
         return self.error is not None
 
 
-def _ids(payload) -> list:
-    """Ids from a list endpoint, whether it answers `[...]` or `{"<name>": [...]}`."""
-    if isinstance(payload, dict):
-        payload = next((v for v in payload.values() if isinstance(v, list)), [])
-    return [item["id"] for item in payload if isinstance(item, dict) and "id" in item]
-
-
 #: The shop's documented answers to an order: 201 confirmed, 402 payment declined, 409 sold out.
 ORDER_ANSWERS = (201, 402, 409)
 
@@ -70,7 +63,7 @@ def shop_mix(base_url: str, products: int = 3, gets_per_order: int = 8) -> list[
     The orders are for the `products` best-stocked products, by every user in turn, so that most are
     confirmed for as long as stock lasts (one user's card is always declined: 402).
     """
-    user_ids = _ids(requests.get(f"{base_url}/api/v1/users", timeout=5).json())
+    user_ids = [user["id"] for user in requests.get(f"{base_url}/api/v1/users", timeout=5).json()]
     stock = requests.get(f"{base_url}/api/v1/inventory", timeout=5).json()
     product_ids = [s["product_id"] for s in sorted(stock, key=lambda s: -s.get("available", 0))][:products]
     if not user_ids or not product_ids:
