@@ -15,6 +15,7 @@ from typing import Any
 
 from multidict import MultiMapping
 
+MAX_DURATION = (2**63 - 1) * 1e-9   # Go's time.Duration is int64 nanoseconds
 MAX_WAIT = 600.0            # Consul caps a blocking query's wait at 10 minutes
 DEFAULT_WAIT = 300.0        # and defaults it to 5 minutes
 
@@ -41,6 +42,13 @@ _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "
 
 def parse_duration(text: Any, what: str = "duration") -> float:
     """Go's time.ParseDuration, in seconds. A bare number counts as nanoseconds, as in Consul's JSON."""
+    seconds = _parse_duration(text, what)
+    if seconds > MAX_DURATION:
+        raise BadRequest(f"Invalid {what}: {text!r} is out of range (at most {MAX_DURATION / 31_557_600:.0f} years)")
+    return seconds
+
+
+def _parse_duration(text: Any, what: str) -> float:
     if isinstance(text, bool):
         raise BadRequest(f"Invalid {what}: {text!r}")
     if isinstance(text, (int, float)):

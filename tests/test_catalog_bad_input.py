@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from catalog_helpers import Api
 
@@ -102,3 +107,37 @@ def test_nothing_stored_before_is_lost(catalog_module):
     assert set(api.get("/v1/agent/checks")) == {"service:web", "ttl", "probe"}
     assert api.get("/v1/catalog/node/n1") is None, "a refused catalog registration left its node behind"
     assert api.call("GET", "/v1/kv/k", expect=404).headers["X-Consul-Index"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12)
+field_names = st.sampled_from(["Name", "ID", "Port", "Tags", "Meta", "Check", "Checks", "TTL", "HTTP", "TCP",
+                               "Interval", "Timeout", "Status", "ServiceID", "Node", "Address", "Service",
+                               "TaggedAddresses", "Weights", "Header", "Behavior", "LockDelay", "Connect", "name"])
+bodies = st.dictionaries(field_names, json_values, max_size=6) | json_values
+WRITE_PATHS = ["/v1/agent/service/register", "/v1/agent/check/register", "/v1/catalog/register",
+               "/v1/catalog/deregister", "/v1/session/create", "/v1/agent/check/update/ttl"]
+READ_PATHS = ["/v1/kv/k", "/v1/kv/", "/v1/health/service/web", "/v1/health/state/any", "/v1/catalog/nodes",
+              "/v1/catalog/service/web", "/v1/agent/services", "/v1/catalog/services"]
+params = st.dictionaries(st.sampled_from(["index", "wait", "passing", "tag", "filter", "recurse", "keys",
+                                          "separator", "dc", "stale", "node-meta", "cas", "flags"]),
+                         st.text(max_size=10), max_size=4)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(WRITE_PATHS), body=bodies)
+def test_no_body_makes_a_server_error(catalog_module, path, body):
+    response = requests.put(catalog_module.url + path, data=json.dumps(body), timeout=10)
+    assert response.status_code < 500, f"{path} {body!r}: {response.status_code} {response.text!r}"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(READ_PATHS), query=params)
+def test_no_query_string_makes_a_server_error(catalog_module, path, query):
+    query = {**query, "wait": query.get("wait", "1ms")}  # a valid index may block: keep any wait short
+    if "index" in query and query["wait"] and not query["wait"].endswith("ms"):
+        query["wait"] = "1ms"
+    response = requests.get(catalog_module.url + path, params=query, timeout=30)
+    assert response.status_code < 500, f"{path} {query!r}: {response.status_code} {response.text!r}"
