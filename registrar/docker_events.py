@@ -108,10 +108,12 @@ class DockerRegistrar:
         the resync, never overtaken by it."""
         with self._lock:
             try:
-                running = [ContainerInfo.from_inspect(c.attrs) for c in self.engine.containers.list()]
+                listed = self.engine.api.containers(quiet=True)
             except ENGINE_ERRORS as exc:
                 log.warning("resync skipped: engine did not answer (%s)", _short(exc))
                 return
+            # A container may go between the listing and its inspection: it is simply not running.
+            running = [c for c in (self._inspect(item["Id"]) for item in listed) if c is not None and c.running]
             try:
                 in_catalog = self.catalog.agent.services()
             except CATALOG_ERRORS as exc:

@@ -126,9 +126,12 @@ def test_scale_up_and_down_under_load_without_a_failed_request(stack):
 @pytest.mark.compose
 def test_in_stack_registrar_registers_a_labelled_container_and_the_gateway_routes_to_it(stack, docker_engine, containers):
     network = f"{stack.project}_shopgate"
+    # A plain web server; the gateway's own HAProxy checks ask every backend for /health.
+    serve = "mkdir -p /srv && cd /srv && echo ok > health && exec python3 -m http.server 8000"
     container = containers(
-        docker_engine.base_image(), ["python3", "-m", "http.server", "8000"], init=True, network=network,
-        name=f"{stack.project}-static", labels={"SERVICE_NAME": "static", "SERVICE_CHECK_HTTP": "/",
+        docker_engine.base_image(), ["sh", "-c", serve], init=True, network=network,
+        ports={"8000/tcp": None},  # exposed only: the in-stack registrar registers it at its network address
+        name=f"{stack.project}-static", labels={"SERVICE_NAME": "static", "SERVICE_CHECK_HTTP": "/health",
                                                 "SERVICE_TAGS": "urlprefix-/static strip=/static"})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
