@@ -110,6 +110,7 @@ class Applier:
         self.rejected_configs: deque[str] = deque(maxlen=20)
         self._refused: tuple[RouteTable, str] | None = None   # the last wanted table refused, and why
         self._draining: dict[tuple[str, str], float] = {}     # (backend, slot) -> give-up time
+        self._next_drain_check = 0.0
 
     # ---- entry points
 
@@ -144,11 +145,12 @@ class Applier:
 
     def finish_drains(self) -> None:
         """Put drained servers into maint once their sessions reached 0, or their bound passed."""
-        if not self._draining or not self.haproxy.alive():
-            return
         now = time.monotonic()
+        if not self._draining or not self.haproxy.alive() or now < self._next_drain_check:
+            return
+        self._next_drain_check = now + 0.1
         try:
-            stats = self.haproxy.cli.server_stats()
+            stats = self.haproxy.cli.server_stats(sorted({backend for backend, _ in self._draining}))
             done = [key for key, give_up in self._draining.items()
                     if now >= give_up or key not in stats or int(stats[key].get("scur") or 0) == 0]
             if done:

@@ -75,10 +75,13 @@ class EmptyCatalogGuard:
         self.min_instances = min_instances
         self.holding_since: float | None = None
         self.reason: str | None = None
+        self._counted: tuple[Snapshot | None, int] = (None, 0)   # the applied view's healthy count, computed once
 
     def check(self, applied: Snapshot | None, new: Snapshot, recovered_at: float | None, now: float) -> str | None:
         """The reason to hold `new` back, or None to apply it."""
-        before = _healthy(applied) if applied is not None else 0
+        if applied is not self._counted[0]:
+            self._counted = (applied, _healthy(applied) if applied is not None else 0)
+        before = self._counted[1]
         after = _healthy(new)
         armed = after == 0 or (recovered_at is not None and now - recovered_at < self.window)
         suspicious = armed and before >= self.min_instances and after < before * (1 - self.vanished_fraction)
@@ -270,7 +273,8 @@ class Controller:
         if not plan.empty:
             kind = "reload" if plan.needs_reload else "runtime"
             self.metrics.propagation.labels(kind).observe(time.monotonic() - seen_at)
-            log.info("applied (%s): %s", kind, "; ".join(plan.structural_reasons) or f"{len(plan.membership)} slot change(s)")
+            log.info("applied (%s) %.0f ms after the change was seen: %s", kind, (time.monotonic() - seen_at) * 1000,
+                     "; ".join(plan.structural_reasons)[:500] or f"{len(plan.membership)} slot change(s)")
 
     def _error(self, stage: str, message: str) -> None:
         log.error("%s", message)

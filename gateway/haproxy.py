@@ -13,8 +13,6 @@ count unchanged), never through the reply.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 import re
@@ -179,12 +177,24 @@ class MasterCLI:
             raise HAProxyError(f"runtime API refused {'; '.join(commands)[:300]}: {' | '.join(errors)[:300]}")
         return lines
 
-    def server_stats(self) -> dict[tuple[str, str], dict[str, str]]:
-        """(backend, server) -> `show stat` row for every server of the newest worker."""
-        text = self.send("@1 show stat -1 4 -1", connect_for=2.0)
-        text = text.lstrip("# ")
-        rows = csv.DictReader(io.StringIO(text))
-        return {(row["pxname"], row["svname"]): row for row in rows if row.get("svname") not in (None, "FRONTEND", "BACKEND")}
+    def server_stats(self, backends: list[str] | None = None) -> dict[tuple[str, str], dict[str, str]]:
+        """(backend, server) -> `show stat` row of the newest worker, for `backends` (default: all).
+
+        Asking per backend keeps this cheap at 10,000 servers (the full table is ~300 ms of CSV)."""
+        scopes = backends if backends is not None else ["-1"]
+        if not scopes:
+            return {}
+        text = self.send("; ".join(f"@1 show stat {scope} 4 -1" for scope in scopes), connect_for=2.0)
+        rows: dict[tuple[str, str], dict[str, str]] = {}
+        header: list[str] = []
+        for line in text.splitlines():
+            if line.startswith("# "):
+                header = line[2:].split(",")
+            elif line and header:
+                row = dict(zip(header, line.split(",")))
+                if row.get("svname") not in (None, "FRONTEND", "BACKEND"):
+                    rows[(row["pxname"], row["svname"])] = row
+        return rows
 
 
 # ---------------------------------------------------------------- the process

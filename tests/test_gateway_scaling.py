@@ -73,3 +73,15 @@ def test_structural_changes_under_load(gateway):
     assert_no_failed_requests(records)
     assert gateway.status()["reloads"] >= reloads_before + 2
     assert users.port in gateway.servers_up("users")
+
+
+def test_a_burst_of_new_services_costs_few_reloads(gateway):
+    client = gateway.catalog.client()
+    reloads_before = gateway.status()["reloads"]
+    names = [f"burst{n}" for n in range(12)]
+    for n, name in enumerate(names):
+        client.agent.service.register(name, service_id=f"{name}-1", address="127.0.0.1", port=40000 + n,
+                                      check={"TTL": "10m", "Status": "passing"})
+    eventually("every new service has its route", lambda: set(names) <= set(gateway.status()["services"]))
+    reloads = gateway.status()["reloads"] - reloads_before
+    assert 1 <= reloads <= 4, f"12 new services cost {reloads} reloads (debounced bursts, reloads spaced)"
