@@ -121,10 +121,16 @@ cmd_down() {
         say "stopped (pid $pid)"
     fi
     rm -f "$PIDFILE" "$SOCK"
+    # dockerd leaves its namespace mounts (exec/netns/default) behind: release ours, deepest first.
+    local exec_dir mount
+    exec_dir="$(readlink -f "$EXEC_LINK" 2>/dev/null || true)"
+    if [[ -n "$exec_dir" ]]; then
+        awk -v root="$exec_dir/" 'index($2, root) == 1 {print $2}' /proc/mounts | sort -r | while read -r mount; do
+            umount "$mount" 2>/dev/null || umount -l "$mount" 2>/dev/null || say "could not unmount $mount"
+        done
+    fi
     if [[ -L "$EXEC_LINK" ]]; then
-        local short; short="$(readlink "$EXEC_LINK")"
-        # Mounts (overlay, netns) are released by dockerd on a clean stop; leave the dir if any remain.
-        grep -q " $short" /proc/mounts || rm -rf "$short"
+        grep -q " $exec_dir" /proc/mounts || rm -rf "$exec_dir"
     fi
 }
 
