@@ -7,7 +7,8 @@ from aiohttp import web
 from catalog.filtering import apply_filter
 from catalog.parsing import BadRequest
 from catalog.records import PASSING, STATUSES
-from catalog.responses import agent_of, indexed, query_of
+from catalog.records import Check
+from catalog.responses import agent_of, fragments_of, indexed, query_of
 from catalog.shapes import check_json, health_service_json, node_json
 from catalog.state import service_topic
 
@@ -21,17 +22,26 @@ async def service(request: web.Request) -> web.Response:
     passing_only, node_meta, peer = query.truthy("passing"), query.node_meta(), query.get("peer")
     store = agent.store
 
+    fragments = fragments_of(request, "health")
+
+    def entry(instance, checks):
+        return {"Node": node_json(store.nodes[instance.node]), "Service": health_service_json(instance),
+                "Checks": [check_json(c) for c in checks]}
+
     def read():
-        entries = []
+        found = []
         if not peer:  # no cluster peering here: nothing comes from a peer
             for instance in store.service_instances(name, tags, node_meta):
                 checks = store.checks_of(instance.node, instance.id)
-                if passing_only and any(c.status != PASSING for c in checks):
-                    continue
-                entries.append({"Node": node_json(store.nodes[instance.node]),
-                                "Service": health_service_json(instance),
-                                "Checks": [check_json(c) for c in checks]})
-        return store.index_for_service(name), apply_filter(entries, expression)
+                if not (passing_only and any(c.status != PASSING for c in checks)):
+                    found.append((instance, checks))
+        if expression:
+            return store.index_for_service(name), apply_filter([entry(i, c) for i, c in found], expression)
+        # An entry changes only with its node, its service or one of its checks: reuse its JSON until then.
+        items = [((i.node, i.id), (store.nodes[i.node].modify_index, i.modify_index,
+                                   tuple((c.check_id, c.modify_index) for c in checks)),
+                  lambda i=i, checks=checks: entry(i, checks)) for i, checks in found]
+        return store.index_for_service(name), fragments.array(items, store.services)
 
     return await indexed(request, (service_topic(name),), read)
 
@@ -53,8 +63,7 @@ async def service_checks(request: web.Request) -> web.Response:
     store = agent.store
 
     def read():
-        found = [check_json(c) for c in store.checks_of_service_name(name)]
-        return store.table_index["checks"], apply_filter(found, expression)
+        return store.table_index["checks"], checks_body(request, store.checks_of_service_name(name), expression)
 
     return await indexed(request, ("checks",), read)
 
@@ -68,8 +77,8 @@ async def state(request: web.Request) -> web.Response:
     store = agent.store
 
     def read():
-        found = [check_json(c) for c in store.sorted_checks(lambda c: wanted == "any" or c.status == wanted)]
-        return store.table_index["checks"], apply_filter(found, expression)
+        found = store.sorted_checks(lambda c: wanted == "any" or c.status == wanted)
+        return store.table_index["checks"], checks_body(request, found, expression)
 
     return await indexed(request, ("checks",), read)
 
@@ -81,7 +90,15 @@ async def node(request: web.Request) -> web.Response:
     store = agent.store
 
     def read():
-        found = [check_json(c) for c in store.node_checks(name)]
-        return store.table_index["checks"], apply_filter(found, expression)
+        return store.table_index["checks"], checks_body(request, store.node_checks(name), expression)
 
     return await indexed(request, ("checks",), read)
+
+
+def checks_body(request: web.Request, checks: list[Check], expression: str):
+    """A list of checks as JSON: filtered as dicts, else joined from each check's cached JSON."""
+    if expression:
+        return apply_filter([check_json(c) for c in checks], expression)
+    store = agent_of(request).store
+    return fragments_of(request, "checks").array(
+        (((c.node, c.check_id), c.modify_index, lambda c=c: check_json(c)) for c in checks), store.checks)

@@ -8,7 +8,7 @@ import re
 from aiohttp import web
 
 from catalog.parsing import BadRequest
-from catalog.responses import agent_of, indexed, json_response, query_of
+from catalog.responses import agent_of, fragments_of, indexed, json_response, query_of
 from catalog.shapes import kv_json
 from catalog.state import key_topic
 
@@ -66,11 +66,16 @@ async def kv_get(request: web.Request) -> web.Response:
         return await indexed(request, ("kvs",), read_keys, not_found=lambda keys: not keys and key != "")
 
     if query.present("recurse"):
+        fragments = fragments_of(request, "kv")
+
         def read_tree():
             index, entries = store.kv_list(key)
-            return index, [kv_json(e) for e in entries]
+            if not entries:
+                return index, None
+            return index, fragments.array(((e.key, e.modify_index, lambda e=e: kv_json(e)) for e in entries),
+                                          store.kv)
 
-        return await indexed(request, ("kvs",), read_tree, not_found=lambda data: not data)
+        return await indexed(request, ("kvs",), read_tree, not_found=lambda data: data is None)
 
     raw = query.present("raw")
 

@@ -8,13 +8,13 @@ change cost one serialization.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable
 
 from aiohttp import web
 
 from catalog.agent import Agent
 from catalog.parsing import BadRequest, Fields, Query, decode_json
+from catalog.shapes import Fragments, dumps
 
 AGENT_KEY = web.AppKey("agent", Agent)
 
@@ -32,10 +32,6 @@ def query_of(request: web.Request) -> Query:
     if dc and dc != agent_of(request).config.datacenter:
         raise BadRequest(f"No path to datacenter {dc!r}")
     return query
-
-
-def dumps(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -78,6 +74,11 @@ class BodyCache:
 
 
 BODY_CACHE_KEY = web.AppKey("body_cache", BodyCache)
+FRAGMENTS_KEY = web.AppKey("fragments", dict)   # kind ("checks", "kv", "health") -> Fragments
+
+
+def fragments_of(request: web.Request, kind: str) -> Fragments:
+    return request.app[FRAGMENTS_KEY].setdefault(kind, Fragments())
 
 
 async def indexed(request: web.Request, topics: tuple[str, ...], read: Callable[[], tuple[int, Any]],

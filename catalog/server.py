@@ -24,7 +24,7 @@ from catalog.agent import Agent, AgentConfig
 from catalog.checks import CheckRunner
 from catalog.parsing import ClientError
 from catalog.persist import Journal
-from catalog.responses import AGENT_KEY, BODY_CACHE_KEY, BodyCache
+from catalog.responses import AGENT_KEY, BODY_CACHE_KEY, FRAGMENTS_KEY, BodyCache
 from catalog.state import Conflict
 from shopgate.settings import CATALOG_PORT, LOOPBACK
 
@@ -75,6 +75,7 @@ def build_app(agent: Agent, acl_token: str | None = None) -> web.Application:
     app = web.Application(middlewares=[errors, acl.enforce], client_max_size=2 * 1024 * 1024)
     app[AGENT_KEY] = agent
     app[BODY_CACHE_KEY] = BodyCache()
+    app[FRAGMENTS_KEY] = {}
     app[acl.ACCESS_KEY] = acl.AccessPolicy(acl_token or "")
     for module in (api_agent, api_catalog, api_health, api_kv, api_session):
         app.add_routes(module.routes)

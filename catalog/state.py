@@ -219,6 +219,7 @@ class Store:
             if (check.service_name, check.service_tags) != (service.name, service.tags):
                 check.service_name, check.service_tags = service.name, list(service.tags)
                 check.modify_index = index
+                self._bump("checks", index)
                 self._write("checks", row_key(check.node, check.check_id), check.to_doc())
         self._write("services", row_key(*key), service.to_doc())
         return service

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from catalog.records import CRITICAL, PASSING, Check, Node, Service
-from catalog.shapes import check_json, health_service_json, kv_json
+from catalog.shapes import catalog_service_json, check_json, health_service_json, kv_json
 from catalog.state import Store, key_topic, service_topic
 
 NAMES = ["web", "api"]
@@ -58,8 +58,13 @@ def views(store: Store) -> dict[str, tuple[int, object, str]]:
         health = [(health_service_json(s), [check_json(c) for c in store.checks_of(s.node, s.id)])
                   for s in store.service_instances(name)]
         out[f"health/service/{name}"] = (store.index_for_service(name), health, service_topic(name))
+        rows = [catalog_service_json(s, store.nodes[s.node]) for s in store.service_instances(name)]
+        out[f"catalog/service/{name}"] = (store.index_for_service(name), rows, service_topic(name))
+        checks = [check_json(c) for c in store.checks_of_service_name(name)]
+        out[f"health/checks/{name}"] = (store.table_index["checks"], checks, "checks")
     out["catalog/services"] = (store.table_index["services"], store.service_tags(), "services")
     out["health/state/any"] = (store.table_index["checks"], [check_json(c) for c in store.sorted_checks()], "checks")
+    out["health/node/n1"] = (store.table_index["checks"], [check_json(c) for c in store.node_checks("n1")], "checks")
     for prefix in ["shopgate/", "shopgate/c/", ""]:
         index, entries = store.kv_list(prefix)
         out[f"kv/{prefix}?recurse"] = (index, [kv_json(e) for e in entries], "kvs")
@@ -70,7 +75,7 @@ def views(store: Store) -> dict[str, tuple[int, object, str]]:
     return out
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(st.lists(operations, min_size=1, max_size=40))
 def test_every_visible_change_moves_its_index_and_wakes_its_watchers(history):
     store = Store()
@@ -92,7 +97,7 @@ def test_every_visible_change_moves_its_index_and_wakes_its_watchers(history):
         before = after
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(operations, min_size=1, max_size=30))
 def test_a_reload_from_the_journal_rows_gives_the_same_catalog_and_no_lower_index(history):
     store = Store()
