@@ -110,7 +110,11 @@ def test_requests_through_the_gateway_reach_all_five_services(stack):
         assert instance.startswith(f"{service}-")
         response = requests.get(f"{stack.gateway_url}/api/v1/{service}", timeout=5)
         assert response.status_code == 200, (service, response.text[:200])
+    # The pages the demo prints: HAProxy stats, the catalog UI, the controller status.
     assert requests.get(stack.url("SHOPGATE_STATS_PORT", "/stats"), timeout=5).status_code == 200
+    assert requests.get(stack.url("SHOPGATE_CONSUL_PORT", "/ui/"), timeout=5).status_code == 200
+    status = requests.get(stack.url("SHOPGATE_STATUS_PORT", "/status"), timeout=5).json()
+    assert set(settings.SHOP_SERVICES) <= set(status["services"]), status
     assert requests.get(f"{stack.catalog_url}/v1/status/leader", timeout=5).json()
 
 
