@@ -73,8 +73,9 @@ def test_kill_9_loses_no_acknowledged_write(catalog):
     threads = [threading.Thread(target=writer), threading.Thread(target=registrar)]
     for thread in threads:
         thread.start()
-    while len(acknowledged) < 300:
+    while len(acknowledged) < 300 and all(thread.is_alive() for thread in threads):
         highest_seen = max(highest_seen, api.index("/v1/kv/load/?recurse"))
+    assert len(acknowledged) >= 300, "a writer stopped before the crash: the catalog refused or dropped writes"
     catalog.stop(signum=signal.SIGKILL)
     stop.set()
     for thread in threads:
