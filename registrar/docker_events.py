@@ -161,6 +161,7 @@ class DockerRegistrar:
                 if first:
                     self.sync()
                     self.log_table()
+                    log.info("watching engine events")
                     first = False
                 else:
                     self.reconnects += 1

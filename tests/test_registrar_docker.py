@@ -219,7 +219,7 @@ def test_event_stream_is_reopened_after_it_drops(catalog, start_registrar, conta
     try:
         # A resync period far beyond the test: only the event stream can register the container.
         registrar = start_registrar("--resync", "3600", docker_host=f"unix://{relay.path}")
-        eventually(lambda: "no containers to register yet" in registrar.log_tail(), what="registrar watching")
+        eventually(lambda: "watching engine events" in registrar.log_tail(), what="registrar watching")
         assert relay.cut() >= 2
         eventually(lambda: "event stream reconnected" in registrar.log_tail(), what="the stream re-opened")
         containers(base_image, HTTP_SERVER, name=unique("after-cut"), init=True, network=docker_network.name,
