@@ -11,7 +11,8 @@ plus what registrator lacks:
 - a Docker HEALTHCHECK is mirrored into a TTL check (`health_status` events, and every resync);
 - on the stop signal (`kill` with TERM/INT/QUIT/KILL) the container's services go into
   maintenance at once, so gateways drain them while the container shuts down within its stop
-  timeout; on `die` they are deregistered.
+  timeout; on `die` they are deregistered;
+- a paused container cannot answer: maintenance while it is paused.
 
 Every resync (at start, after a reconnect, every --resync seconds) registers what is missing —
 also after the catalog lost its state — and removes the registrations this registrar made for
@@ -45,6 +46,7 @@ STOP_SIGNALS = frozenset({"15", "2", "3", "9", "SIGTERM", "SIGINT", "SIGQUIT", "
 #: Errors that mean "the engine did not answer", never "our bug".
 ENGINE_ERRORS = (DockerException, requests.RequestException, urllib3.exceptions.HTTPError, OSError)
 FIRST_BACKOFF_SECONDS = 0.5
+PAUSED = "container paused"
 
 
 class DockerRegistrar:
@@ -60,7 +62,7 @@ class DockerRegistrar:
         self.cleanup = cleanup
         self.deregister_on_failure = deregister_on_failure
         self.registered: dict[str, tuple[ContainerService, ...]] = {}  # container id -> its services
-        self.stopping: set[str] = set()  # containers whose services are in maintenance
+        self.maintenance: dict[str, str] = {}  # container id -> why its services are in maintenance
         self.explained: set[str] = set()  # containers whose skipped ports were logged once
         self.reconnects = 0
         self._lock = threading.RLock()
@@ -73,19 +75,23 @@ class DockerRegistrar:
         container = self._inspect(container_id)
         if container is not None:
             with self._lock:
-                self.stopping.discard(container_id)
+                self.maintenance.pop(container_id, None)
                 self._apply(container, force=True)
 
     def container_stopping(self, container_id: str, signal_name: str) -> None:
+        self._maintenance_on(container_id, f"container stopping (signal {signal_name}): draining")
+
+    def container_paused(self, container_id: str) -> None:
+        self._maintenance_on(container_id, PAUSED)
+
+    def container_unpaused(self, container_id: str) -> None:
         with self._lock:
-            services = self.registered.get(container_id, ())
-            if not services or container_id in self.stopping:
-                return
-            self.stopping.add(container_id)
-            for service in services:
-                self._call(f"maintenance for {service.id}", self.catalog.agent.service.maintenance,
-                           service.id, "true", f"container stopping (signal {signal_name}): draining")
-            log.info("maintenance on for %s (container %s got signal %s)", _ids(services), container_id[:12], signal_name)
+            if self.maintenance.get(container_id) != PAUSED:
+                return  # not ours to lift (a stop is under way)
+            del self.maintenance[container_id]
+            for service in self.registered.get(container_id, ()):
+                self._call(f"end of maintenance for {service.id}", self.catalog.agent.service.maintenance, service.id, "false")
+            log.info("maintenance off for container %s (unpaused)", container_id[:12])
 
     def container_died(self, container_id: str, exit_code: str | None) -> None:
         with self._lock:
@@ -143,6 +149,10 @@ class DockerRegistrar:
         attributes = actor.get("Attributes") or {}
         if action == "start":
             self.container_started(container_id)
+        elif action == "pause":
+            self.container_paused(container_id)
+        elif action == "unpause":
+            self.container_unpaused(container_id)
         elif action == "kill" and attributes.get("signal", "") in STOP_SIGNALS:
             self.container_stopping(container_id, attributes.get("signal", ""))
         elif action in ("die", "destroy"):
@@ -239,19 +249,35 @@ class DockerRegistrar:
                               **service.register_kwargs(container.health)):
                     log.info("registered %s (%s) at %s:%d for container %s", service.name, service.id,
                              service.address, service.port, container.name)
-                    if container.id in self.stopping:  # the catalog had lost it mid-drain: drain on
+                    if container.id in self.maintenance:  # the catalog had lost it meanwhile
                         self._call(f"maintenance for {service.id}", self.catalog.agent.service.maintenance,
-                                   service.id, "true", "container stopping: draining")
+                                   service.id, "true", self.maintenance[container.id])
             elif container.health is not None:
                 self._set_health(service, container.health)
         if plan.services:
             self.registered[container.id] = plan.services
         else:
             self.registered.pop(container.id, None)
+        if container.paused and container.id not in self.maintenance:  # paused while nobody watched
+            self._maintenance_on(container.id, PAUSED)
+
+    def _maintenance_on(self, container_id: str, reason: str) -> None:
+        with self._lock:
+            services = self.registered.get(container_id, ())
+            if container_id in self.maintenance:
+                if reason != PAUSED:
+                    self.maintenance[container_id] = reason  # a stop outranks a pause: unpause must not lift it
+                return
+            if not services:
+                return
+            self.maintenance[container_id] = reason
+            for service in services:
+                self._call(f"maintenance for {service.id}", self.catalog.agent.service.maintenance, service.id, "true", reason)
+            log.info("maintenance on for %s: %s", _ids(services), reason)
 
     def _deregister_container(self, container_id: str, why: str) -> None:
         services = self.registered.pop(container_id, ())
-        self.stopping.discard(container_id)
+        self.maintenance.pop(container_id, None)
         self.explained.discard(container_id)
         for service in services:
             self._call(f"deregistration of {service.id}", self.catalog.agent.service.deregister, service.id)

@@ -87,6 +87,7 @@ class ContainerInfo:
     networks: Mapping[str, str] = field(default_factory=dict)  # network name -> container IP
     network_mode: str = "default"
     health: str | None = None  # None: no HEALTHCHECK; else starting / healthy / unhealthy
+    paused: bool = False
 
     @classmethod
     def from_inspect(cls, data: Mapping[str, Any]) -> "ContainerInfo":
@@ -113,6 +114,7 @@ class ContainerInfo:
             networks={name: ip for name, ip in networks.items() if ip},
             network_mode=host_config.get("NetworkMode") or "default",
             health=health,
+            paused=bool(state.get("Paused")),
         )
 
 

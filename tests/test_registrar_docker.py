@@ -129,6 +129,24 @@ def test_stop_puts_the_container_in_maintenance_while_it_drains_then_deregisters
     eventually(lambda: not services_named(catalog, "slow"), timeout=10, what="slow deregistered after die")
 
 
+def test_a_paused_container_is_in_maintenance_until_unpaused(
+        catalog, start_registrar, containers, docker_network, base_image):
+    start_registrar("--resync", "30")
+    container = containers(base_image, HTTP_SERVER, name=unique("nap"), init=True, network=docker_network.name,
+                           ports={"8000/tcp": ("127.0.0.1", free_port())}, labels={"SERVICE_NAME": "nap"})
+    (entry,) = eventually(lambda: services_named(catalog, "nap"), what="nap registered")
+    maintenance_id = f"_service_maintenance:{entry['Service']['ID']}"
+
+    def in_maintenance() -> bool:
+        return any(c["CheckID"] == maintenance_id for c in services_named(catalog, "nap")[0]["Checks"])
+
+    container.pause()
+    eventually(in_maintenance, what="maintenance while paused")
+    container.unpause()
+    eventually(lambda: not in_maintenance(), what="maintenance lifted after unpause")
+    assert services_named(catalog, "nap", passing=True)
+
+
 def test_resync_registers_running_containers_and_cleans_up_gone_ones(
         catalog, start_registrar, containers, docker_network, base_image):
     labels = {"SERVICE_NAME": "early", "SERVICE_CHECK_TCP": "true"}

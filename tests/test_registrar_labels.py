@@ -74,6 +74,12 @@ def test_inspect_is_read_into_plain_facts():
     assert info.health == "starting"
 
 
+def test_paused_state_is_read():
+    data = inspect_data()
+    data["State"]["Paused"] = True
+    assert ContainerInfo.from_inspect(data).paused and not container().paused
+
+
 def test_healthcheck_none_means_no_docker_health():
     data = inspect_data()
     data["Config"]["Healthcheck"] = {"Test": ["NONE"]}
