@@ -184,7 +184,7 @@ class Applier:
         self.files.candidate.write_text(text)
         problem = check_config(self.haproxy.haproxy_bin, self.files.candidate)
         if problem:
-            self._reject(wanted, why, f"haproxy -c: {problem}")
+            raise self._reject(wanted, why, f"haproxy -c: {problem}")
         if not self.haproxy.alive():
             os.replace(self.files.candidate, self.files.config)
             self.haproxy.start()
@@ -197,7 +197,7 @@ class Applier:
             self._verify(wanted)
         except HAProxyError as error:
             self._restore()
-            self._reject(wanted, why, f"reload: {error}")
+            raise self._reject(wanted, why, f"reload: {error}") from error
         self._draining.clear()   # the new worker runs the rendered states
         self.reloads += 1
         self.metrics.reloads.inc()
@@ -208,8 +208,7 @@ class Applier:
             return render_config(wanted, self.templates_dir, self.runtime)
         except (jinja2.TemplateError, UnsafeValue, OSError) as error:
             where = f"{error.filename}:{error.lineno}: " if isinstance(error, jinja2.TemplateSyntaxError) else ""
-            self._reject(wanted, why, f"render: {where}{error.__class__.__name__}: {error}")
-            raise AssertionError("unreachable")
+            raise self._reject(wanted, why, f"render: {where}{error.__class__.__name__}: {error}") from error
 
     def _accepted(self, wanted: RouteTable, why: str, what: str) -> None:
         log.info("HAProxy %s (%s)", what, why)
@@ -217,7 +216,8 @@ class Applier:
         self._refused = None
         self.metrics.last_good_at = time.time()
 
-    def _reject(self, wanted: RouteTable, why: str, error: str) -> None:
+    def _reject(self, wanted: RouteTable, why: str, error: str) -> ConfigRejected:
+        """Record a refused config (status, metrics, log); returns the exception to raise."""
         message = f"config not applied ({why[:200]}): {error}"
         log.error("%s; HAProxy keeps the last good config", message)
         self.rejected_configs.append(message)
@@ -225,7 +225,7 @@ class Applier:
         self.last_error = message
         self._refused = (wanted, message)
         self.files.candidate.unlink(missing_ok=True)
-        raise ConfigRejected(message)
+        return ConfigRejected(message)
 
     def _verify(self, wanted: RouteTable) -> None:
         """The new worker has every slot of `wanted` and accepts connections on the entry point."""

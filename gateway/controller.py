@@ -38,7 +38,7 @@ from shopgate.settings import ConsulAddress
 
 log = logging.getLogger("shopgate.gateway")
 
-MIN_QUIET = 0.05          # s without news before a burst is applied
+MIN_QUIET = 0.02          # s without news before a burst is applied
 MAX_WAIT = 0.5            # s a burst may delay its first change
 RELOAD_INTERVAL = 1.0     # s between two reloads (a storm of structural changes folds into few)
 GUARD_HOLD = 30.0         # s the empty-catalog guard may hold back a view

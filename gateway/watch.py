@@ -203,6 +203,7 @@ class CatalogWatcher:
         self._dirty: dict[str, float] = {}      # service -> first seen_at
         self._kv_seen_at: float | None = None
         self._local_seen_at: float | None = None  # statuses updated from the checks, not emitted yet
+        self._check_keys: dict[str, set[tuple[str, str]]] = {}   # service -> (node, service id) that have checks
         self._emitted_once = False
         self._failing: set[str] = set()
         # what the controller and /status read
@@ -302,12 +303,13 @@ class CatalogWatcher:
             if changed_nodes:
                 changed |= {s for s, instances in self._instances.items() if any(i.node in changed_nodes for i in instances)}
             self._checks = census
-            if self._emitted_once and self._update_statuses(checks, changed):
+            if self._update_statuses(checks, changed) and self._emitted_once:
                 self._local_seen_at = self._local_seen_at or seen_at
             self._mark_dirty(changed, seen_at)
 
     def _update_statuses(self, checks: list[dict], changed: set[str]) -> bool:
-        """Health flips of known instances, straight from the checks: no round trip before HAProxy hears.
+        """Health flips and deregistrations of known instances, straight from the checks: no round trip
+        before HAProxy hears. An instance whose every check vanished is taken as deregistered.
 
         The changed services are still fetched afterwards, which confirms (or corrects) this."""
         by_instance: dict[tuple, list[dict]] = {}
@@ -321,10 +323,15 @@ class CatalogWatcher:
         moved = False
         for service in changed:
             known = self._instances.get(service, ())
-            if not known or {(service, i.node, i.id) for i in known} != {key for key in by_instance if key[0] == service}:
-                continue   # instances came or went: only the fetch knows their addresses
+            had_checks = self._check_keys.get(service, set())
+            has_checks = {(node, sid) for name, node, sid in by_instance if name == service}
+            self._check_keys[service] = has_checks
+            known_keys = {(i.node, i.id) for i in known}
+            gone = had_checks - has_checks
+            if not known or not has_checks <= known_keys or not gone <= known_keys or (known_keys - has_checks) - gone:
+                continue   # instances came, or some have no checks: only the fetch knows
             updated = tuple(replace(i, status=aggregate_status(by_instance[(service, i.node, i.id)] + node_checks.get(i.node, [])))
-                            for i in known)
+                            for i in known if (i.node, i.id) not in gone)
             if updated != known:
                 self._instances[service] = updated
                 moved = True
