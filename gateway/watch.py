@@ -333,7 +333,10 @@ class CatalogWatcher:
             updated = tuple(replace(i, status=aggregate_status(by_instance[(service, i.node, i.id)] + node_checks.get(i.node, [])))
                             for i in known if (i.node, i.id) not in gone)
             if updated != known:
-                self._instances[service] = updated
+                if updated:
+                    self._instances[service] = updated
+                else:
+                    self._instances.pop(service)
                 moved = True
         return moved
 
