@@ -40,8 +40,9 @@ def main() -> int:
     change_rows = []
     for services, instances in ((10, args.instances), (args.services, args.instances)):
         print(f"{services} services x {instances} instances:")
-        rig = Rig(services, instances, gateway_args=("--slot-headroom", "1"), kv={"shopgate/gateway/maxconn": "1000"}).start()
+        rig = Rig(services, instances, gateway_args=("--slot-headroom", "1"), kv={"shopgate/gateway/maxconn": "1000"})
         try:
+            rig.start()
             time.sleep(3)   # HAProxy's first round of health checks, the controller idle again
             polls = rig.metric("shopgate_gateway_long_polls")
             sizes.append((f"{services} x {instances} = {services * instances}", int(polls), f"{rig.rss_mb():.0f}"))

@@ -29,8 +29,9 @@ def main() -> int:
     parser.add_argument("--changes", type=int, default=100)
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    rig = Rig(args.services, args.instances).start()
+    rig = Rig(args.services, args.instances)
     try:
+        rig.start()
         services = [f"svc{s:05d}" for s in range(args.services)]
         print("  warm-up: one round per service (the first extra instance grows the backend's slots: a reload)")
         measure_changes(rig, len(services), services)

@@ -17,6 +17,7 @@ Reloads are further spaced by RELOAD_INTERVAL; runtime-API changes are not.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import threading
@@ -270,6 +271,10 @@ class Controller:
         self.last_error = None
         if plan.needs_reload:
             self._last_reload = time.monotonic()
+            # Move the live set (the route table: 10,000 servers is ~1M objects) out of the cyclic
+            # collector's sight, or every full collection pauses the loop for 50-90 ms.
+            gc.collect()
+            gc.freeze()
         if not plan.empty:
             kind = "reload" if plan.needs_reload else "runtime"
             self.metrics.propagation.labels(kind).observe(time.monotonic() - seen_at)
