@@ -193,7 +193,7 @@ class Applier:
         shutil.copyfile(self.files.config, self.files.last_good)
         os.replace(self.files.candidate, self.files.config)
         try:
-            self.haproxy.cli.reload()
+            self.haproxy.reload()
             self._verify(wanted)
         except HAProxyError as error:
             self._restore()
@@ -243,7 +243,7 @@ class Applier:
         """Put the last good file back and make HAProxy run it again."""
         os.replace(self.files.last_good, self.files.config)
         try:
-            self.haproxy.cli.reload()
+            self.haproxy.reload()
         except HAProxyError as error:
             log.error("reloading the restored last good config failed too: %s", error)
             self.metrics.errors.labels("restore").inc()

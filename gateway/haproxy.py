@@ -252,6 +252,23 @@ class HAProxyProcess:
         self.stop()
         raise HAProxyError(f"HAProxy did not come up within {timeout:.0f}s:\n{self.log_tail()}")
 
+    def reload(self, timeout: float = 15.0) -> ProcInfo:
+        """Master-CLI reload; a refused one raises HAProxyError carrying HAProxy's own alerts from its log."""
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        try:
+            return self.cli.reload(timeout)
+        except HAProxyError as error:
+            alerts = [_ALERT_PREFIX.sub("", line) for line in self._log_since(offset).splitlines() if "[ALERT]" in line]
+            raise HAProxyError(f"{error}: {' | '.join(alerts)[:800]}" if alerts else str(error)) from error
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with open(self.log_path, "rb") as log_file:
+                log_file.seek(offset)
+                return log_file.read(65536).decode(errors="replace")
+        except OSError:
+            return ""
+
     def wait(self, timeout: float | None = None) -> int | None:
         """Block until HAProxy exits (its exit code), or None after `timeout`."""
         if self.popen is None:

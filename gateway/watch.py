@@ -8,7 +8,9 @@
 
 Only the services that changed are then fetched, without blocking, from
 `/v1/health/service/<name>`; a fetch that changes nothing (say, only a check's output moved)
-leaves the Snapshot equal and HAProxy untouched.
+leaves the Snapshot equal and HAProxy untouched. Health flips and deregistrations of known
+instances are read straight from the checks and emitted before that fetch (which then confirms
+them), so the common membership change costs no extra round trip.
 
 Consul's rules for clients are followed: an index that goes backwards resets to 0, and after any
 failure the next query starts at index 0 so the watcher catches up at once (a restarted catalog
@@ -192,7 +194,6 @@ class CatalogWatcher:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
         # what we know
         self._instances: dict[str, tuple[Instance, ...]] = {}
         self._catalog_tags: dict[str, frozenset] = {}
@@ -217,9 +218,7 @@ class CatalogWatcher:
 
     def start(self) -> "CatalogWatcher":
         for name, target in (("health", self._poll_health), ("catalog", self._poll_catalog), ("kv", self._poll_kv), ("fetch", self._fetch_loop)):
-            thread = threading.Thread(target=target, name=f"watch-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            threading.Thread(target=target, name=f"watch-{name}", daemon=True).start()
         return self
 
     def stop(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from pathlib import Path
 
 import requests
@@ -53,6 +54,26 @@ def test_template_edits_apply_live_and_a_broken_one_is_rejected(gateway):
     edit(gateway.templates / "backend.cfg.j2", "{% for server in backend.servers %}", "{% for server in backend.servers %")
     eventually("a template syntax error is rejected", lambda: any("render" in r and "backend.cfg.j2" in r for r in gateway.status()["rejected"]))
     assert answered_by(gateway) == str(backend.port)
+
+
+def test_a_config_that_validates_but_cannot_load_is_rolled_back(gateway):
+    backend = gateway.start_backend("products")
+    eventually("products routed", lambda: gateway.routed("products", {backend.port}))
+    reloads = gateway.status()["reloads"]
+    with socket.socket() as busy:   # `haproxy -c` does not bind, so only the reload finds the port taken
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        edit(gateway.templates / "stats.cfg.j2", "    bind {{ runtime.stats | token }}\n",
+             f"    bind {{{{ runtime.stats | token }}}}\n    bind 127.0.0.1:{port}\n")
+        rejected = eventually("the reload failure is reported", lambda: [r for r in gateway.status()["rejected"] if "reload" in r])
+        assert "cannot bind" in rejected[0], "HAProxy's own alert is reported"
+        assert f"127.0.0.1:{port}" not in (gateway.state_dir / "haproxy.cfg").read_text(), "the last good file is back"
+        assert answered_by(gateway) == str(backend.port), "the previous config keeps serving"
+    assert gateway.status()["reloads"] == reloads
+
+    second = gateway.start_backend("products")   # and the gateway keeps working after the rollback
+    eventually("a new instance is routed", lambda: gateway.routed("products", {backend.port, second.port}))
 
 
 def test_catalog_outage_and_wipe_keep_haproxy_serving(gateway_factory, catalog):
