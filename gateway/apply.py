@@ -187,6 +187,7 @@ class Applier:
             raise self._reject(wanted, why, f"haproxy -c: {problem}")
         if not self.haproxy.alive():
             os.replace(self.files.candidate, self.files.config)
+            self.file_table = wanted   # valid: what a restart will run, even if this start fails
             self.haproxy.start()
             self._accepted(wanted, why, "started")
             return

@@ -28,6 +28,7 @@ from pathlib import Path
 from gateway.apply import Applier, ConfigRejected, GatewayFiles
 from gateway.diff import plan_changes
 from gateway.haproxy import HAProxyError, HAProxyProcess
+from gateway.haproxy_syntax import BIND_ADDRESS
 from gateway.metrics import GatewayMetrics
 from gateway.model import RouteTable, RuntimePaths, Snapshot
 from gateway.routing import SLOT_HEADROOM, build_route_table
@@ -352,6 +353,9 @@ def parse_args(argv: list[str]) -> ControllerConfig:
         consul = ConsulAddress.parse(args.consul)
     except ValueError as error:
         parser.error(str(error))
+    for flag, value in (("--listen", args.listen), ("--stats", args.stats), ("--status", args.status)):
+        if not BIND_ADDRESS.fullmatch(value):
+            parser.error(f"{flag}: expected host:port, got {value!r}")
     if not args.templates.is_dir():
         parser.error(f"--templates: {args.templates} is not a directory")
     return ControllerConfig(consul=consul, haproxy_bin=args.haproxy_bin, listen=args.listen, stats=args.stats, status=args.status,
