@@ -21,7 +21,7 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 from catalog.records import Check, KVEntry, Node, Service, Session
 
@@ -137,6 +137,18 @@ class Store:
     def _write(self, table: str, key: str, doc: dict | None) -> None:
         self.pending.rows.append((table, key, doc))
 
+    def _stamp(self, record: Service | Check, existing: Service | Check | None) -> int | None:
+        """Give `record` its indexes: None when it equals `existing` (a re-registration changes nothing and
+        must not wake anyone), else the new index, keeping the CreateIndex of the record it replaces."""
+        if existing is not None:
+            record.create_index, record.modify_index = existing.create_index, existing.modify_index
+            if existing == record:
+                return None
+        index = self._next_index()
+        record.create_index = existing.create_index if existing else index
+        record.modify_index = index
+        return index
+
     # ------------------------------------------------------------ loading
 
     def load(self, index: int, records: Iterable[tuple[str, dict]]) -> None:
@@ -201,13 +213,9 @@ class Store:
             raise Conflict(f"Node {service.node!r} is not registered")
         key = (service.node, service.id)
         existing = self.services.get(key)
-        if existing is not None:
-            service.create_index, service.modify_index = existing.create_index, existing.modify_index
-            if existing == service:
-                return existing
-        index = self._next_index()
-        service.create_index = existing.create_index if existing else index
-        service.modify_index = index
+        index = self._stamp(service, existing)
+        if index is None:
+            return existing
         self._add_service(service)
         self._bump("services", index)
         self._bump_service(service.name, index)
@@ -256,13 +264,9 @@ class Store:
             check.service_name, check.service_tags = "", []
         key = (check.node, check.check_id)
         existing = self.checks.get(key)
-        if existing is not None:
-            check.create_index, check.modify_index = existing.create_index, existing.modify_index
-            if existing == check:
-                return existing
-        index = self._next_index()
-        check.create_index = existing.create_index if existing else index
-        check.modify_index = index
+        index = self._stamp(check, existing)
+        if index is None:
+            return existing
         self._add_check(check)
         self._touch_check(check, index)
         if existing is not None and existing.service_id != check.service_id:
@@ -341,7 +345,7 @@ class Store:
         return {name: sorted({tag for key in keys for tag in self.services[key].tags})
                 for name, keys in sorted(self._instances.items()) if keys}
 
-    def sorted_checks(self, keep=lambda check: True) -> list[Check]:
+    def sorted_checks(self, keep: Callable[[Check], bool] = lambda check: True) -> list[Check]:
         return [self.checks[k] for k in sorted(self.checks) if keep(self.checks[k])]
 
     def node_checks(self, node: str) -> list[Check]:
@@ -434,7 +438,6 @@ class Store:
             return True  # nothing to delete (Consul answers true here, also with ?cas)
         if cas is not None and existing.modify_index != cas:
             return False
-            return True
         index = self._next_index()
         self._bury(key, index)
         self._bump("kvs", index)
