@@ -244,7 +244,7 @@ class HAProxyProcess:
                 info = self.cli.show_proc()
                 if info.workers:
                     if previous_group is not None:
-                        _soft_stop_group(previous_group)
+                        _soft_stop_group(previous_group, self.cfg_path)
                     return info
             except HAProxyError:
                 pass
@@ -296,10 +296,20 @@ class HAProxyProcess:
             return ""
 
 
-def _soft_stop_group(group: int) -> None:
-    """SIGUSR1 to what is left of a previous HAProxy's process group (its orphaned workers)."""
-    try:
-        os.killpg(group, signal.SIGUSR1)
-        log.warning("soft-stopping workers left over from the previous HAProxy (process group %d)", group)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _soft_stop_group(group: int, cfg_path: Path) -> None:
+    """SIGUSR1 to what is left of a previous HAProxy (its orphaned workers), matched by process
+    group AND command line, so a reused pid is never signalled."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+        if int(stat[2]) == group and str(cfg_path) in cmdline and stat[0] != "Z":
+            log.warning("soft-stopping worker %s left over from the previous HAProxy", entry.name)
+            try:
+                os.kill(int(entry.name), signal.SIGUSR1)
+            except ProcessLookupError:
+                pass

@@ -122,7 +122,12 @@ class Gateway:
         if self.process is not None:
             self.process.stop(timeout=15)
         for pid in self.haproxy_pids:
-            stop_pid(pid, timeout=5, group=True)
+            try:
+                ours = str(self.state_dir) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue   # gone
+            if ours:   # still our HAProxy (not a reused pid)
+                stop_pid(pid, timeout=5, group=True)
 
 
 @pytest.fixture
