@@ -105,10 +105,15 @@ fi
 
 # 3. The base: rootfs + wheelhouse; pip inside image builds installs from it, offline.
 say "building $BASE_IMAGE"
-DOCKER_BUILDKIT=0 docker build --quiet -t "$BASE_IMAGE" -t "$OFFLINE_TAG" -f - "$WHEELS" >/dev/null <<EOF
-FROM $ROOTFS_IMAGE
-COPY . /opt/wheels
-ENV PIP_NO_INDEX=1 PIP_FIND_LINKS=/opt/wheels PIP_DISABLE_PIP_VERSION_CHECK=1
-EOF
+holder="$(docker create "$ROOTFS_IMAGE" true)"
+trap 'docker rm -f "$holder" >/dev/null 2>&1 || true' EXIT
+docker cp "$WHEELS/." "$holder:/opt/wheels"
+docker commit --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV PIP_NO_INDEX=1 PIP_FIND_LINKS=/opt/wheels PIP_DISABLE_PIP_VERSION_CHECK=1' \
+    --change 'CMD ["/bin/bash"]' "$holder" "$BASE_IMAGE" >/dev/null
+docker tag "$BASE_IMAGE" "$OFFLINE_TAG"
+# Older bases (other keys) go; images built on them keep their layers.
+docker images shopgate/base --format '{{.Tag}}' | grep -vx -e "$BASE_KEY" -e offline | sed 's|^|shopgate/base:|' \
+    | xargs -r docker rmi >/dev/null 2>&1 || true
 say "built $BASE_IMAGE (tagged $OFFLINE_TAG)"
 echo "$OFFLINE_TAG"
