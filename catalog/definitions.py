@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from catalog.parsing import BadRequest, Fields
+from catalog.parsing import BadRequest, Fields, is_decimal
 from catalog.records import CRITICAL, STATUSES, Check, CheckDefinition, Service
 
 SIDECAR_MIN_PORT, SIDECAR_MAX_PORT = 21000, 21255
@@ -153,4 +153,4 @@ def _header(body: Fields) -> dict[str, list[str]]:
 
 def _host_port(text: str) -> bool:
     host, _, port = text.rpartition(":")
-    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+    return bool(host) and is_decimal(port) and 0 < int(port) < 65536

@@ -105,8 +105,13 @@ def parse_bool(text: str, what: str) -> bool:
     raise BadRequest(f"Invalid value for {what}: {text!r} (expected true or false)")
 
 
+def is_decimal(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '¹' or '٣', which int() refuses (a 500 instead of a 400)."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_uint(text: str, what: str) -> int:
-    if not text.isdigit():
+    if not is_decimal(text):
         raise BadRequest(f"Invalid {what}: {text!r}")
     return int(text)
 
@@ -262,6 +267,12 @@ class Query:
         value = self.params[name]
         return True if value == "" else parse_bool(value, name)
 
+    def required_bool(self, name: str) -> bool:
+        """A Go bool that must be given (`?enable=` switches maintenance on or off: no default either way)."""
+        if name not in self.params:
+            raise BadRequest(f"Missing value for {name}")
+        return parse_bool(self.params[name], name)
+
     def uint(self, name: str, default: int = 0) -> int:
         if name not in self.params or self.params[name] == "":
             return default
@@ -272,7 +283,7 @@ class Query:
         index = 0
         raw_index = self.params.get("index", "")
         if raw_index != "":
-            if not raw_index.isdigit():
+            if not is_decimal(raw_index):
                 raise BadRequest("Invalid index")
             index = int(raw_index)
         wait = DEFAULT_WAIT

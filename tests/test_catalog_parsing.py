@@ -49,6 +49,15 @@ def test_presence_flags_and_blocking_parameters():
         Query(MultiDict([("stale", ""), ("consistent", "")])).consistency()
 
 
+@pytest.mark.parametrize("index", ["¹", "٣", "-1", "1.5"])
+def test_an_index_that_is_not_ascii_digits_is_a_400(index):
+    """'¹'.isdigit() is true but int('¹') fails: such an index must be refused, not crash the request."""
+    with pytest.raises(BadRequest, match="Invalid index"):
+        Query(MultiDict([("index", index)])).blocking()
+    with pytest.raises(BadRequest):
+        Query(MultiDict([("limit", index)])).uint("limit")
+
+
 ROWS = [
     {"Node": "n1", "ServiceTags": ["prod", "v1"], "ServicePort": 80, "ServiceMeta": {"team": "shop"},
      "Service": {"Tags": ["prod"]}, "Enabled": True},
