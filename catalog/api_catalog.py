@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from aiohttp import web
 
 from catalog.filtering import apply_filter
@@ -74,36 +76,27 @@ async def connect(request: web.Request) -> web.Response:
 
 @routes.get("/v1/catalog/node/{node}")
 async def node(request: web.Request) -> web.Response:
-    agent, query = agent_of(request), query_of(request)
-    name, expression = request.match_info["node"], query.get("filter")
-    store = agent.store
-
-    def read():
-        index = max(store.table_index["nodes"], store.table_index["services"])
-        found = store.nodes.get(name)
-        if found is None:
-            return index, None
-        services = {s.id: {**agent_service_json(s, found.datacenter), "CreateIndex": s.create_index,
-                           "ModifyIndex": s.modify_index} for s in store.node_services(name)}
-        return index, {"Node": node_json(found), "Services": apply_filter(services, expression)}
-
-    return await indexed(request, ("nodes", "services"), read)
+    expression = query_of(request).get("filter")
+    return await node_with_services(request, lambda services: apply_filter({s["ID"]: s for s in services}, expression))
 
 
 @routes.get("/v1/catalog/node-services/{node}")
 async def node_services(request: web.Request) -> web.Response:
-    agent = agent_of(request)
-    name = request.match_info["node"]
-    store = agent.store
+    return await node_with_services(request, lambda services: services)
+
+
+async def node_with_services(request: web.Request, arrange: Callable[[list[dict]], Any]) -> web.Response:
+    """A node and its services (null for an unknown node); the two endpoints differ only in how they list them."""
+    store, name = agent_of(request).store, request.match_info["node"]
 
     def read():
         index = max(store.table_index["nodes"], store.table_index["services"])
         found = store.nodes.get(name)
         if found is None:
             return index, None
-        return index, {"Node": node_json(found),
-                       "Services": [{**agent_service_json(s, found.datacenter), "CreateIndex": s.create_index,
-                                     "ModifyIndex": s.modify_index} for s in store.node_services(name)]}
+        services = [{**agent_service_json(s, found.datacenter), "CreateIndex": s.create_index,
+                     "ModifyIndex": s.modify_index} for s in store.node_services(name)]
+        return index, {"Node": node_json(found), "Services": arrange(services)}
 
     return await indexed(request, ("nodes", "services"), read)
 

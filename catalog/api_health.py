@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from aiohttp import web
 
 from catalog.filtering import apply_filter
@@ -10,7 +12,7 @@ from catalog.records import PASSING, STATUSES
 from catalog.records import Check
 from catalog.responses import agent_of, fragments_of, indexed, query_of
 from catalog.shapes import check_json, health_service_json, node_json
-from catalog.state import service_topic
+from catalog.state import Store, service_topic
 
 routes = web.RouteTableDef()
 
@@ -58,44 +60,32 @@ async def mesh(request: web.Request) -> web.Response:
 
 @routes.get("/v1/health/checks/{name}")
 async def service_checks(request: web.Request) -> web.Response:
-    agent, query = agent_of(request), query_of(request)
-    name, expression = request.match_info["name"], query.get("filter")
-    store = agent.store
-
-    def read():
-        return store.table_index["checks"], checks_body(request, store.checks_of_service_name(name), expression)
-
-    return await indexed(request, ("checks",), read)
+    name = request.match_info["name"]
+    return await check_list(request, lambda store: store.checks_of_service_name(name))
 
 
 @routes.get("/v1/health/state/{state}")
 async def state(request: web.Request) -> web.Response:
-    agent, query = agent_of(request), query_of(request)
-    wanted, expression = request.match_info["state"], query.get("filter")
+    wanted = request.match_info["state"]
     if wanted != "any" and wanted not in STATUSES:
         raise BadRequest(f"Bad check state {wanted!r}: use any, passing, warning or critical")
-    store = agent.store
-
-    def read():
-        found = store.sorted_checks(lambda c: wanted == "any" or c.status == wanted)
-        return store.table_index["checks"], checks_body(request, found, expression)
-
-    return await indexed(request, ("checks",), read)
+    return await check_list(request, lambda store: store.sorted_checks(lambda c: wanted in ("any", c.status)))
 
 
 @routes.get("/v1/health/node/{node}")
 async def node(request: web.Request) -> web.Response:
-    agent, query = agent_of(request), query_of(request)
-    name, expression = request.match_info["node"], query.get("filter")
-    store = agent.store
-
-    def read():
-        return store.table_index["checks"], checks_body(request, store.node_checks(name), expression)
-
-    return await indexed(request, ("checks",), read)
+    name = request.match_info["node"]
+    return await check_list(request, lambda store: store.node_checks(name))
 
 
-def checks_body(request: web.Request, checks: list[Check], expression: str):
+async def check_list(request: web.Request, find: Callable[[Store], list[Check]]) -> web.Response:
+    """Every list of checks moves with the `checks` table index, as in Consul."""
+    store, expression = agent_of(request).store, query_of(request).get("filter")
+    return await indexed(request, ("checks",),
+                         lambda: (store.table_index["checks"], checks_body(request, find(store), expression)))
+
+
+def checks_body(request: web.Request, checks: list[Check], expression: str) -> list | bytes:
     """A list of checks as JSON: filtered as dicts, else joined from each check's cached JSON."""
     if expression:
         return apply_filter([check_json(c) for c in checks], expression)
