@@ -158,27 +158,24 @@ class Agent:
         return True
 
     def service_maintenance(self, service_id: str, enable: bool, reason: str) -> bool:
-        service = self.local_service(service_id)
-        if service is None:
+        if self.local_service(service_id) is None:
             return False
-        check_id = SERVICE_MAINTENANCE_PREFIX + service_id
-        if enable:
-            notes = reason or ("Maintenance mode is enabled for this service, but no reason was provided. "
-                               "This is a default message.")
-            self.store.put_check(Check(self.node, check_id, "Service Maintenance Mode", CRITICAL, notes,
-                                       service_id=service_id))
-        else:
-            self.store.delete_check(self.node, check_id)
-        self.commit()
+        self._maintenance(Check(self.node, SERVICE_MAINTENANCE_PREFIX + service_id, "Service Maintenance Mode",
+                                CRITICAL, service_id=service_id), "service", enable, reason)
         return True
 
     def node_maintenance(self, enable: bool, reason: str) -> None:
+        self._maintenance(Check(self.node, NODE_MAINTENANCE_ID, "Node Maintenance Mode", CRITICAL), "node",
+                          enable, reason)
+
+    def _maintenance(self, check: Check, subject: str, enable: bool, reason: str) -> None:
+        """Maintenance is a critical check of its own, so health reads drop the instance (or node) like any failure."""
         if enable:
-            notes = reason or ("Maintenance mode is enabled for this node, but no reason was provided. "
-                               "This is a default message.")
-            self.store.put_check(Check(self.node, NODE_MAINTENANCE_ID, "Node Maintenance Mode", CRITICAL, notes))
+            check.notes = reason or (f"Maintenance mode is enabled for this {subject}, but no reason was provided. "
+                                     "This is a default message.")
+            self.store.put_check(check)
         else:
-            self.store.delete_check(self.node, NODE_MAINTENANCE_ID)
+            self.store.delete_check(self.node, check.check_id)
         self.commit()
 
     # ------------------------------------------------------------ checks
@@ -273,12 +270,7 @@ class Agent:
 
     def catalog_register(self, body: Fields) -> None:
         """Register a node with an optional service and checks — all of it or, on bad input, nothing."""
-        datacenter = body.text("Datacenter")
-        if datacenter and datacenter != self.config.datacenter:
-            raise BadRequest(f"No path to datacenter {datacenter!r}")
-        name = require_name(body.text("Node"), "node name")
-        if name == self.node:
-            raise BadRequest("The agent's own node is managed by the agent; register services through /v1/agent")
+        name = self._foreign_node(body, "register services")
         address = body.text("Address")
         if not address:
             raise BadRequest("Must provide address")
@@ -311,12 +303,7 @@ class Agent:
         self.commit()
 
     def catalog_deregister(self, body: Fields) -> None:
-        datacenter = body.text("Datacenter")
-        if datacenter and datacenter != self.config.datacenter:
-            raise BadRequest(f"No path to datacenter {datacenter!r}")
-        name = require_name(body.text("Node"), "node name")
-        if name == self.node:
-            raise BadRequest("The agent's own node is managed by the agent; deregister through /v1/agent")
+        name = self._foreign_node(body, "deregister")
         service_id, check_id = body.text("ServiceID"), body.text("CheckID")
         if service_id:
             self.store.delete_service(name, service_id)
@@ -327,6 +314,17 @@ class Agent:
                 self.sessions.destroy(session_id)  # a session dies with its node
             self.store.delete_node(name)
         self.commit()
+
+    def _foreign_node(self, body: Fields, verb: str) -> str:
+        """The node a catalog (de)registration names: in this datacenter, and not the agent's own, whose
+        services and checks run through the agent (its check runner and reaper would not see catalog writes)."""
+        datacenter = body.text("Datacenter")
+        if datacenter and datacenter != self.config.datacenter:
+            raise BadRequest(f"No path to datacenter {datacenter!r}")
+        name = require_name(body.text("Node"), "node name")
+        if name == self.node:
+            raise BadRequest(f"The agent's own node is managed by the agent; {verb} through /v1/agent")
+        return name
 
 
 def default_node_name() -> str:

@@ -15,7 +15,7 @@ from aiohttp import web
 from catalog.acl import ACCESS_KEY
 from catalog.agent import Agent
 from catalog.filtering import apply_filter
-from catalog.parsing import BadRequest, parse_bool
+from catalog.parsing import BadRequest
 from catalog.responses import agent_of, json_response, query_of, read_fields
 from catalog.shapes import agent_service_json, check_json
 
@@ -42,11 +42,8 @@ async def service_deregister(request: web.Request) -> web.Response:
 @routes.put("/v1/agent/service/maintenance/{service_id:.+}")
 async def service_maintenance(request: web.Request) -> web.Response:
     query = query_of(request)
-    if not query.present("enable"):
-        raise BadRequest("Missing value for enable")
-    enable = parse_bool(query.get("enable"), "enable")
     service_id = request.match_info["service_id"]
-    if not agent_of(request).service_maintenance(service_id, enable, query.get("reason")):
+    if not agent_of(request).service_maintenance(service_id, query.required_bool("enable"), query.get("reason")):
         return web.Response(status=404, text=f"Unknown service ID {service_id!r}")
     return web.Response()
 
@@ -54,9 +51,7 @@ async def service_maintenance(request: web.Request) -> web.Response:
 @routes.put("/v1/agent/maintenance")
 async def node_maintenance(request: web.Request) -> web.Response:
     query = query_of(request)
-    if not query.present("enable"):
-        raise BadRequest("Missing value for enable")
-    agent_of(request).node_maintenance(parse_bool(query.get("enable"), "enable"), query.get("reason"))
+    agent_of(request).node_maintenance(query.required_bool("enable"), query.get("reason"))
     return web.Response()
 
 
