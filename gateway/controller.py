@@ -81,15 +81,17 @@ class EmptyCatalogGuard:
 
     def check(self, applied: Snapshot | None, new: Snapshot, recovered_at: float | None, now: float) -> str | None:
         """The reason to hold `new` back, or None to apply it."""
-        if applied is not self._counted[0]:
-            self._counted = (applied, _healthy(applied) if applied is not None else 0)
-        before = self._counted[1]
-        after = _healthy(new)
-        armed = after == 0 or (recovered_at is not None and now - recovered_at < self.window)
-        suspicious = armed and before >= self.min_instances and after < before * (1 - self.vanished_fraction)
+        recent_recovery = recovered_at is not None and now - recovered_at < self.window
+        if not recent_recovery and any(i.healthy for instances in new.services.values() for i in instances):
+            suspicious = False   # the common case, decided without counting 10,000 instances
+        else:
+            if applied is not self._counted[0]:
+                self._counted = (applied, _healthy(applied) if applied is not None else 0)
+            before, after = self._counted[1], _healthy(new)
+            suspicious = before >= self.min_instances and after < before * (1 - self.vanished_fraction)
         if not suspicious:
             if self.holding_since is not None:
-                log.info("empty-catalog guard released: %d of %d healthy instances back", after, before)
+                log.info("empty-catalog guard released: %d healthy instances", _healthy(new))
             self.holding_since = self.reason = None
             return None
         if self.holding_since is None:
