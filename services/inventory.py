@@ -12,7 +12,7 @@ import sqlite3
 from flask import Blueprint, jsonify, request
 
 from services.app import ServiceContext, ServiceSpec
-from services.validation import InputError, json_object, path_int, positive_int, text
+from services.validation import InputError, found, json_object, path_int, positive_int, text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stock (
@@ -63,9 +63,7 @@ def routes(ctx: ServiceContext) -> Blueprint:
     def get_stock(raw_id: str):
         product_id = path_int(raw_id, "product_id")
         row = ctx.store.query_one(f"SELECT {STOCK_COLUMNS} FROM stock WHERE product_id = ?", (product_id,))
-        if row is None:
-            raise InputError(f"no stock record for product {product_id}", "product_id", status=404)
-        return jsonify(row)
+        return jsonify(found(row, f"no stock record for product {product_id}", "product_id"))
 
     @bp.post("/reservations")
     def reserve():
@@ -95,10 +93,8 @@ def routes(ctx: ServiceContext) -> Blueprint:
 
     @bp.get("/reservations/<reservation_id>")
     def get_reservation(reservation_id: str):
-        found = reservation(ctx.store.connection(), reservation_id)
-        if found is None:
-            raise InputError(f"reservation {reservation_id} not found", "reservation_id", status=404)
-        return jsonify(found)
+        row = reservation(ctx.store.connection(), reservation_id)
+        return jsonify(found(row, f"reservation {reservation_id} not found", "reservation_id"))
 
     @bp.post("/reservations/<reservation_id>/<action>")
     def settle(reservation_id: str, action: str):
@@ -107,17 +103,16 @@ def routes(ctx: ServiceContext) -> Blueprint:
             raise InputError(f"unknown action {action!r}: use release or commit", status=404)
         source, available_sign, reserved_sign = TRANSITIONS[target]
         with ctx.store.transaction() as tx:
-            found = reservation(tx, reservation_id)
-            if found is None:
-                raise InputError(f"reservation {reservation_id} not found", "reservation_id", status=404)
-            if found["status"] == target:
-                return jsonify(found)
-            if found["status"] != source:
-                raise InputError(f"reservation {reservation_id} is {found['status']}, cannot {action} it",
+            current = found(reservation(tx, reservation_id), f"reservation {reservation_id} not found",
+                            "reservation_id")
+            if current["status"] == target:
+                return jsonify(current)
+            if current["status"] != source:
+                raise InputError(f"reservation {reservation_id} is {current['status']}, cannot {action} it",
                                  "reservation_id", status=409)
-            quantity = found["quantity"]
+            quantity = current["quantity"]
             tx.execute("UPDATE stock SET available = available + ?, reserved = reserved + ? WHERE product_id = ?",
-                       (available_sign * quantity, reserved_sign * quantity, found["product_id"]))
+                       (available_sign * quantity, reserved_sign * quantity, current["product_id"]))
             tx.execute("UPDATE reservations SET status = ?, updated_at = datetime('now') WHERE id = ?",
                        (target, reservation_id))
             updated = reservation(tx, reservation_id)

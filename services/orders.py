@@ -23,7 +23,7 @@ from flask import Blueprint, jsonify, request
 
 from services.app import ServiceContext, ServiceSpec
 from services.discovery import PeerUnavailable
-from services.validation import InputError, idempotency_key, json_object, positive_int
+from services.validation import InputError, found, idempotency_key, json_object, positive_int
 
 log = logging.getLogger("shopgate.orders")
 
@@ -141,10 +141,7 @@ def routes(ctx: ServiceContext) -> Blueprint:
     def get_order(order_id: str):
         if not ORDER_ID.match(order_id):
             raise InputError(f"order id must look like ord_<16 hex digits>, got {order_id!r}", "order_id")
-        order = load(order_id)
-        if order is None:
-            raise InputError(f"order {order_id} not found", "order_id", status=404)
-        return jsonify(order)
+        return jsonify(found(load(order_id), f"order {order_id} not found", "order_id"))
 
     @bp.post("")
     def place_order():

@@ -22,7 +22,7 @@ import time
 from flask import Blueprint, jsonify, request
 
 from services.app import ServiceContext, ServiceSpec
-from services.validation import InputError, idempotency_key, json_object, path_int, positive_int, text
+from services.validation import InputError, found, idempotency_key, json_object, path_int, positive_int, text
 
 PAYMENT_LIMIT_CENTS = 100_000
 DECLINED_METHOD = "pm_card_chargeDeclined"
@@ -101,9 +101,7 @@ def routes(ctx: ServiceContext) -> Blueprint:
     def get_payment(raw_id: str):
         payment_id = path_int(raw_id, "payment_id")
         payment = ctx.store.query_one(f"SELECT {COLUMNS} FROM payments WHERE id = ?", (payment_id,))
-        if payment is None:
-            raise InputError(f"payment {payment_id} not found", "payment_id", status=404)
-        return jsonify(payment)
+        return jsonify(found(payment, f"payment {payment_id} not found", "payment_id"))
 
     @bp.post("")
     def charge():

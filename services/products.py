@@ -7,7 +7,7 @@ import sqlite3
 from flask import Blueprint, jsonify
 
 from services.app import ServiceContext, ServiceSpec
-from services.validation import InputError, path_int
+from services.validation import found, path_int
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS products (
@@ -46,9 +46,7 @@ def routes(ctx: ServiceContext) -> Blueprint:
     def get_product(raw_id: str):
         product_id = path_int(raw_id, "product_id")
         product = ctx.store.query_one(f"SELECT {COLUMNS} FROM products WHERE id = ?", (product_id,))
-        if product is None:
-            raise InputError(f"product {product_id} not found", "product_id", status=404)
-        return jsonify(product)
+        return jsonify(found(product, f"product {product_id} not found", "product_id"))
 
     return bp
 

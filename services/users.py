@@ -11,7 +11,7 @@ import sqlite3
 from flask import Blueprint, jsonify, request
 
 from services.app import ServiceContext, ServiceSpec
-from services.validation import InputError, json_object, path_int, text
+from services.validation import InputError, found, json_object, path_int, text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -49,9 +49,7 @@ def routes(ctx: ServiceContext) -> Blueprint:
     def get_user(raw_id: str):
         user_id = path_int(raw_id, "user_id")
         user = ctx.store.query_one(f"SELECT {COLUMNS} FROM users WHERE id = ?", (user_id,))
-        if user is None:
-            raise InputError(f"user {user_id} not found", "user_id", status=404)
-        return jsonify(user)
+        return jsonify(found(user, f"user {user_id} not found", "user_id"))
 
     @bp.post("")
     def create_user():

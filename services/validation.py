@@ -63,9 +63,16 @@ def text(body: dict[str, Any], field: str, max_length: int = 200, required: bool
 
 def path_int(raw: str, what: str) -> int:
     """An integer id taken from the URL path."""
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:  # isdigit() alone takes '¹', which int() refuses
         raise InputError(f"{what} must be a positive integer, got {raw!r}", what)
     return int(raw)
+
+
+def found(row: dict[str, Any] | None, message: str, field: str) -> dict[str, Any]:
+    """The row a request names, or a 404 that says which one is missing."""
+    if row is None:
+        raise InputError(message, field, status=404)
+    return row
 
 
 def idempotency_key(request: Request, max_length: int = 200) -> str | None:

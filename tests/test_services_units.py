@@ -53,7 +53,8 @@ def test_text_trims_and_defaults():
         text({"name": "Grace"}, "name", max_length=3)
 
 
-@pytest.mark.parametrize("raw, ok", [("1", True), ("42", True), ("0", False), ("-1", False), ("1.5", False), ("", False)])
+@pytest.mark.parametrize("raw, ok", [("1", True), ("42", True), ("0", False), ("-1", False), ("1.5", False), ("", False),
+                                     ("¹", False)])
 def test_path_ids_are_positive_integers(raw, ok):
     if ok:
         assert path_int(raw, "user_id") == int(raw)
