@@ -270,19 +270,20 @@ class Controller:
                 self._note_event()
             self._not_before = time.monotonic() + 1.0
             return
+        elapsed = time.monotonic() - seen_at
         self._applied_snapshot = snapshot
         self.last_error = None
+        if not plan.empty:
+            kind = "reload" if plan.needs_reload else "runtime"
+            self.metrics.propagation.labels(kind).observe(elapsed)
+            log.info("applied (%s) %.0f ms after the change was seen: %s", kind, elapsed * 1000,
+                     "; ".join(plan.structural_reasons)[:500] or f"{len(plan.membership)} slot change(s)")
         if plan.needs_reload:
             self._last_reload = time.monotonic()
             # Move the live set (the route table: 10,000 servers is ~1M objects) out of the cyclic
             # collector's sight, or every full collection pauses the loop for 50-90 ms.
             gc.collect()
             gc.freeze()
-        if not plan.empty:
-            kind = "reload" if plan.needs_reload else "runtime"
-            self.metrics.propagation.labels(kind).observe(time.monotonic() - seen_at)
-            log.info("applied (%s) %.0f ms after the change was seen: %s", kind, (time.monotonic() - seen_at) * 1000,
-                     "; ".join(plan.structural_reasons)[:500] or f"{len(plan.membership)} slot change(s)")
 
     def _error(self, stage: str, message: str) -> None:
         log.error("%s", message)
