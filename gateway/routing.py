@@ -25,10 +25,8 @@ from typing import Iterable, NamedTuple
 from gateway.haproxy_syntax import HOSTNAME, SERVICE_NAME, address_problem, display, path_problem, port_problem
 from gateway.kv_settings import parse_settings
 from gateway.model import Backend, BackendSettings, Instance, Route, RouteTable, Server, Snapshot
+from shopgate.settings import MIN_SLOTS, SLOT_HEADROOM
 
-#: Default floor of server slots per backend, and the growth factor over the instance count.
-MIN_SLOTS = 4
-SLOT_HEADROOM = 2
 #: A backend shrinks only when its slot count is at least this many times what it needs.
 SHRINK_FACTOR = 8
 

@@ -54,6 +54,11 @@ DOCKER_RESYNC_SECONDS = 5.0
 #: Longest pause between reconnects to a Docker engine whose event stream dropped.
 DOCKER_MAX_BACKOFF_SECONDS = 5.0
 
+#: Gateway backends get at least MIN_SLOTS server slots and SLOT_HEADROOM times their instances (to the next power
+#: of two; KV `slots` raises the floor), so that scaling up fills a spare slot instead of reloading HAProxy.
+MIN_SLOTS = 4
+SLOT_HEADROOM = 2
+
 
 @dataclass(frozen=True)
 class ConsulAddress:
