@@ -49,19 +49,6 @@ def advertised_address(bind: str, consul: ConsulAddress) -> str:
             return socket.gethostbyname(socket.gethostname())
 
 
-def drain_seconds_from_env() -> float:
-    raw = os.environ.get("SHOPGATE_DRAIN_SECONDS")
-    if raw is None:
-        return settings.SERVICE_DRAIN_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"SHOPGATE_DRAIN_SECONDS must be a number of seconds, got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"SHOPGATE_DRAIN_SECONDS must not be negative, got {raw!r}")
-    return value
-
-
 class ServiceInstance:
     """One instance's life: bound -> registered -> draining -> deregistered (the serving Lifecycle)."""
 
@@ -130,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
     try:
         consul = ConsulAddress.parse()
-        drain_seconds = drain_seconds_from_env()
+        drain_seconds = settings.drain_seconds_from_env()
     except ValueError as exc:
         print(f"shopgate service: {exc}", file=sys.stderr)
         return 2

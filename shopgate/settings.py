@@ -42,6 +42,22 @@ SERVICE_THREADS = 4
 SERVICE_CHECK_INTERVAL = "1s"
 SERVICE_CHECK_TIMEOUT = "1s"
 SERVICE_DEREGISTER_CRITICAL_AFTER = "1m"
+
+
+def drain_seconds_from_env() -> float:
+    """The drain period: read by the instance that drains and by `shopgate down`, which waits for it."""
+    raw = os.environ.get("SHOPGATE_DRAIN_SECONDS")
+    if raw is None:
+        return SERVICE_DRAIN_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"SHOPGATE_DRAIN_SECONDS must be a number of seconds, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"SHOPGATE_DRAIN_SECONDS must not be negative, got {raw!r}")
+    return value
+
+
 #: How often a registered instance confirms that the catalog still knows it.
 REGISTRATION_RECHECK_SECONDS = 2.0
 #: Longest pause between registration attempts while the catalog is unreachable.
