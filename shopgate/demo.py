@@ -39,7 +39,7 @@ from shopgate.load import Load, RequestRecord, shop_mix, summarize
 from shopgate.stack import (
     SERVICE_STOP_TIMEOUT, Manifest, ProcessRecord, Progress, StackError, add_stack_arguments, catalog_instances,
     ensure_alive, gateway_status, manifest_lock, ports_from_args, prepare, routed_ports, scale, start_instance,
-    start_stack, stop_on_sigterm, stop_records, stop_stack,
+    start_stack, stop_on_sigterm, stop_records, stop_stack, table,
 )
 
 STEP_TIMEOUT = 45.0
@@ -433,8 +433,7 @@ def format_report(report: dict) -> str:
                 "—" if m["catalog"] is None else f"+{m['catalog']:.2f}s",
                 "—" if m["gateway"] is None else f"+{m['gateway']:.2f}s",
                 str(step["failed"]) if first else ""))
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines += ["  " + line for line in table(header, rows)]
     if load["first_failures"]:
         lines += ["", "  first failed requests:"] + [f"    {f}" for f in load["first_failures"]]
     if report.get("error"):

@@ -82,9 +82,14 @@ class ManagedProcess:
             return None
 
     def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path or not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return file_tail(self.log_path, lines)
+
+
+def file_tail(path: Path | None, lines: int) -> str:
+    """The last lines of a log, for the error that says why a process died ("" when there is no log)."""
+    if path is None or not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def pid_alive(pid: int) -> bool:

@@ -24,12 +24,13 @@ from typing import Callable, Iterator
 
 import requests
 
+from catalog.records import NODE_MAINTENANCE_ID, SERVICE_MAINTENANCE_PREFIX
 from shopgate import settings
-from shopgate.processes import ManagedProcess, free_port, pid_alive, shopgate_argv
+from shopgate.processes import ManagedProcess, file_tail, free_port, pid_alive, shopgate_argv
 
 MANIFEST = "stack.json"
 #: How long a service instance may take to drain and deregister after SIGTERM before it is killed.
-SERVICE_STOP_TIMEOUT = float(os.environ.get("SHOPGATE_DRAIN_SECONDS", "2")) + 15
+SERVICE_STOP_TIMEOUT = settings.drain_seconds_from_env() + 15
 
 
 class StackError(Exception):
@@ -239,17 +240,10 @@ def start_instance(manifest: Manifest, service: str) -> ProcessRecord:
                          env={"CONSUL_HTTP_ADDR": manifest.ports.catalog_url})
 
 
-def log_tail(record: ProcessRecord, lines: int = 25) -> str:
-    path = Path(record.log)
-    if not path.exists():
-        return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
 def ensure_alive(records: list[ProcessRecord]) -> None:
     for record in records:
         if not record.running():
-            raise StackError(f"{record.name} (pid {record.pid}) exited; last lines of {record.log}:\n{log_tail(record)}")
+            raise StackError(f"{record.name} (pid {record.pid}) exited; last lines of {record.log}:\n{file_tail(Path(record.log), 25)}")
 
 
 # ---------------------------------------------------------------- what the catalog and the gateway say
@@ -264,7 +258,8 @@ def catalog_instances(catalog_url: str, service: str) -> list[dict]:
         svc = entry["Service"]
         statuses = {check.get("Status", "critical") for check in entry.get("Checks", [])}
         health = next((s for s in ("critical", "warning") if s in statuses), "passing")
-        maintenance = any(c.get("CheckID", "").startswith(("_service_maintenance", "_node_maintenance")) for c in entry.get("Checks", []))
+        maintenance = any(c.get("CheckID", "").startswith((SERVICE_MAINTENANCE_PREFIX, NODE_MAINTENANCE_ID))
+                          for c in entry.get("Checks", []))
         result.append({
             "id": svc["ID"],
             "address": svc.get("Address") or entry["Node"].get("Address", ""),
@@ -601,6 +596,12 @@ def format_age(value) -> str:
     return "—" if value in (None, "") else str(value)
 
 
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """Lines of columns padded to their widest cell, header first (the tables of `status` and `demo`)."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
+
+
 def format_status(report: dict) -> str:
     lines = [f"shopgate stack in {report['state_dir']} — up {report['uptime_seconds']:.0f}s"]
     lines += [f"  {label:<18} {url}" for label, url in report["urls"].items()]
@@ -616,9 +617,7 @@ def format_status(report: dict) -> str:
                 gateway = f"{inst['slot']} {inst['gateway_state']} {inst['haproxy_status'] or ''}".strip()
             rows.append((service, inst["id"] or inst["process"] or "?", inst["address"],
                          str(inst["pid"] or "—"), inst["health"], gateway))
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        lines.append("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+    lines += table(header, rows)
     gw = report["gateway"]
     lines.append("")
     if report["gateway_error"]:
