@@ -11,6 +11,7 @@ import hmac
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 
 @dataclass
@@ -38,7 +39,7 @@ def request_token(request: web.Request) -> str:
 
 
 @web.middleware
-async def enforce(request: web.Request, handler):
+async def enforce(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith("/v1/") and not request.app[ACCESS_KEY].allows(request_token(request)):
         return web.Response(status=403, text="Permission denied")
     return await handler(request)

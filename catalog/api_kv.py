@@ -7,7 +7,7 @@ import re
 
 from aiohttp import web
 
-from catalog.parsing import BadRequest
+from catalog.parsing import BadRequest, Query
 from catalog.responses import agent_of, fragments_of, indexed, json_response, query_of
 from catalog.shapes import kv_json
 from catalog.state import key_topic
@@ -35,7 +35,7 @@ def key_of(request: web.Request, required: bool) -> str:
     return key
 
 
-def refuse_conflicting(query, *flags: str) -> None:
+def refuse_conflicting(query: Query, *flags: str) -> None:
     given = [flag for flag in flags if query.present(flag)]
     if len(given) > 1:
         raise BadRequest(f"Conflicting flags: {', '.join(given)} cannot be combined")

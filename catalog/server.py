@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from catalog import acl, api_agent, api_catalog, api_health, api_kv, api_session
 from catalog.agent import Agent, AgentConfig
@@ -35,7 +36,7 @@ RUNNER_KEY = web.AppKey("runner", CheckRunner)
 
 
 @web.middleware
-async def errors(request: web.Request, handler):
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bad input is a 400 with Consul's kind of message; nothing escapes as a bare 500."""
     try:
         return await handler(request)

@@ -19,6 +19,7 @@ from catalog.records import CRITICAL, SERF_CHECK_ID, Session
 
 if TYPE_CHECKING:
     from catalog.agent import Agent
+    from catalog.state import Store
 
 TTL_MULTIPLIER = 2            # Consul invalidates a TTL session after 2x its TTL without a renewal
 MIN_TTL, MAX_TTL = 10.0, 86400.0
@@ -33,7 +34,7 @@ class SessionKeeper:
         self._lock_delays: dict[str, float] = {}   # key -> monotonic time until which it cannot be acquired
 
     @property
-    def store(self):
+    def store(self) -> "Store":
         return self.agent.store
 
     def resume(self) -> None:

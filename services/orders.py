@@ -19,7 +19,7 @@ import sqlite3
 import uuid
 
 import requests
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from services.app import ServiceContext, ServiceSpec
 from services.discovery import PeerUnavailable
@@ -68,7 +68,7 @@ def error_of(response: requests.Response) -> str:
         return response.text[:200]
 
 
-def answer(order: dict, http_status: int, replayed: bool = False):
+def answer(order: dict, http_status: int, replayed: bool = False) -> tuple[Response, int, dict[str, str]]:
     headers = {"Location": f"/api/v1/orders/{order['id']}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"

@@ -19,7 +19,7 @@ import os
 import sqlite3
 import time
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from services.app import ServiceContext, ServiceSpec
 from services.validation import InputError, found, idempotency_key, json_object, path_int, positive_int, text
@@ -68,7 +68,7 @@ def provider_latency() -> float:
         raise SystemExit(f"{LATENCY_ENV} must be a number of seconds, got {raw!r}") from None
 
 
-def answer(payment: dict, replayed: bool = False):
+def answer(payment: dict, replayed: bool = False) -> tuple[Response, int, dict[str, str]]:
     """The response for a recorded payment: 201 approved, 402 declined."""
     headers = {"Location": f"/api/v1/payments/{payment['id']}"}
     if replayed:

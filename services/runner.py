@@ -18,6 +18,8 @@ import socket
 import sys
 from pathlib import Path
 
+from flask import Flask
+
 from registrar.registration import Registration, instance_id, parse_tags
 from registrar.self_registration import SelfRegistration
 from services.app import ServiceContext, ServiceSpec, create_app
@@ -85,7 +87,7 @@ class ServiceInstance:
         log.info("%s stopped", self.instance_id)
 
     # in each gunicorn worker, after fork
-    def wsgi_app(self):
+    def wsgi_app(self) -> Flask:
         context = ServiceContext(name=self.spec.name, instance_id=self.instance_id, store=self.store,
                                  peers=Peers(self.consul))
         return create_app(self.spec, context)
