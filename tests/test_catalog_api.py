@@ -120,6 +120,13 @@ def test_catalog_register_and_node_meta_filters(catalog):
     # Catalog-registered instances are reported with their node's address (ServiceAddress left empty).
     row = api.get("/v1/catalog/service/cache")[0]
     assert (row["Address"], row["ServiceAddress"], row["ServicePort"]) == ("10.0.0.1", "", 6379)
+    # A node's services: keyed by ID (and filterable) on catalog/node, a list on catalog/node-services.
+    node = api.get("/v1/catalog/node/edge-2")
+    assert node["Node"]["Meta"] == {"zone": "b"} and node["Services"]["cache"]["Port"] == 6379
+    assert api.get("/v1/catalog/node/edge-2", params={"filter": "Port == 1"})["Services"] == {}
+    listed = api.get("/v1/catalog/node-services/edge-2")
+    assert listed["Node"]["Node"] == "edge-2" and [s["ID"] for s in listed["Services"]] == ["cache"]
+    assert api.get("/v1/catalog/node-services/nowhere") is None
 
     api.put("/v1/catalog/deregister", json={"Node": "edge-1", "ServiceID": "cache"})
     assert [r["Node"] for r in api.get("/v1/catalog/service/cache")] == ["edge-2"]
