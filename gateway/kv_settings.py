@@ -97,18 +97,21 @@ def stats_auth(text: str) -> tuple[str, str]:
     return user, password
 
 
-# key -> (parser, field of the settings class). stats_auth fills two fields and is handled below.
-GATEWAY_KEYS: dict[str, tuple[Callable[[str], Any], str]] = {
+#: The settings field a parsed value sets, or the fields a tuple-valued parser sets in order (stats_auth).
+Fields = str | tuple[str, ...]
+
+#: KV key -> (parser, fields), under shopgate/gateway/ and shopgate/services/<name>/.
+GATEWAY_KEYS: dict[str, tuple[Callable[[str], Any], Fields]] = {
     "maxconn": (integer(1, 1_000_000), "maxconn"),
     "timeout_client": (duration_ms, "timeout_client_ms"),
     "timeout_server": (duration_ms, "timeout_server_ms"),
     "timeout_connect": (duration_ms, "timeout_connect_ms"),
     "retries": (integer(0, 10), "retries"),
     "hard_stop_after": (duration_ms, "hard_stop_after_ms"),
-    "stats_auth": (stats_auth, "stats_user"),
+    "stats_auth": (stats_auth, ("stats_user", "stats_password")),
 }
 
-SERVICE_KEYS: dict[str, tuple[Callable[[str], Any], str]] = {
+SERVICE_KEYS: dict[str, tuple[Callable[[str], Any], Fields]] = {
     "balance": (balance, "balance"),
     "maxconn": (integer(1, 100_000), "maxconn"),
     "timeout_connect": (duration_ms, "timeout_connect_ms"),
@@ -139,14 +142,16 @@ def parse_settings(kv: dict[str, bytes]) -> tuple[GatewaySettings, dict[str, Bac
                 raise InvalidSetting(f"unknown key (expected {KV_PREFIX}gateway/<key> or {KV_PREFIX}services/<name>/<key>)")
         except InvalidSetting as error:
             errors.append(f"{display(key, 120)[1:-1]}: {error}")
-    if "stats_user" in gateway:
-        gateway["stats_user"], gateway["stats_password"] = gateway["stats_user"]
     backend_settings = {name: replace(BackendSettings(), **fields) for name, fields in services.items()}
     return replace(GatewaySettings(), **gateway), backend_settings, errors
 
 
-def _apply(known: dict[str, tuple[Callable[[str], Any], str]], name: str, raw: bytes, into: dict[str, Any]) -> None:
+def _apply(known: dict[str, tuple[Callable[[str], Any], Fields]], name: str, raw: bytes, into: dict[str, Any]) -> None:
     if name not in known:
         raise InvalidSetting(f"unknown key {display(name)} (known: {', '.join(sorted(known))})")
-    parse, field_name = known[name]
-    into[field_name] = parse(_text(raw))
+    parse, fields = known[name]
+    value = parse(_text(raw))
+    if isinstance(fields, tuple):
+        into.update(zip(fields, value))
+    else:
+        into[fields] = value
