@@ -7,7 +7,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from catalog.filtering import apply_filter
-from catalog.responses import agent_of, indexed, json_response, query_of, read_fields, true_response
+from catalog.responses import agent_of, indexed, json_response, query_of, read_fields
 from catalog.shapes import agent_service_json, catalog_service_json, node_json
 from catalog.state import service_topic
 
@@ -105,11 +105,11 @@ async def node_with_services(request: web.Request, arrange: Callable[[list[dict]
 async def register(request: web.Request) -> web.Response:
     query_of(request)
     agent_of(request).catalog_register(await read_fields(request, "catalog registration"))
-    return true_response()
+    return json_response(True)
 
 
 @routes.put("/v1/catalog/deregister")
 async def deregister(request: web.Request) -> web.Response:
     query_of(request)
     agent_of(request).catalog_deregister(await read_fields(request, "catalog deregistration"))
-    return true_response()
+    return json_response(True)

@@ -38,10 +38,6 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return web.Response(body=dumps(data), status=status, content_type="application/json", headers=headers)
 
 
-def true_response() -> web.Response:
-    return json_response(True)
-
-
 def consul_headers(index: int, consistency: str) -> dict[str, str]:
     return {
         "X-Consul-Index": str(max(index, 1)),
