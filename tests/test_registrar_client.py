@@ -14,22 +14,12 @@ import time
 import pytest
 import requests
 
+from catalog_helpers import eventually
 from registrar.registration import Registration, instance_id, parse_tags
 from shopgate.processes import shopgate_argv
 from shopgate.settings import SHOP_SERVICES
 
 REGISTER_DEADLINE = 10.0  # the requirement: back in the catalog within 10 s
-
-
-def wait_until(what: str, predicate, timeout: float = REGISTER_DEADLINE, interval: float = 0.1):
-    """Poll `predicate` until it returns something truthy; fail with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    pytest.fail(f"not within {timeout}s: {what}")
 
 
 def passing_ids(catalog, name: str) -> set[str]:
@@ -85,7 +75,8 @@ def test_registration_refuses_an_unbound_port(port):
 def test_instance_registers_with_tags_and_turns_passing(catalog, shop_service):
     users = shop_service("users", env={"SERVICE_TAGS": "urlprefix-/shop/users strip=/shop, canary"})
 
-    wait_until(f"{users.id} passing in the catalog", lambda: users.id in passing_ids(catalog, "users"))
+    eventually(lambda: users.id in passing_ids(catalog, "users"), REGISTER_DEADLINE,
+               f"{users.id} passing in the catalog")
     _, entries = catalog.client().health.service("users", passing=True)
     service = entries[0]["Service"]
     assert (service["ID"], service["Address"], service["Port"]) == (users.id, "127.0.0.1", users.port)
@@ -98,7 +89,7 @@ def test_instance_registers_with_tags_and_turns_passing(catalog, shop_service):
 
 def test_sigterm_enters_maintenance_finishes_in_flight_request_then_deregisters(catalog, shop_service):
     payments = shop_service("payments", env={"SHOPGATE_PAYMENT_LATENCY": "4", "SHOPGATE_DRAIN_SECONDS": "2.5"})
-    wait_until(f"{payments.id} passing", lambda: payments.id in passing_ids(catalog, "payments"))
+    eventually(lambda: payments.id in passing_ids(catalog, "payments"), REGISTER_DEADLINE, f"{payments.id} passing")
 
     outcome: dict[str, requests.Response | Exception] = {}
 
@@ -115,7 +106,7 @@ def test_sigterm_enters_maintenance_finishes_in_flight_request_then_deregisters(
     payments.process.signal(signal.SIGTERM)  # to the whole process group, like Ctrl-C or the stack runner
 
     maintenance = f"_service_maintenance:{payments.id}"
-    wait_until("maintenance check while draining", lambda: maintenance in checks_of(catalog, payments.id), timeout=5)
+    eventually(lambda: maintenance in checks_of(catalog, payments.id), 5, "maintenance check while draining")
     assert payments.id not in passing_ids(catalog, "payments")
     assert payments.process.alive(), "the instance must keep serving during the drain"
     assert requests.get(f"{payments.url}/health", timeout=5).status_code == 200
@@ -136,15 +127,16 @@ def test_catalog_down_at_start_then_registration_once_it_is_back(catalog, shop_s
     assert answer.status_code == 200 and answer.json()[0]["id"] == 1
 
     catalog.start()
-    wait_until(f"{products.id} registered after the catalog came back",
-               lambda: products.id in passing_ids(catalog, "products"))
+    eventually(lambda: products.id in passing_ids(catalog, "products"), REGISTER_DEADLINE,
+               f"{products.id} registered after the catalog came back")
     assert "retrying" in products.process.log_tail(200)
 
 
 def test_catalog_restarted_empty_gets_every_service_back(catalog, shop_service):
     instances = [shop_service(name) for name in SHOP_SERVICES]
     for instance in instances:
-        wait_until(f"{instance.id} passing", lambda: instance.id in passing_ids(catalog, instance.name))
+        eventually(lambda: instance.id in passing_ids(catalog, instance.name), REGISTER_DEADLINE,
+                   f"{instance.id} passing")
 
     catalog.stop()
     catalog.wipe()
@@ -152,16 +144,18 @@ def test_catalog_restarted_empty_gets_every_service_back(catalog, shop_service):
     restarted = time.monotonic()
     for instance in instances:
         remaining = max(0.1, REGISTER_DEADLINE - (time.monotonic() - restarted))
-        wait_until(f"{instance.id} re-registered", lambda: instance.id in catalog.client().agent.services(),
-                   timeout=remaining)
+        eventually(lambda: instance.id in catalog.client().agent.services(), remaining,
+                   f"{instance.id} re-registered")
     for instance in instances:
-        wait_until(f"{instance.id} passing again", lambda: instance.id in passing_ids(catalog, instance.name))
+        eventually(lambda: instance.id in passing_ids(catalog, instance.name), REGISTER_DEADLINE,
+                   f"{instance.id} passing again")
 
 
 def test_port_0_registers_the_port_actually_bound_and_ctrl_c_leaves_cleanly(catalog, processes, tmp_path):
     service = processes("products-port0", shopgate_argv("service", "products", "--port", "0", "--data-dir", str(tmp_path)),
                         env={"CONSUL_HTTP_ADDR": catalog.url, "CONSUL_HTTP_TOKEN": "", "SHOPGATE_DRAIN_SECONDS": "0.3"})
-    [service_id] = wait_until("an instance with port 0 registered and passing", lambda: passing_ids(catalog, "products"))
+    [service_id] = eventually(lambda: passing_ids(catalog, "products"), REGISTER_DEADLINE,
+                              "an instance with port 0 registered and passing")
     port = catalog.client().agent.services()[service_id]["Port"]
     assert service_id == f"products-{port}" and port > 0
     answer = requests.get(f"http://127.0.0.1:{port}/api/v1/products", timeout=5)
