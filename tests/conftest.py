@@ -161,6 +161,10 @@ def shop(tmp_path_factory):
         catalog.start()
         for name in SHOP_SERVICES:
             instances[name] = ShopInstance(name, catalog.url, root / f"{name}-data", root).start()
+        for name in SHOP_SERVICES:
+            # Serving /health is not yet passing in the catalog (a check starts critical), where peers are found.
+            wait_for_http(f"{catalog.url}/v1/health/service/{name}?passing", timeout=20,
+                          ok=lambda r: r.status_code == 200 and bool(r.json()))
         yield ShopStack(catalog, instances)
     finally:
         stop_shop_instances(list(instances.values()))

@@ -17,7 +17,12 @@ TIMEOUT = 15
 
 
 def get(shop, service: str, path: str = "") -> requests.Response:
-    return requests.get(f"{shop.url(service)}/api/v1/{service}{path}", timeout=TIMEOUT)
+    return send(shop, "GET", service, path)
+
+
+def send(shop, method: str, service: str, path: str, body: str | None = None) -> requests.Response:
+    return requests.request(method, f"{shop.url(service)}/api/v1/{service}{path}", data=body, timeout=TIMEOUT,
+                            headers={"Content-Type": "application/json"})
 
 
 def place_order(shop, user_id: int, product_id: int, quantity: int, key: str | None = None) -> requests.Response:
@@ -60,7 +65,7 @@ def test_order_is_confirmed_paid_and_takes_stock(shop):
     order = answer.json()
     assert order["status"] == "confirmed"
     assert order["amount_cents"] == 2 * get(shop, "products", "/1").json()["price_cents"]
-    assert requests.get(f"{shop.url('orders')}/api/v1/orders/{order['id']}", timeout=TIMEOUT).json() == order
+    assert get(shop, "orders", f"/{order['id']}").json() == order
     assert available(shop, 1) == before - 2
     [charge] = charges_for(shop, order["id"])
     assert (charge["status"], charge["amount_cents"], charge["id"]) == ("approved", order["amount_cents"], order["payment_id"])
@@ -80,8 +85,7 @@ def test_declined_card_releases_the_reservation(shop):
     assert available(shop, 2) == before, "the reserved stock must come back"
     assert get(shop, "inventory", f"/reservations/{order['id']}").json()["status"] == "released"
     assert [c["status"] for c in charges_for(shop, order["id"])] == ["declined"]
-    stored = requests.get(f"{shop.url('orders')}/api/v1/orders/{order['id']}", timeout=TIMEOUT).json()
-    assert stored["status"] == "payment_failed"
+    assert get(shop, "orders", f"/{order['id']}").json()["status"] == "payment_failed"
 
 
 def test_amount_over_the_provider_limit_is_declined_and_rolled_back(shop):
@@ -231,8 +235,7 @@ BAD_INPUT = [
 @pytest.mark.parametrize("method, service, path, body, status, words", BAD_INPUT,
                          ids=[f"{m} {s}{p} {b!r:.30}" for m, s, p, b, *_ in BAD_INPUT])
 def test_bad_input_is_refused_with_a_clear_error(shop, method, service, path, body, status, words):
-    answer = requests.request(method, f"{shop.url(service)}/api/v1/{service}{path}", data=body, timeout=TIMEOUT,
-                              headers={"Content-Type": "application/json"})
+    answer = send(shop, method, service, path, body)
 
     assert answer.status_code == status, answer.text
     assert words in answer.json()["error"]
@@ -243,6 +246,6 @@ def test_bad_input_changes_nothing(shop):
     stock = get(shop, "inventory").json()
     orders = get(shop, "orders").json()
     for method, service, path, body, *_ in BAD_INPUT:
-        requests.request(method, f"{shop.url(service)}/api/v1/{service}{path}", data=body, timeout=TIMEOUT)
+        send(shop, method, service, path, body)
     assert get(shop, "inventory").json() == stock
     assert get(shop, "orders").json() == orders
