@@ -1,4 +1,6 @@
-"""A real `shopgate gateway` (with its HAProxy) and real backend processes, for the gateway's integration tests."""
+"""A real `shopgate gateway` (with its HAProxy) and real backend processes, for the gateway's integration tests.
+
+Test modules import the fixtures (`gateway`, `gateway_factory`) by name."""
 
 from __future__ import annotations
 

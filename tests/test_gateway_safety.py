@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from gateway_harness import eventually, gateway, gateway_factory, server_limits  # noqa: F401  (fixtures)
+from gateway_harness import eventually, gateway, gateway_factory, server_limits  # noqa: F401  (gateway, gateway_factory: fixtures)
 
 
 def answered_by(gateway, path: str = "/api/v1/products/x") -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import requests
 
-from gateway_harness import eventually, gateway, gateway_factory, server_limits  # noqa: F401  (fixtures)
+from gateway_harness import eventually, gateway, gateway_factory, server_limits  # noqa: F401  (gateway, gateway_factory: fixtures)
 from shopgate.load import Load, Target, summarize
 
 
