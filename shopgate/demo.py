@@ -38,8 +38,8 @@ from shopgate.chart import StepSpan, render_chart
 from shopgate.load import Load, RequestRecord, shop_mix, summarize
 from shopgate.stack import (
     SERVICE_STOP_TIMEOUT, Manifest, ProcessRecord, Progress, StackError, add_stack_arguments, catalog_instances,
-    ensure_alive, gateway_status, manifest_lock, ports_from_args, prepare, routed_ports, scale, start_instance,
-    start_stack, stop_on_sigterm, stop_records, stop_stack, table,
+    ensure_alive, gateway_status, manifest_lock, passing_ports, ports_from_args, prepare, routed_ports, scale,
+    start_instance, start_stack, stop_on_sigterm, stop_records, stop_stack, table,
 )
 
 STEP_TIMEOUT = 45.0
@@ -97,8 +97,7 @@ class Watcher:
         if any(s.get("haproxy_status") is None for s in servers):
             return None   # HAProxy's stats were unreadable for a moment (a reload): unknown, not "down"
         routed = {name: frozenset(routed_ports(status, name)) for name in status.get("services", {})}
-        passing = {name: frozenset(i["port"] for i in catalog_instances(self.manifest.ports.catalog_url, name) if i["health"] == "passing")
-                   for name in list(self.focus)}
+        passing = {name: frozenset(passing_ports(self.manifest.ports.catalog_url, name)) for name in list(self.focus)}
         return Sample(t, routed, passing, int(status.get("reloads") or 0), status.get("last_error"))
 
     def wait_for(self, what: str, predicate: Callable[[Sample], bool], after: float, watch: list[ProcessRecord] = ()) -> float:

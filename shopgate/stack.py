@@ -269,6 +269,11 @@ def catalog_instances(catalog_url: str, service: str) -> list[dict]:
     return result
 
 
+def passing_ports(catalog_url: str, service: str) -> set[int]:
+    """Ports of the instances of `service` that the catalog reports passing (maintenance is not passing)."""
+    return {i["port"] for i in catalog_instances(catalog_url, service) if i["health"] == "passing"}
+
+
 def gateway_status(ports: Ports) -> dict:
     response = requests.get(ports.status_url, timeout=3)
     response.raise_for_status()
@@ -346,7 +351,7 @@ def wait_for_instances(manifest: Manifest, service: str, progress: Progress, tim
     wanted = {r.port for r in manifest.instances(service) if r.running()}
 
     def ready() -> tuple[bool, str]:
-        passing = {i["port"] for i in catalog_instances(manifest.ports.catalog_url, service) if i["health"] == "passing"}
+        passing = passing_ports(manifest.ports.catalog_url, service)
         routed = routed_ports(gateway_status(manifest.ports), service)
         ok = wanted <= passing and wanted <= routed and (not wanted or entry_routes(manifest.ports, service))
         return ok, f"{len(wanted & passing)}/{len(wanted)} passing in the catalog, {len(wanted & routed)}/{len(wanted)} routed"
