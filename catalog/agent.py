@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from catalog.definitions import parse_agent_check, parse_service, require_name, sidecar_for
+from catalog.definitions import check_bodies, parse_agent_check, parse_service, require_name, sidecar_for
 from catalog.parsing import BadRequest, Fields, NotFound
 from catalog.persist import Journal
 from catalog.records import (CRITICAL, NODE_MAINTENANCE_ID, PASSING, SERF_CHECK_ID, SERVICE_MAINTENANCE_PREFIX,
@@ -124,8 +124,7 @@ class Agent:
         if service.id == CONSUL_SERVICE_ID:
             raise BadRequest(f"Service ID {CONSUL_SERVICE_ID!r} is reserved for the agent itself")
         # An empty "Check": {} means no check, as in Consul.
-        definitions = [d for d in ([body.obj("Check")] if body.has("Check") else []) + body.objects("Checks")
-                       if not d.empty]
+        definitions = [d for d in check_bodies(body) if not d.empty]
         checks = []
         for number, definition in enumerate(definitions, start=1):
             default_id = f"service:{service.id}" + (f":{number}" if len(definitions) > 1 else "")
@@ -284,7 +283,7 @@ class Agent:
         if service is not None:
             known_services.add(service.id)
         checks = []
-        for fields in ([body.obj("Check")] if body.has("Check") else []) + body.objects("Checks"):
+        for fields in check_bodies(body):
             check_id = require_name(fields.text("CheckID", "ID") or fields.text("Name"), "check ID")
             status = fields.text("Status") or CRITICAL
             if status not in STATUSES:

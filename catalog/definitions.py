@@ -50,6 +50,11 @@ class CheckRequest:
                      self.service_id, definition=self.definition)
 
 
+def check_bodies(body: Fields) -> list[Fields]:
+    """The checks a registration carries: its `Check`, then its `Checks` (Consul takes both)."""
+    return ([body.obj("Check")] if body.has("Check") else []) + body.objects("Checks")
+
+
 def parse_service(body: Fields, node: str) -> Service:
     """A service definition (agent or catalog register); ID defaults to Name, Weights to 1/1."""
     name = require_name(body.text("Name", "Service"), "service name")
