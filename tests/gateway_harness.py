@@ -99,8 +99,13 @@ class Gateway:
             self.haproxy_pids.add(status["haproxy_pid"])
         return status
 
-    def metrics(self) -> str:
-        return requests.get(f"http://127.0.0.1:{self.status_port}/metrics", timeout=5).text
+    def metric(self, sample: str) -> float:
+        """One sample of the controller's /metrics, e.g. 'name' or 'name{label="x"}' (0 when absent)."""
+        text = requests.get(f"http://127.0.0.1:{self.status_port}/metrics", timeout=5).text
+        for line in text.splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[1])
+        return 0.0
 
     def servers_up(self, service: str) -> set[int]:
         """Ports of `service`'s servers that are wanted ready and UP in HAProxy."""

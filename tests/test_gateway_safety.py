@@ -42,7 +42,7 @@ def test_template_edits_apply_live_and_a_broken_one_is_rejected(gateway):
     assert answered_by(gateway) == str(backend.port), "the old config keeps serving"
     assert gateway.status()["reloads"] == reloads
     assert "bogus-keyword" not in (gateway.state_dir / "haproxy.cfg").read_text()
-    assert "shopgate_gateway_rejected_configs_total 1.0" in gateway.metrics()
+    assert gateway.metric("shopgate_gateway_rejected_configs_total") >= 1
 
     edit(gateway.templates / "defaults.cfg.j2", "    bogus-keyword on\n", "")
     edit(gateway.templates / "frontend.cfg.j2", "    bind {{ runtime.listen | token }}\n",
@@ -98,7 +98,7 @@ def test_catalog_outage_and_wipe_keep_haproxy_serving(gateway_factory, catalog):
         backend.process.signal(signal.SIGUSR1)   # register again
     eventually("the controller catches up", lambda: gateway.routed("products", ports | {newcomer.port}))
     assert not gateway.status()["guard"]["holding"]
-    assert "shopgate_gateway_guard_holds_total" in gateway.metrics()
+    assert gateway.metric("shopgate_gateway_guard_holds_total") >= 1
 
 
 def test_haproxy_killed_is_restarted_on_the_last_good_config(gateway):
@@ -112,7 +112,7 @@ def test_haproxy_killed_is_restarted_on_the_last_good_config(gateway):
     eventually("it routes to every instance", lambda: gateway.routed("products", ports))
     assert {answered_by(gateway) for _ in range(8)} == {str(p) for p in ports}
     eventually("the old workers are gone", lambda: not processes_in_group(old_pid))
-    assert "shopgate_gateway_haproxy_restarts_total 1.0" in gateway.metrics()
+    assert gateway.metric("shopgate_gateway_haproxy_restarts_total") == 1
 
 
 def processes_in_group(group: int) -> list[int]:
