@@ -108,7 +108,7 @@ class Applier:
         self.reloads = 0
         self.runtime_updates = 0
         self.rejected_configs: deque[str] = deque(maxlen=20)
-        self._refused: tuple[RouteTable, str] | None = None   # the last wanted table refused, and why
+        self._refused: tuple[RouteTable, str, str | None] | None = None   # the last refused table, why, its text
         self._draining: dict[tuple[str, str], float] = {}     # (backend, slot) -> give-up time
         self._next_drain_check = 0.0
 
@@ -116,7 +116,13 @@ class Applier:
 
     def apply(self, wanted: RouteTable, force_reason: str | None = None) -> ApplyPlan:
         """Bring HAProxy to `wanted`; returns what was done. ConfigRejected/HAProxyError when it was not."""
-        plan = ApplyPlan(structural_reasons=(force_reason,)) if force_reason else plan_changes(self.running, wanted)
+        plan = plan_changes(self.running, wanted)
+        if force_reason and not plan.needs_reload:
+            if self.haproxy.alive() and self._render(wanted, force_reason) == self._running_text():
+                log.info("%s: the rendered config is what HAProxy runs, no reload", force_reason)
+                self.last_error = None   # e.g. a refused edit was reverted
+            else:
+                plan = ApplyPlan(structural_reasons=(force_reason,))
         if plan.empty:
             return plan
         if plan.needs_reload:
@@ -181,10 +187,12 @@ class Applier:
     def _structural(self, wanted: RouteTable, reasons: tuple[str, ...]) -> None:
         why = "; ".join(reasons)
         text = self._render(wanted, why)
+        if self._refused is not None and self._refused[2] == text:
+            raise ConfigRejected(self._refused[1])   # the same text again (e.g. a repeated editor event)
         self.files.candidate.write_text(text)
         problem = check_config(self.haproxy.haproxy_bin, self.files.candidate)
         if problem:
-            raise self._reject(wanted, why, f"haproxy -c: {problem}")
+            raise self._reject(wanted, why, f"haproxy -c: {problem}", text)
         if not self.haproxy.alive():
             os.replace(self.files.candidate, self.files.config)
             self.file_table = wanted   # valid: what a restart will run, even if this start fails
@@ -198,7 +206,7 @@ class Applier:
             self._verify(wanted)
         except HAProxyError as error:
             self._restore()
-            raise self._reject(wanted, why, f"reload: {error}") from error
+            raise self._reject(wanted, why, f"reload: {error}", text) from error
         self._draining.clear()   # the new worker runs the rendered states
         self.reloads += 1
         self.metrics.reloads.inc()
@@ -211,20 +219,26 @@ class Applier:
             where = f"{error.filename}:{error.lineno}: " if isinstance(error, jinja2.TemplateSyntaxError) else ""
             raise self._reject(wanted, why, f"render: {where}{error.__class__.__name__}: {error}") from error
 
+    def _running_text(self) -> str | None:
+        try:
+            return self.files.config.read_text()
+        except OSError:
+            return None
+
     def _accepted(self, wanted: RouteTable, why: str, what: str) -> None:
         log.info("HAProxy %s (%s)", what, why)
         self.file_table = wanted
         self._refused = None
         self.metrics.last_good_at = time.time()
 
-    def _reject(self, wanted: RouteTable, why: str, error: str) -> ConfigRejected:
+    def _reject(self, wanted: RouteTable, why: str, error: str, text: str | None = None) -> ConfigRejected:
         """Record a refused config (status, metrics, log); returns the exception to raise."""
         message = f"config not applied ({why[:200]}): {error}"
         log.error("%s; HAProxy keeps the last good config", message)
         self.rejected_configs.append(message)
         self.metrics.rejected_configs.inc()
         self.last_error = message
-        self._refused = (wanted, message)
+        self._refused = (wanted, message, text)
         self.files.candidate.unlink(missing_ok=True)
         return ConfigRejected(message)
 

@@ -48,7 +48,7 @@ def test_template_edits_apply_live_and_a_broken_one_is_rejected(gateway):
     edit(gateway.templates / "frontend.cfg.j2", "    bind {{ runtime.listen | token }}\n",
          "    bind {{ runtime.listen | token }}\n    http-response set-header X-Edited live\n")
     eventually("the fixed edit is live", lambda: requests.get(gateway.url + "/api/v1/products/x", timeout=5).headers.get("X-Edited") == "live")
-    assert gateway.status()["reloads"] > reloads
+    eventually("the reload is verified and counted", lambda: gateway.status()["reloads"] > reloads)
     assert gateway.status()["last_error"] is None
 
     edit(gateway.templates / "backend.cfg.j2", "{% for server in backend.servers %}", "{% for server in backend.servers %")
