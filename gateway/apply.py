@@ -206,7 +206,7 @@ class Applier:
             self._verify(wanted)
         except HAProxyError as error:
             self._restore()
-            raise self._reject(wanted, why, f"reload: {error}", text) from error
+            raise self._reject(wanted, why, f"reload: {error}", deterministic=False) from error
         self._draining.clear()   # the new worker runs the rendered states
         self.reloads += 1
         self.metrics.reloads.inc()
@@ -231,14 +231,17 @@ class Applier:
         self._refused = None
         self.metrics.last_good_at = time.time()
 
-    def _reject(self, wanted: RouteTable, why: str, error: str, text: str | None = None) -> ConfigRejected:
-        """Record a refused config (status, metrics, log); returns the exception to raise."""
+    def _reject(self, wanted: RouteTable, why: str, error: str, text: str | None = None, deterministic: bool = True) -> ConfigRejected:
+        """Record a refused config (status, metrics, log); returns the exception to raise.
+
+        Render and `haproxy -c` verdicts are remembered so the same input is not re-checked; a
+        failed reload is not (its cause, say a port in use, may go away)."""
         message = f"config not applied ({why[:200]}): {error}"
         log.error("%s; HAProxy keeps the last good config", message)
         self.rejected_configs.append(message)
         self.metrics.rejected_configs.inc()
         self.last_error = message
-        self._refused = (wanted, message, text)
+        self._refused = (wanted, message, text) if deterministic else None
         self.files.candidate.unlink(missing_ok=True)
         return ConfigRejected(message)
 
