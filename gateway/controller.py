@@ -31,7 +31,7 @@ from gateway.haproxy import HAProxyError, HAProxyProcess
 from gateway.haproxy_syntax import BIND_ADDRESS
 from gateway.metrics import GatewayMetrics
 from gateway.model import RouteTable, RuntimePaths, Snapshot
-from gateway.routing import SLOT_HEADROOM, build_route_table
+from gateway.routing import build_route_table
 from gateway.status import StatusServer
 from gateway.template_watch import TemplateWatcher
 from gateway.watch import CatalogWatcher
@@ -60,7 +60,7 @@ class ControllerConfig:
     wait_seconds: float = 30.0
     drain_timeout: float = 30.0
     guard_hold: float = GUARD_HOLD
-    slot_headroom: int = SLOT_HEADROOM
+    slot_headroom: int = settings.SLOT_HEADROOM
 
 
 class EmptyCatalogGuard:

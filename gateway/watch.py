@@ -31,6 +31,7 @@ from typing import Callable
 
 import requests
 
+from catalog.records import NODE_MAINTENANCE_ID, SERVICE_MAINTENANCE_PREFIX  # Consul's own check IDs
 from gateway.model import Instance, Snapshot
 from shopgate.settings import KV_PREFIX, ConsulAddress
 
@@ -39,8 +40,6 @@ log = logging.getLogger("shopgate.gateway.watch")
 #: Services the gateway never routes to.
 IGNORED_SERVICES = frozenset({"consul"})
 
-MAINTENANCE_NODE_CHECK = "_node_maintenance"
-MAINTENANCE_SERVICE_CHECK = "_service_maintenance:"
 _STATUS_RANK = {"passing": 0, "warning": 1, "critical": 2, "maintenance": 3}
 
 
@@ -107,7 +106,7 @@ def aggregate_status(checks: list[dict]) -> str:
     worst = "passing"
     for check in checks:
         check_id = str(check.get("CheckID", ""))
-        if check_id == MAINTENANCE_NODE_CHECK or check_id.startswith(MAINTENANCE_SERVICE_CHECK):
+        if check_id == NODE_MAINTENANCE_ID or check_id.startswith(SERVICE_MAINTENANCE_PREFIX):
             return "maintenance"
         status = check.get("Status", "critical")
         if _STATUS_RANK.get(status, 2) > _STATUS_RANK[worst]:
