@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 from consul import Check
 
-from registrar.registration import parse_tags
+from registrar.registration import parse_tags, service_register_kwargs
 from shopgate import settings
 
 PREFIX = "SERVICE_"
@@ -180,16 +180,7 @@ class ContainerService:
             for check in checks:
                 if check.get("CheckID") == self.health_check_id:
                     check["Status"] = docker_health_status(health)
-        return {
-            "name": self.name,
-            "service_id": self.id,
-            "address": self.address,
-            "port": self.port,
-            "tags": list(self.tags),
-            "meta": dict(self.meta),
-            "check": checks[0] if checks else None,
-            "extra_checks": checks[1:],
-        }
+        return service_register_kwargs(self.name, self.id, self.address, self.port, self.tags, self.meta, checks)
 
 
 @dataclass(frozen=True)

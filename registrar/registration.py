@@ -58,17 +58,22 @@ class Registration:
 
     def register_kwargs(self) -> dict[str, Any]:
         """Arguments of py-consul's `agent.service.register` (sent as Consul's register payload)."""
-        return {
-            "name": self.name,
-            "service_id": self.id,
-            "address": self.address,
-            "port": self.port,
-            "tags": list(self.tags),
-            "meta": dict(self.meta),
-            "check": Check.http(
-                self.check_url,
-                self.check_interval,
-                timeout=self.check_timeout,
-                deregister=self.deregister_critical_after,
-            ),
-        }
+        check = Check.http(self.check_url, self.check_interval, timeout=self.check_timeout,
+                           deregister=self.deregister_critical_after)
+        return service_register_kwargs(self.name, self.id, self.address, self.port, self.tags, self.meta, [check])
+
+
+def service_register_kwargs(name: str, service_id: str, address: str, port: int, tags: tuple[str, ...],
+                            meta: Mapping[str, str], checks: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """py-consul's `agent.service.register` arguments, built one way for self-registered instances and
+    for containers, so both land in the catalog with the same shape (first check, then the others)."""
+    return {
+        "name": name,
+        "service_id": service_id,
+        "address": address,
+        "port": port,
+        "tags": list(tags),
+        "meta": dict(meta),
+        "check": checks[0] if checks else None,
+        "extra_checks": list(checks[1:]),
+    }
