@@ -20,12 +20,23 @@ def assert_no_failed_requests(records) -> dict:
     return summary
 
 
+def routed_products(gateway) -> list:
+    """Two products instances, routed: the starting point of every test under load."""
+    backends = [gateway.start_backend("products") for _ in range(2)]
+    eventually("2 instances routed", lambda: gateway.routed("products", {b.port for b in backends}))
+    return backends
+
+
+def steady_load(gateway, path: str) -> Load:
+    """A keep-alive load through the entry point, longer than any test needs (stopped by the test)."""
+    return Load(gateway.url, [Target("GET", path)], rate=80, concurrency=16, duration=60, keepalive=True).start()
+
+
 def test_instances_added_removed_and_failing_under_load(gateway):
-    first = [gateway.start_backend("products") for _ in range(2)]
-    eventually("2 instances routed", lambda: gateway.routed("products", {b.port for b in first}))
+    first = routed_products(gateway)
     reloads_before = gateway.status()["reloads"]
 
-    load = Load(gateway.url, [Target("GET", "/api/v1/products/item?sleep=0.02")], rate=80, concurrency=16, duration=60, keepalive=True).start()
+    load = steady_load(gateway, "/api/v1/products/item?sleep=0.02")
     try:
         added = [gateway.start_backend("products") for _ in range(2)]
         everyone = {b.port for b in first + added}
@@ -54,11 +65,10 @@ def test_instances_added_removed_and_failing_under_load(gateway):
 
 
 def test_structural_changes_under_load(gateway):
-    products = [gateway.start_backend("products") for _ in range(2)]
-    eventually("products routed", lambda: gateway.routed("products", {b.port for b in products}))
+    routed_products(gateway)
     reloads_before = gateway.status()["reloads"]
 
-    load = Load(gateway.url, [Target("GET", "/api/v1/products/item")], rate=80, concurrency=16, duration=60, keepalive=True).start()
+    load = steady_load(gateway, "/api/v1/products/item")
     try:
         # a new service: a backend and a route appear (reload)
         users = gateway.start_backend("users", tags="urlprefix-/people strip=/people")
