@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -20,6 +21,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _harness import percentile  # noqa: E402
 from gateway.haproxy import MasterCLI  # noqa: E402
 from shopgate.processes import ManagedProcess, free_port, shopgate_argv, wait_for_http  # noqa: E402
 
@@ -159,6 +161,10 @@ def measure_changes(rig: Rig, changes: int, services: list[str]) -> tuple[list[f
     return adds, removes, controller
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))] if ordered else 0.0
+def latency_rows(adds: list[float], removes: list[float], controller: list[float]) -> list[tuple]:
+    """Table rows (name, n, p50, p99, max, mean) for the three series `measure_changes` returns."""
+    return [(name, len(values), f"{percentile(values, 0.5):.1f}", f"{percentile(values, 0.99):.1f}",
+             f"{max(values):.1f}", f"{statistics.fmean(values):.1f}")
+            for name, values in (("passing -> slot ready (API call -> HAProxy)", adds),
+                                 ("deregistered -> slot draining (API call -> HAProxy)", removes),
+                                 ("controller: change seen -> runtime API done", controller))]

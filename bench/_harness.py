@@ -70,6 +70,12 @@ def drive(url: str, seconds: float, connections: int = 16) -> LoadResult:
                       figures["rate"], figures["p50_ms"], figures["p99_ms"])
 
 
+def percentile(values: list[float], fraction: float) -> float:
+    """The nearest-rank value at `fraction` (0.99 for p99) of `values`; 0.0 for none."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))] if ordered else 0.0
+
+
 def table(header: tuple[str, ...], rows: list[tuple]) -> str:
     cells = [tuple(str(c) for c in row) for row in [header, *rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]

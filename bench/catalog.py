@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import requests  # noqa: E402
 
+from _harness import percentile  # noqa: E402
 from shopgate.processes import ManagedProcess, free_port, shopgate_argv, wait_for_http  # noqa: E402
 
 
@@ -81,11 +82,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 async def registrations_per_second(url: str, total: int, concurrency: int) -> float:
@@ -170,8 +166,8 @@ async def run(args: argparse.Namespace) -> None:
             def latency_rows(what: str, rounds: list[list[float]]) -> list[tuple[str, str]]:
                 values = [latency for one_round in rounds for latency in one_round]
                 per_round = " ".join(f"{max(one_round) * 1000:.0f}" for one_round in rounds)
-                return [(f"wake-up after {what}: p50", f"{percentile(values, 50) * 1000:.1f} ms"),
-                        (f"wake-up after {what}: p99", f"{percentile(values, 99) * 1000:.1f} ms"),
+                return [(f"wake-up after {what}: p50", f"{percentile(values, 0.5) * 1000:.1f} ms"),
+                        (f"wake-up after {what}: p99", f"{percentile(values, 0.99) * 1000:.1f} ms"),
                         (f"wake-up after {what}: all returned", f"{max(values) * 1000:.1f} ms "
                                                                 f"(per round: {per_round} ms)")]
 

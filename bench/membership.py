@@ -18,14 +18,13 @@ raise FD limit"), and the controller reports exactly that and keeps the previous
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _gateway_rig import Rig, measure_changes, percentile  # noqa: E402
+from _gateway_rig import Rig, latency_rows, measure_changes  # noqa: E402
 from _harness import machine, table  # noqa: E402
 
 
@@ -51,11 +50,7 @@ def main() -> int:
                 # 5 instances sit in 8 slots, so one more is a runtime change, no reload
                 adds, removes, controller = measure_changes(rig, args.changes, names)
                 reloads = rig.metric("shopgate_gateway_reloads_total")
-                for name, values in (("passing -> slot ready (API call -> HAProxy)", adds),
-                                     ("deregistered -> slot draining (API call -> HAProxy)", removes),
-                                     ("controller: change seen -> runtime API done", controller)):
-                    change_rows.append((name, len(values), f"{percentile(values, 0.5):.1f}", f"{percentile(values, 0.99):.1f}",
-                                        f"{max(values):.1f}", f"{statistics.fmean(values):.1f}"))
+                change_rows = latency_rows(adds, removes, controller)
                 sizes[-1] += (f"{rig.rss_mb():.0f}",)
                 print(f"  reloads in total (the first load included): {reloads:.0f}")
         finally:

@@ -12,14 +12,13 @@ histogram (change seen by the watcher -> runtime API done). Floor: p99 <= 500 ms
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _gateway_rig import Rig, measure_changes, percentile  # noqa: E402
-from _harness import machine, table  # noqa: E402
+from _gateway_rig import Rig, latency_rows, measure_changes  # noqa: E402
+from _harness import machine, percentile, table  # noqa: E402
 
 
 def main() -> int:
@@ -39,11 +38,7 @@ def main() -> int:
         reloads_before = rig.metric("shopgate_gateway_reloads_total")
         adds, removes, controller = measure_changes(rig, args.changes, services)
         reloads = rig.metric("shopgate_gateway_reloads_total") - reloads_before
-        rows = [(name, len(values), f"{percentile(values, 0.5):.1f}", f"{percentile(values, 0.99):.1f}", f"{max(values):.1f}", f"{statistics.fmean(values):.1f}")
-                for name, values in (("passing -> slot ready (API call -> HAProxy)", adds),
-                                     ("deregistered -> slot draining (API call -> HAProxy)", removes),
-                                     ("controller: change seen -> runtime API done", controller))]
-        print(table(("propagation, ms", "n", "p50", "p99", "max", "mean"), rows))
+        print(table(("propagation, ms", "n", "p50", "p99", "max", "mean"), latency_rows(adds, removes, controller)))
         worst = percentile(adds + removes, 0.99)
         print(f"floor p99 <= 500 ms: {'met' if worst <= 500 else 'NOT met'} (p99 of both directions {worst:.1f} ms); "
               f"reloads during the measured rounds: {reloads:.0f}")

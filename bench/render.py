@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _harness import percentile  # noqa: E402
 from gateway.diff import plan_changes  # noqa: E402
 from gateway.model import Instance, RuntimePaths, Snapshot  # noqa: E402
 from gateway.render import render_config  # noqa: E402
@@ -45,11 +46,6 @@ def timed(func, *args):
     started = time.perf_counter()
     result = func(*args)
     return result, (time.perf_counter() - started) * 1000
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def measure_changes(snapshot: Snapshot, running, changes: int, services: int):
