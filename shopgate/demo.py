@@ -275,7 +275,9 @@ class Demo:
             self.measured(step, Measure(f"responses carry {DEMO_HEADER}", None, self.load.now() - step.started))
         self.end(step)
 
-    def set_balance(self, consul_url: str, value: str) -> None:
+    def set_balance(self, consul_url: str) -> None:
+        """A KV change that must reload: leastconn, or back to roundrobin where leastconn is already set."""
+        value = "roundrobin" if kv_value(consul_url, KV_BALANCE_KEY) == b"leastconn" else "leastconn"
         step = self.begin(f"KV {KV_BALANCE_KEY} = {value}")
         before = self.watcher.reloads()
         requests.put(f"{consul_url}/v1/kv/{KV_BALANCE_KEY}", data=value, timeout=5).raise_for_status()
@@ -359,15 +361,15 @@ def run_steps(demo: Demo, plan: Plan, templates: Path) -> None:
     pause()
     demo.edit_template(templates)
     pause()
-    demo.set_balance(consul_url, "leastconn")
+    demo.set_balance(consul_url)
     pause()
 
 
 @dataclass
 class Restore:
-    """What the demo changed in a stack it did not start, and puts back afterwards."""
+    """What the demo changes and puts back afterwards (products only in a stack it did not start)."""
 
-    products: int
+    products: int | None
     template: Path | None = None
     template_text: str | None = None
     balance: bytes | None = None
@@ -400,7 +402,8 @@ def restore(state_dir: Path, saved: Restore, say: Callable[[str], None]) -> None
             requests.put(f"{catalog_url}/v1/kv/{KV_BALANCE_KEY}", data=saved.balance, timeout=5)
     with manifest_lock(state_dir):
         manifest = Manifest.load(state_dir)
-        if manifest is not None and len([r for r in manifest.instances("products") if r.running()]) != saved.products:
+        if saved.products is not None and manifest is not None \
+                and len([r for r in manifest.instances("products") if r.running()]) != saved.products:
             say(f"restoring products to {saved.products} instances")
             with contextlib.redirect_stdout(sys.stderr):
                 scale(manifest, "products", saved.products, Progress(sys.stderr))
@@ -523,7 +526,8 @@ def main(argv: list[str]) -> int:
             manifest = prepare(state_dir, ports_from_args(args), copy, supervised=True)
             with contextlib.redirect_stdout(out):
                 start_stack(manifest, args.instances, Progress(out))
-            templates, saved = copy, None
+            # The catalog keeps its data in the state dir: the KV key is put back, the stack itself is stopped.
+            templates, saved = copy, Restore(None, balance=kv_value(manifest.ports.catalog_url, KV_BALANCE_KEY))
         else:
             say(f"using the stack running in {state_dir}")
             templates = Path(existing.templates)
