@@ -36,6 +36,7 @@ from gateway.haproxy_syntax import UnsafeValue, check_token
 from gateway.metrics import GatewayMetrics
 from gateway.model import ApplyPlan, MembershipChange, RouteTable, RuntimePaths
 from gateway.render import render_config
+from shopgate import settings
 
 log = logging.getLogger("shopgate.gateway.apply")
 
@@ -94,7 +95,7 @@ class Applier:
     """Keeps HAProxy running `running`, the last RouteTable it accepted."""
 
     def __init__(self, haproxy: HAProxyProcess, files: GatewayFiles, templates_dir: Path, runtime: RuntimePaths,
-                 metrics: GatewayMetrics, drain_timeout: float = 30.0):
+                 metrics: GatewayMetrics, drain_timeout: float = settings.GATEWAY_DRAIN_TIMEOUT_SECONDS):
         self.haproxy = haproxy
         self.files = files
         self.templates_dir = templates_dir

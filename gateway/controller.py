@@ -43,13 +43,13 @@ log = logging.getLogger("shopgate.gateway")
 MIN_QUIET = 0.02          # s without news before a burst is applied
 MAX_WAIT = 0.5            # s a burst may delay its first change
 RELOAD_INTERVAL = 1.0     # s between two reloads (a storm of structural changes folds into few)
-GUARD_HOLD = 30.0         # s the empty-catalog guard may hold back a view
 GUARD_WINDOW = 60.0       # s after a catalog outage/reset during which the guard is armed
-RESTART_BACKOFF = (0.2, 5.0)
 
 
 @dataclass(frozen=True)
 class ControllerConfig:
+    """What `shopgate gateway` was started with; the defaults are the flags' defaults."""
+
     consul: ConsulAddress
     haproxy_bin: str = "haproxy"
     listen: str = f"{settings.LOOPBACK}:{settings.GATEWAY_PORT}"
@@ -57,9 +57,9 @@ class ControllerConfig:
     status: str = f"{settings.LOOPBACK}:{settings.STATUS_PORT}"
     state_dir: Path = settings.STATE_DIR / "gateway"
     templates_dir: Path = settings.TEMPLATES_DIR
-    wait_seconds: float = 30.0
-    drain_timeout: float = 30.0
-    guard_hold: float = GUARD_HOLD
+    wait_seconds: float = settings.GATEWAY_WATCH_WAIT_SECONDS
+    drain_timeout: float = settings.GATEWAY_DRAIN_TIMEOUT_SECONDS
+    guard_hold: float = settings.GATEWAY_GUARD_HOLD_SECONDS
     slot_headroom: int = settings.SLOT_HEADROOM
 
 
@@ -70,7 +70,7 @@ class EmptyCatalogGuard:
     re-register), and always when every healthy instance vanished at once. A scale-down in a
     healthy catalog passes straight through."""
 
-    def __init__(self, hold: float = GUARD_HOLD, window: float = GUARD_WINDOW, vanished_fraction: float = 0.5, min_instances: int = 2):
+    def __init__(self, hold: float = settings.GATEWAY_GUARD_HOLD_SECONDS, window: float = GUARD_WINDOW, vanished_fraction: float = 0.5, min_instances: int = 2):
         self.hold = hold
         self.window = window
         self.vanished_fraction = vanished_fraction
@@ -110,6 +110,8 @@ def _healthy(snapshot: Snapshot) -> int:
 
 
 class Controller:
+    """Owns one HAProxy: the watchers only record news and wake `run()`, whose loop alone applies it."""
+
     def __init__(self, config: ControllerConfig):
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +140,7 @@ class Controller:
         self._last_reload = 0.0
         self._not_before = 0.0
         self._restart_at = 0.0
-        self._restart_delay = RESTART_BACKOFF[0]
+        self._restart_delay = settings.GATEWAY_RETRY_BACKOFF_SECONDS[0]
         self.last_error: str | None = None
 
     # ---- events (any thread)
@@ -220,9 +222,9 @@ class Controller:
                 started = False
         if not started:
             self._restart_at = time.monotonic() + self._restart_delay
-            self._restart_delay = min(self._restart_delay * 2, RESTART_BACKOFF[1])
+            self._restart_delay = min(self._restart_delay * 2, settings.GATEWAY_RETRY_BACKOFF_SECONDS[1])
             return
-        self._restart_delay = RESTART_BACKOFF[0]
+        self._restart_delay = settings.GATEWAY_RETRY_BACKOFF_SECONDS[0]
         with self._lock:   # re-plan from the config it runs now to the wanted view
             self._snapshot = self._snapshot or self._applied_snapshot
             self._seen_at = self._seen_at or time.monotonic()
@@ -341,7 +343,7 @@ def _describe_route(route) -> str:
 def parse_args(argv: list[str]) -> ControllerConfig:
     parser = argparse.ArgumentParser(prog="shopgate gateway", description="Run the gateway controller: catalog + KV -> haproxy.cfg -> a live HAProxy.")
     parser.add_argument("--consul", default=None, help="Consul HTTP API address (default: CONSUL_HTTP_ADDR or %s)" % settings.DEFAULT_CONSUL_ADDR)
-    parser.add_argument("--haproxy-bin", default="haproxy", help="HAProxy executable (default %(default)s)")
+    parser.add_argument("--haproxy-bin", default=ControllerConfig.haproxy_bin, help="HAProxy executable (default %(default)s)")
     parser.add_argument("--listen", default=ControllerConfig.listen, help="entry point host:port (default %(default)s)")
     parser.add_argument("--stats", default=ControllerConfig.stats, help="HAProxy stats page and /metrics host:port (default %(default)s)")
     parser.add_argument("--status", default=ControllerConfig.status, help="controller /status and /metrics host:port (default %(default)s)")

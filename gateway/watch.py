@@ -33,7 +33,7 @@ import requests
 
 from catalog.records import NODE_MAINTENANCE_ID, SERVICE_MAINTENANCE_PREFIX  # Consul's own check IDs
 from gateway.model import Instance, Snapshot
-from shopgate.settings import KV_PREFIX, ConsulAddress
+from shopgate.settings import GATEWAY_RETRY_BACKOFF_SECONDS, GATEWAY_WATCH_WAIT_SECONDS, KV_PREFIX, ConsulAddress
 
 log = logging.getLogger("shopgate.gateway.watch")
 
@@ -56,7 +56,7 @@ class QueryResult:
 class ConsulHTTP:
     """The few Consul HTTP reads the watcher needs, with the token and blocking-query parameters."""
 
-    def __init__(self, address: ConsulAddress, wait_seconds: float = 30.0):
+    def __init__(self, address: ConsulAddress, wait_seconds: float = GATEWAY_WATCH_WAIT_SECONDS):
         self.address = address
         self.wait_seconds = wait_seconds
         self.session = requests.Session()
@@ -185,7 +185,7 @@ class CatalogWatcher:
     `seen_at` is the monotonic time the change was first seen (the start of propagation)."""
 
     def __init__(self, address: ConsulAddress, on_snapshot: Callable[[Snapshot, float], None],
-                 wait_seconds: float = 30.0, kv_prefix: str = KV_PREFIX, fetch_workers: int = 8):
+                 wait_seconds: float = GATEWAY_WATCH_WAIT_SECONDS, kv_prefix: str = KV_PREFIX, fetch_workers: int = 8):
         self.http = ConsulHTTP(address, wait_seconds)
         self.on_snapshot = on_snapshot
         self.kv_prefix = kv_prefix
@@ -238,7 +238,8 @@ class CatalogWatcher:
         self._poll("kv", f"/v1/kv/{self.kv_prefix}", {"recurse": ""}, self._kv_changed, missing_ok=True)
 
     def _poll(self, name: str, path: str, params: dict, handle: Callable[[object, float, int], None], missing_ok: bool = False) -> None:
-        backoff = 0.2
+        first_backoff, last_backoff = GATEWAY_RETRY_BACKOFF_SECONDS
+        backoff = first_backoff
         while not self._stop.is_set():
             index = self._indexes[name]
             try:
@@ -255,9 +256,9 @@ class CatalogWatcher:
                     return
                 self._failed(name, str(error))
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, last_backoff)
                 continue
-            backoff = 0.2
+            backoff = first_backoff
             seen_at = time.monotonic()
             self._succeeded(name)
             if result.index < index:

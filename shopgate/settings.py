@@ -75,6 +75,15 @@ DOCKER_MAX_BACKOFF_SECONDS = 5.0
 MIN_SLOTS = 4
 SLOT_HEADROOM = 2
 
+#: Gateway controller (`shopgate gateway`): a blocking catalog query waits up to GATEWAY_WATCH_WAIT_SECONDS; a
+#: removed server drains at most GATEWAY_DRAIN_TIMEOUT_SECONDS before `state maint`; the empty-catalog guard holds
+#: back a view at most GATEWAY_GUARD_HOLD_SECONDS; catalog queries and HAProxy restarts are retried after pauses
+#: that double from the first to the last of GATEWAY_RETRY_BACKOFF_SECONDS.
+GATEWAY_WATCH_WAIT_SECONDS = 30.0
+GATEWAY_DRAIN_TIMEOUT_SECONDS = 30.0
+GATEWAY_GUARD_HOLD_SECONDS = 30.0
+GATEWAY_RETRY_BACKOFF_SECONDS = (0.2, 5.0)
+
 
 @dataclass(frozen=True)
 class ConsulAddress:
