@@ -250,9 +250,10 @@ class Controller:
             self._not_before = self._last_reload + RELOAD_INTERVAL
             return
         with self._lock:   # from here on, news is a new burst
-            self._snapshot = None if self._snapshot is snapshot else self._snapshot
-            self._seen_at = None if self._snapshot is None else self._seen_at
-            self._first_event = None if self._snapshot is None else self._first_event
+            if self._snapshot is snapshot:
+                self._snapshot = None
+            if self._snapshot is None:   # else a newer view arrived meanwhile: its burst stays open
+                self._seen_at = self._first_event = None
             self._templates_edited = None
         self._apply(wanted, snapshot, seen_at, f"template {edited} edited" if edited else None)
 

@@ -32,6 +32,10 @@ class HAProxyError(RuntimeError):
     """HAProxy refused a config, a command, or did not come up; the message is HAProxy's own where it has one."""
 
 
+_ALERT_PREFIX = re.compile(r"^\[ALERT\]\s*\(\d+\)\s*:\s*")
+_PARSING_AT = re.compile(r"parsing \[[^\]]*:(\d+)\]")
+
+
 def check_config(haproxy_bin: str, cfg_path: Path, timeout: float = 60.0) -> str | None:
     """None when `haproxy -c` accepts the file, else HAProxy's alerts, each with the config line it names."""
     try:
@@ -55,10 +59,6 @@ def check_config(haproxy_bin: str, cfg_path: Path, timeout: float = 60.0) -> str
     return "\n".join(shown) or f"haproxy -c exited with {result.returncode}"
 
 
-_ALERT_PREFIX = re.compile(r"^\[ALERT\]\s*\(\d+\)\s*:\s*")
-_PARSING_AT = re.compile(r"parsing \[[^\]]*:(\d+)\]")
-
-
 # ---------------------------------------------------------------- master CLI
 
 
@@ -80,6 +80,7 @@ _RUNTIME_ERROR = re.compile(r"^(no such|unknown|require|invalid|can't|cannot|fai
 
 
 def parse_show_proc(text: str) -> ProcInfo:
+    """The master's `show proc` table; the only way to tell that a reload produced a new worker."""
     master = reloads = failed = None
     workers: list[int] = []
     old: list[int] = []
@@ -268,15 +269,6 @@ class HAProxyProcess:
                 return log_file.read(65536).decode(errors="replace")
         except OSError:
             return ""
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        """Block until HAProxy exits (its exit code), or None after `timeout`."""
-        if self.popen is None:
-            return None
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the master's process group (its workers go with it), SIGKILL after `timeout`."""

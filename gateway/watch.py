@@ -49,6 +49,8 @@ class CatalogUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class QueryResult:
+    """A decoded answer and its X-Consul-Index, the index the next blocking query waits on."""
+
     data: object
     index: int
 
@@ -169,6 +171,7 @@ def _count_changes(old: dict[str, int], new: dict[str, int]) -> set[str]:
 
 
 def kv_from_entries(entries: list[dict] | None) -> dict[str, bytes]:
+    """`/v1/kv/<prefix>?recurse` entries -> key: raw value (Consul sends values base64-encoded, null when empty)."""
     values = {}
     for entry in entries or ():
         raw = entry.get("Value")
