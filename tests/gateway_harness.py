@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from shopgate.processes import ManagedProcess, free_port, shopgate_argv, stop_pid, wait_for_http
-from shopgate.settings import TEMPLATES_DIR
+from shopgate.settings import GATEWAY_GUARD_HOLD_SECONDS, TEMPLATES_DIR
 
 BACKEND_SCRIPT = Path(__file__).resolve().parent / "gateway_backend.py"
 
@@ -45,10 +45,6 @@ class Backend:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def instance(self) -> str:
-        return f"{self.service}-{self.port}"
-
 
 @dataclass
 class Gateway:
@@ -57,7 +53,7 @@ class Gateway:
     catalog: object
     tmp_path: Path
     start_process: Callable[..., ManagedProcess]
-    guard_hold: float = 30.0
+    guard_hold: float = GATEWAY_GUARD_HOLD_SECONDS
     listen: int = field(default_factory=free_port)
     stats: int = field(default_factory=free_port)
     status_port: int = field(default_factory=free_port)
