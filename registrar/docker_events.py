@@ -141,6 +141,7 @@ class DockerRegistrar:
                                  (service.get("Meta") or {}).get("container_name", "?"))
 
     def handle_event(self, event: Mapping[str, Any]) -> None:
+        """Dispatch one engine event; both spellings are read (Action/Actor, and the older status/id)."""
         if event.get("Type", "container") != "container":
             return
         action = event.get("Action") or event.get("status") or ""

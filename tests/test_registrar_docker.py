@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 import pytest
 import requests
 
+import catalog_helpers
 from shopgate.processes import free_port, shopgate_argv
 
 pytest_plugins = ["docker_engine"]
@@ -23,16 +24,8 @@ pytestmark = pytest.mark.compose
 HTTP_SERVER = ["python3", "-m", "http.server", "8000"]
 
 
-def eventually(predicate, timeout: float = 15.0, what: str = "condition"):
-    """Poll until predicate() returns something truthy; return it."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+#: The shared poll, with a longer deadline: a container's HEALTHCHECK and the engine's events take longer than a catalog write.
+eventually = partial(catalog_helpers.eventually, timeout=15.0)
 
 
 def unique(prefix: str) -> str:
@@ -122,8 +115,7 @@ def test_stop_puts_the_container_in_maintenance_while_it_drains_then_deregisters
                                      if c["CheckID"] == f"_service_maintenance:{service_id}"],
                             timeout=3, what="maintenance during the stop timeout")
         assert checks[0]["Status"] == "critical"
-        assert container.attrs and requests.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200, \
-            "still serving while draining"
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200, "still serving while draining"
     finally:
         stopper.join()
     eventually(lambda: not services_named(catalog, "slow"), timeout=10, what="slow deregistered after die")
@@ -162,7 +154,7 @@ def test_resync_registers_running_containers_and_cleans_up_gone_ones(
     # While no registrar runs, the container goes away and the catalog forgets the rest.
     first.remove(force=True)
     assert services_named(catalog, "early"), "nobody deregistered it while the registrar was down"
-    second = containers(base_image, HTTP_SERVER, name=unique("late"), init=True, network=docker_network.name,
+    containers(base_image, HTTP_SERVER, name=unique("late"), init=True, network=docker_network.name,
                         ports={"8000/tcp": ("127.0.0.1", free_port())}, labels={"SERVICE_NAME": "late"})
 
     start_registrar("--resync", "1", name="registrar-again")
@@ -172,7 +164,6 @@ def test_resync_registers_running_containers_and_cleans_up_gone_ones(
     catalog.client().agent.service.deregister(services_named(catalog, "late")[0]["Service"]["ID"])
     eventually(lambda: services_named(catalog, "late"), what="re-registration by the periodic resync")
     assert [e["Service"]["ID"] for e in services_named(catalog, "foreign")] == ["foreign-1"]
-    assert second.status in ("created", "running")
 
 
 class SocketRelay:
@@ -232,7 +223,7 @@ class SocketRelay:
 
 
 def test_event_stream_is_reopened_after_it_drops(catalog, start_registrar, containers, docker_network, base_image,
-                                                 docker_engine, tmp_path):
+                                                 docker_engine):
     relay = SocketRelay(Path("/tmp") / f"sg-relay-{uuid.uuid4().hex[:8]}.sock", docker_engine.socket_path)
     try:
         # A resync period far beyond the test: only the event stream can register the container.
