@@ -335,12 +335,16 @@ class CatalogWatcher:
             updated = tuple(replace(i, status=aggregate_status(by_instance[(service, i.node, i.id)] + node_checks.get(i.node, [])))
                             for i in known if (i.node, i.id) not in gone)
             if updated != known:
-                if updated:
-                    self._instances[service] = updated
-                else:
-                    self._instances.pop(service)
+                self._set_instances(service, updated)
                 moved = True
         return moved
+
+    def _set_instances(self, service: str, instances: tuple[Instance, ...]) -> None:
+        """A service without instances is no key at all: the Snapshot then equals one that never had it."""
+        if instances:
+            self._instances[service] = instances
+        else:
+            self._instances.pop(service, None)
 
     def _catalog_changed(self, data: object, seen_at: float, since: int) -> None:
         names = {str(k): frozenset(v or ()) for k, v in (data.items() if isinstance(data, dict) else ()) if k not in IGNORED_SERVICES}
@@ -395,13 +399,9 @@ class CatalogWatcher:
                 with self._wake:
                     moved = kv_seen_at is not None or not self._emitted_once
                     for service, instances in fetched.items():
-                        if instances == self._instances.get(service, ()):
-                            continue   # e.g. only a check's output changed: keep the very same tuple
-                        moved = True
-                        if instances:
-                            self._instances[service] = instances
-                        else:
-                            self._instances.pop(service, None)
+                        if instances != self._instances.get(service, ()):   # else (say, only a check's output
+                            self._set_instances(service, instances)          # changed) keep the very same tuple
+                            moved = True
                     if moved:
                         pending = True
                         carried += [*dirty.values(), *([kv_seen_at] if kv_seen_at is not None else [])]
