@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from registrar.registration import instance_id, parse_tags  # noqa: E402
 from shopgate.settings import ConsulAddress  # noqa: E402
 
 
@@ -70,13 +71,13 @@ def main() -> int:
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     port = server.server_address[1]
-    service_id = f"{args.service}-{port}"
+    service_id = instance_id(args.service, port)
     consul = ConsulAddress.parse(args.consul, token="").client()
 
     def register(*_) -> None:
         consul.agent.service.register(
             args.service, service_id=service_id, address="127.0.0.1", port=port,
-            tags=[t for t in args.tags.split(",") if t],
+            tags=list(parse_tags(args.tags)),
             check={"HTTP": f"http://127.0.0.1:{port}/health", "Interval": "1s", "Timeout": "1s"},
         )
 
