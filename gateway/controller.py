@@ -19,16 +19,19 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Mapping
 
 from gateway.apply import Applier, ConfigRejected, GatewayFiles
 from gateway.diff import plan_changes
 from gateway.haproxy import HAProxyError, HAProxyProcess
 from gateway.haproxy_syntax import BIND_ADDRESS
+from gateway.kv_settings import settings_from_env
 from gateway.metrics import GatewayMetrics
 from gateway.model import RouteTable, RuntimePaths, Snapshot
 from gateway.routing import build_route_table
@@ -61,6 +64,7 @@ class ControllerConfig:
     drain_timeout: float = settings.GATEWAY_DRAIN_TIMEOUT_SECONDS
     guard_hold: float = settings.GATEWAY_GUARD_HOLD_SECONDS
     slot_headroom: int = settings.SLOT_HEADROOM
+    kv_defaults: Mapping[str, bytes] = field(default_factory=dict)   # from SHOPGATE_GATEWAY_* (KV wins)
 
 
 class EmptyCatalogGuard:
@@ -196,10 +200,15 @@ class Controller:
             due = max(min(self._last_event + MIN_QUIET, self._first_event + MAX_WAIT), self._not_before)
             return min(0.25, max(0.0, due - now))
 
+    def _route_table(self, snapshot: Snapshot, previous: RouteTable | None) -> RouteTable:
+        if self.config.kv_defaults:
+            snapshot = replace(snapshot, kv={**self.config.kv_defaults, **snapshot.kv})
+        return build_route_table(snapshot, previous, headroom=self.config.slot_headroom)
+
     def _start_haproxy(self) -> bool:
         """Serve at once, with no routes (503) until the catalog's first view arrives."""
         try:
-            self.applier.apply(build_route_table(Snapshot(), headroom=self.config.slot_headroom))
+            self.applier.apply(self._route_table(Snapshot(), None))
             return True
         except (ConfigRejected, HAProxyError) as error:
             self._error("start", f"HAProxy did not start: {error}")
@@ -244,7 +253,7 @@ class Controller:
             self.metrics.guard_holds.inc()
             self._not_before = now + 1.0   # look again in a second (or on news)
             return
-        wanted = build_route_table(snapshot, self.applier.running, headroom=self.config.slot_headroom)
+        wanted = self._route_table(snapshot, self.applier.running)
         self._wanted = wanted
         if not edited and plan_changes(self.applier.running, wanted).needs_reload and now - self._last_reload < RELOAD_INTERVAL:
             self._not_before = self._last_reload + RELOAD_INTERVAL
@@ -366,7 +375,8 @@ def parse_args(argv: list[str]) -> ControllerConfig:
         parser.error(f"--templates: {args.templates} is not a directory")
     return ControllerConfig(consul=consul, haproxy_bin=args.haproxy_bin, listen=args.listen, stats=args.stats, status=args.status,
                             state_dir=args.state_dir.resolve(), templates_dir=args.templates.resolve(),
-                            drain_timeout=args.drain_timeout, guard_hold=args.guard_hold, slot_headroom=max(1, args.slot_headroom))
+                            drain_timeout=args.drain_timeout, guard_hold=args.guard_hold, slot_headroom=max(1, args.slot_headroom),
+                            kv_defaults=settings_from_env(os.environ))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from gateway.haproxy_syntax import MAX_WEIGHT, SERVICE_NAME, TOKEN, display
 from gateway.model import BackendSettings, GatewaySettings
@@ -120,6 +120,20 @@ SERVICE_KEYS: dict[str, tuple[Callable[[str], Any], Fields]] = {
     "maintenance": (boolean, "maintenance"),
     "slots": (integer(1, 1024), "min_slots"),
 }
+
+
+#: `SHOPGATE_GATEWAY_<KEY>` gives a gateway-wide setting where KV has none (e.g. SHOPGATE_GATEWAY_STATS_AUTH).
+ENV_PREFIX = "SHOPGATE_GATEWAY_"
+
+
+def settings_from_env(environ: Mapping[str, str]) -> dict[str, bytes]:
+    """Gateway settings from the environment, as the KV entries they stand in for.
+
+    Deployments set secrets such as the stats login at start, without a KV write; a KV value
+    still wins, and a bad value is reported under its KV key like any other.
+    """
+    return {f"{KV_PREFIX}gateway/{key}": environ[ENV_PREFIX + key.upper()].encode()
+            for key in GATEWAY_KEYS if ENV_PREFIX + key.upper() in environ}
 
 
 def parse_settings(kv: dict[str, bytes]) -> tuple[GatewaySettings, dict[str, BackendSettings], list[str]]:

@@ -59,6 +59,7 @@ class Gateway:
     status_port: int = field(default_factory=free_port)
     process: ManagedProcess | None = None
     haproxy_pids: set[int] = field(default_factory=set)
+    env: dict[str, str] | None = None
 
     @property
     def url(self) -> str:
@@ -84,7 +85,7 @@ class Gateway:
             "--state-dir", str(self.state_dir), "--templates", str(self.templates),
             "--guard-hold", str(self.guard_hold), "--drain-timeout", "5",
         )
-        self.process = self.start_process("gateway", argv)
+        self.process = self.start_process("gateway", argv, env=self.env)
         wait_for_http(f"http://127.0.0.1:{self.status_port}/status", timeout=30, process=self.process,
                       ok=lambda r: r.status_code == 200 and r.json().get("haproxy_pid"))
         return self

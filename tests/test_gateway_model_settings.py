@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.kv_settings import parse_settings
+from gateway.kv_settings import parse_settings, settings_from_env
 from gateway.model import BackendSettings, GatewaySettings
 
 
@@ -97,3 +97,10 @@ def test_consul_folders_and_other_prefixes_are_ignored():
 def test_a_hostile_key_is_shown_escaped_on_one_line():
     _, _, errors = parse_settings({"shopgate/gateway/x\nbackend evil": b"1"})
     assert errors == ["shopgate/gateway/x\\nbackend evil: unknown key 'x\\nbackend evil' (known: hard_stop_after, maxconn, retries, stats_auth, timeout_client, timeout_connect, timeout_server)"]
+
+
+def test_environment_gives_gateway_settings_that_kv_overrides():
+    env = settings_from_env({"SHOPGATE_GATEWAY_STATS_AUTH": "ops:pw", "SHOPGATE_GATEWAY_RETRIES": "1", "UNRELATED": "x"})
+    assert env == {"shopgate/gateway/stats_auth": b"ops:pw", "shopgate/gateway/retries": b"1"}
+    gateway, _, errors = parse_settings({**env, "shopgate/gateway/retries": b"2"})
+    assert (gateway.stats_user, gateway.stats_password, gateway.retries, errors) == ("ops", "pw", 2, [])

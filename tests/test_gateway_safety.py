@@ -145,3 +145,15 @@ def test_kv_settings_are_applied_and_invalid_ones_reported(gateway):
     assert "fastest" not in config and "bind :1" not in config
     assert server_limits(gateway, "be_products") == {"250"}, "valid settings stay in force"
     assert answered_by(gateway) == str(backend.port)
+
+
+def test_stats_login_from_the_environment_and_kv_overrides_it(gateway_factory):
+    gateway = gateway_factory(env={"SHOPGATE_GATEWAY_STATS_AUTH": "ops:from-env"})
+    stats = gateway.stats_url + "/"
+    assert requests.get(stats, timeout=5).status_code == 401, "the stats page asks for the login"
+    assert requests.get(stats, auth=("ops", "from-env"), timeout=5).status_code == 200
+
+    gateway.catalog.client().kv.put("shopgate/gateway/stats_auth", "ops:from-kv")
+    eventually("the KV login replaces the environment's",
+               lambda: requests.get(stats, auth=("ops", "from-kv"), timeout=5).status_code == 200)
+    assert requests.get(stats, auth=("ops", "from-env"), timeout=5).status_code == 401
