@@ -54,9 +54,6 @@ class Snapshot:
     def instance_count(self) -> int:
         return sum(len(v) for v in self.services.values())
 
-    def __hash__(self) -> int:  # dict fields are not hashable; snapshots are compared, not hashed
-        return hash((self.index, self.instance_count()))
-
 
 # ---------------------------------------------------------------- output: what HAProxy should run
 
