@@ -39,7 +39,7 @@ from gateway.status import StatusServer
 from gateway.template_watch import TemplateWatcher
 from gateway.watch import CatalogWatcher
 from shopgate import settings
-from shopgate.settings import ConsulAddress
+from shopgate.consul_client import ConsulAddress
 
 log = logging.getLogger("shopgate.gateway")
 
@@ -144,7 +144,7 @@ class Controller:
         self._last_reload = 0.0
         self._not_before = 0.0
         self._restart_at = 0.0
-        self._restart_delay = settings.GATEWAY_RETRY_BACKOFF_SECONDS[0]
+        self._restart_delay = settings.RETRY_BACKOFF_SECONDS[0]
         self.last_error: str | None = None
 
     # ---- events (any thread)
@@ -231,9 +231,9 @@ class Controller:
                 started = False
         if not started:
             self._restart_at = time.monotonic() + self._restart_delay
-            self._restart_delay = min(self._restart_delay * 2, settings.GATEWAY_RETRY_BACKOFF_SECONDS[1])
+            self._restart_delay = min(self._restart_delay * 2, settings.RETRY_BACKOFF_SECONDS[1])
             return
-        self._restart_delay = settings.GATEWAY_RETRY_BACKOFF_SECONDS[0]
+        self._restart_delay = settings.RETRY_BACKOFF_SECONDS[0]
         with self._lock:   # re-plan from the config it runs now to the wanted view
             self._snapshot = self._snapshot or self._applied_snapshot
             self._seen_at = self._seen_at or time.monotonic()

@@ -35,9 +35,8 @@ from docker.errors import DockerException, NotFound
 
 from registrar.labels import ContainerInfo, ContainerService, RegistrarOptions, docker_health_status, owned_by, plan_services
 from registrar.registration import parse_tags
-from registrar.self_registration import CATALOG_ERRORS
 from shopgate import settings
-from shopgate.settings import ConsulAddress
+from shopgate.consul_client import CATALOG_ERRORS, ConsulAddress, connect
 
 log = logging.getLogger("shopgate.registrar.docker")
 
@@ -352,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         forced_tags=parse_tags(args.tags), node=args.node or info.get("Name") or "docker",
         engine_id=info.get("ID") or "", health_ttl=args.health_ttl,
     )
-    registrar = DockerRegistrar(engine, consul.client(), options, resync_seconds=args.resync,
+    registrar = DockerRegistrar(engine, connect(consul), options, resync_seconds=args.resync,
                                 cleanup=args.cleanup, deregister_on_failure=args.deregister == "always")
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: registrar.stop())

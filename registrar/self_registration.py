@@ -22,17 +22,11 @@ import logging
 import re
 import time
 
-import requests
-from consul import ConsulException
-
 from registrar.registration import Registration
 from shopgate import settings
-from shopgate.settings import ConsulAddress
+from shopgate.consul_client import CATALOG_ERRORS, ConsulAddress, connect
 
 log = logging.getLogger("shopgate.registrar")
-
-#: Errors that mean "the catalog did not take it", never "our bug".
-CATALOG_ERRORS = (requests.RequestException, ConsulException)
 
 FIRST_BACKOFF_SECONDS = 0.5
 CATALOG_TIMEOUT_SECONDS = 2.0
@@ -53,7 +47,7 @@ class SelfRegistration:
         self.recheck_seconds = recheck_seconds
         self.max_backoff_seconds = max_backoff_seconds
         self.registrations = 0  # how many times we (re-)registered
-        self._client = consul.client(connections_timeout=CATALOG_TIMEOUT_SECONDS)
+        self._client = connect(consul, timeout=CATALOG_TIMEOUT_SECONDS)
         self._stopping = False
         self._next_attempt = 0.0
         self._backoff = FIRST_BACKOFF_SECONDS

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import requests
 
-from registrar.self_registration import CATALOG_ERRORS
-from shopgate.settings import ConsulAddress
+from shopgate.consul_client import CATALOG_ERRORS, ConsulAddress, connect
+from shopgate.consul_client.health import decode_health_entries
 
 log = logging.getLogger("shopgate.discovery")
 
@@ -48,15 +48,10 @@ class Endpoint:
         return f"http://{host}:{self.port}"
 
 
-def endpoints_from_health(entries: list[dict]) -> list[Endpoint]:
-    """Endpoints from `/v1/health/service/<name>` entries (empty service address = the node's)."""
-    found = []
-    for entry in entries:
-        service = entry.get("Service") or {}
-        address = service.get("Address") or (entry.get("Node") or {}).get("Address") or ""
-        if address and service.get("Port"):
-            found.append(Endpoint(service.get("ID", ""), address, int(service["Port"])))
-    return found
+def endpoints_from_health(service: str, entries: list[dict]) -> list[Endpoint]:
+    """Endpoints of the passing instances in `/v1/health/service/<service>` entries."""
+    return [Endpoint(e.id, e.address, e.port) for e in decode_health_entries(service, entries)
+            if e.passing and e.address and e.port]
 
 
 class Peers:
@@ -64,7 +59,7 @@ class Peers:
 
     def __init__(self, consul: ConsulAddress, http: requests.Session | None = None):
         self._catalog_url = consul.url
-        self._consul = consul.client(connections_timeout=2.0)
+        self._consul = connect(consul, timeout=2.0)
         self._http = http or requests.Session()
         self._cache: dict[str, tuple[float, list[Endpoint]]] = {}
         self._lock = threading.Lock()
@@ -79,7 +74,7 @@ class Peers:
             _, entries = self._consul.health.service(service, passing=True)
         except CATALOG_ERRORS as exc:
             raise PeerUnavailable(service, f"catalog {self._catalog_url} unreachable: {exc}") from None
-        endpoints = endpoints_from_health(entries)
+        endpoints = endpoints_from_health(service, entries)
         with self._lock:
             self._cache[service] = (now, endpoints)
         return endpoints

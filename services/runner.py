@@ -27,7 +27,7 @@ from services.discovery import Peers
 from services.serving import serve
 from services.store import Store
 from shopgate import __version__, settings
-from shopgate.settings import ConsulAddress
+from shopgate.consul_client import ConsulAddress
 
 log = logging.getLogger("shopgate.service")
 

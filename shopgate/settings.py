@@ -7,9 +7,7 @@ command line or the environment; nothing else hard-codes a port or a path.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,42 +75,11 @@ SLOT_HEADROOM = 2
 
 #: Gateway controller (`shopgate gateway`): a blocking catalog query waits up to GATEWAY_WATCH_WAIT_SECONDS; a
 #: removed server drains at most GATEWAY_DRAIN_TIMEOUT_SECONDS before `state maint`; the empty-catalog guard holds
-#: back a view at most GATEWAY_GUARD_HOLD_SECONDS; catalog queries and HAProxy restarts are retried after pauses
-#: that double from the first to the last of GATEWAY_RETRY_BACKOFF_SECONDS.
+#: back a view at most GATEWAY_GUARD_HOLD_SECONDS.
 GATEWAY_WATCH_WAIT_SECONDS = 30.0
 GATEWAY_DRAIN_TIMEOUT_SECONDS = 30.0
 GATEWAY_GUARD_HOLD_SECONDS = 30.0
-GATEWAY_RETRY_BACKOFF_SECONDS = (0.2, 5.0)
 
+#: Catalog reads and HAProxy restarts that failed are retried after pauses that double from the first to the last.
+RETRY_BACKOFF_SECONDS = (0.2, 5.0)
 
-@dataclass(frozen=True)
-class ConsulAddress:
-    """Where the Consul API is, read the way the consul CLI reads it."""
-
-    scheme: str
-    host: str
-    port: int
-    token: str | None = None
-
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
-
-    @classmethod
-    def parse(cls, addr: str | None = None, token: str | None = None) -> "ConsulAddress":
-        """Parse `CONSUL_HTTP_ADDR`-style text: `host:port`, or a URL."""
-        addr = addr or os.environ.get("CONSUL_HTTP_ADDR") or DEFAULT_CONSUL_ADDR
-        token = token if token is not None else (os.environ.get("CONSUL_HTTP_TOKEN") or None)
-        if "://" not in addr:
-            addr = "http://" + addr
-        parts = urlsplit(addr)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"CONSUL_HTTP_ADDR: cannot parse {addr!r} (expected host:port or http://host:port)")
-        port = parts.port or (443 if parts.scheme == "https" else CATALOG_PORT)
-        return cls(parts.scheme, parts.hostname, port, token)
-
-    def client(self, **kwargs):
-        """A py-consul client for this address."""
-        import consul
-
-        return consul.Consul(host=self.host, port=self.port, scheme=self.scheme, token=self.token, **kwargs)

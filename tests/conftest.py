@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shopgate.processes import ManagedProcess, free_port, shopgate_argv, wait_for_http
-from shopgate.settings import ConsulAddress
+from shopgate.consul_client import ConsulAddress, connect
 
 
 class CatalogProcess:
@@ -32,7 +32,7 @@ class CatalogProcess:
         return ConsulAddress.parse(self.url, token="")
 
     def client(self, **kwargs):
-        return self.address.client(**kwargs)
+        return connect(self.address, **kwargs)
 
     def start(self) -> "CatalogProcess":
         argv = shopgate_argv("catalog", "--bind", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra_args)

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from registrar.registration import instance_id, parse_tags  # noqa: E402
-from shopgate.settings import ConsulAddress  # noqa: E402
+from shopgate.consul_client import ConsulAddress, connect  # noqa: E402
 
 
 def main() -> int:
@@ -72,7 +72,7 @@ def main() -> int:
     server.daemon_threads = True
     port = server.server_address[1]
     service_id = instance_id(args.service, port)
-    consul = ConsulAddress.parse(args.consul, token="").client()
+    consul = connect(ConsulAddress.parse(args.consul, token=""))
 
     def register(*_) -> None:
         consul.agent.service.register(

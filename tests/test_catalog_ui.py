@@ -17,7 +17,8 @@ import consul
 import pytest
 
 from browser import PNG_MAGIC, dom_text, live_browser, page_dom, screenshot
-from shopgate.settings import PROJECT_ROOT, ConsulAddress
+from shopgate.consul_client import ConsulAddress, connect
+from shopgate.settings import PROJECT_ROOT
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -156,7 +157,7 @@ def test_page_follows_the_catalog_live_and_survives_a_restart(catalog, shop):
 
 def test_acl_token_pasted_in_the_page_is_sent_and_remembered(catalog_factory):
     secured = catalog_factory("secured", extra_args=("--acl-token", "s3cret-token"))
-    ConsulAddress.parse(secured.url, token="s3cret-token").client().kv.put("shopgate/settings/balance", "first")
+    connect(ConsulAddress.parse(secured.url, token="s3cret-token")).kv.put("shopgate/settings/balance", "first")
     with live_browser() as browser:
         page = browser.new_page()
         page.goto(f"{secured.url}/ui/#/kv")

@@ -27,7 +27,7 @@ def test_endpoints_use_the_service_address_or_else_the_nodes():
         {"Node": {"Address": "10.0.0.2"}, "Service": {"ID": "users-2", "Address": "", "Port": 5002}},
         {"Node": {"Address": "10.0.0.3"}, "Service": {"ID": "users-3", "Address": "10.0.0.3", "Port": 0}},
     ]
-    assert endpoints_from_health(entries) == [Endpoint("users-1", "10.0.0.9", 5001), Endpoint("users-2", "10.0.0.2", 5002)]
+    assert endpoints_from_health("users", entries) == [Endpoint("users-1", "10.0.0.9", 5001), Endpoint("users-2", "10.0.0.2", 5002)]
     assert Endpoint("x", "::1", 80).base_url == "http://[::1]:80"
 
 

@@ -1,0 +1,82 @@
+"""The one generic blocking-query loop: hold a Consul read open on its index, hand on each change.
+
+Consul's rules for clients, kept here once (consul-template's `watch/view.go`):
+- the first read has no index and returns at once; later reads wait on the last index seen;
+- an answer with the same index is the wait ending without a change (nothing to hand on);
+- an index that goes backwards (a restarted or replaced server) resets to 0, so the next read
+  returns at once instead of waiting its full wait;
+- after any failure the pause doubles from the first to the last backoff, and the next read
+  starts at index 0 to catch up at once when the catalog is back.
+What a result means is not this loop's business: `on_change` decodes it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+from shopgate.consul_client.client import CatalogUnavailable, QueryResult
+from shopgate.settings import RETRY_BACKOFF_SECONDS
+
+
+class BlockingQuery:
+    """One read held open on its index by `run()` until `stop` is set.
+
+    `fetch(index)` performs the read (index 0: do not block). `on_change(data, seen_at, since)` gets
+    each changed answer, `seen_at` being the monotonic time it arrived and `since` the index it
+    waited on. `on_error(message)`, `on_success()` and `on_reset(seen_at)` let the owner report
+    reachability; they default to doing nothing."""
+
+    def __init__(self, name: str, fetch: Callable[[int], QueryResult], on_change: Callable[[Any, float, int], None],
+                 stop: threading.Event, *, backoff: tuple[float, float] = RETRY_BACKOFF_SECONDS,
+                 on_error: Callable[[str], None] = lambda message: None, on_success: Callable[[], None] = lambda: None,
+                 on_reset: Callable[[float], None] = lambda seen_at: None):
+        self.name = name
+        self.fetch = fetch
+        self.on_change = on_change
+        self.stop = stop
+        self.backoff = backoff
+        self.on_error = on_error
+        self.on_success = on_success
+        self.on_reset = on_reset
+        self.index = 0
+        self.waiting = False     # a read is held open on an index right now
+        self.reads = 0
+
+    def run(self) -> None:
+        first_backoff, last_backoff = self.backoff
+        pause = first_backoff
+        while not self.stop.is_set():
+            index = self.index
+            self.reads += 1
+            self.waiting = bool(index)
+            try:
+                result = self.fetch(index)
+            except CatalogUnavailable as error:
+                if self.stop.is_set():
+                    return
+                self.index = 0
+                self.on_error(str(error))
+                self.stop.wait(pause)
+                pause = min(pause * 2, last_backoff)
+                continue
+            finally:
+                self.waiting = False
+            pause = first_backoff
+            seen_at = time.monotonic()
+            self.on_success()
+            if result.index < index:
+                self.index = 0
+                self.on_reset(seen_at)
+                continue
+            if result.index == index and index:
+                continue
+            self.index = max(result.index, 1)
+            self.on_change(result.data, seen_at, index)
+
+    def start(self) -> threading.Thread:
+        """Run in a daemon thread named after the query."""
+        thread = threading.Thread(target=self.run, name=f"watch-{self.name}", daemon=True)
+        thread.start()
+        return thread

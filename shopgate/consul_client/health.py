@@ -1,0 +1,71 @@
+"""The one decoder of Consul health: `/v1/health/service/<name>` entries and their checks.
+
+One rule for every reader (the gateway, service discovery, the registrar, `shopgate status`):
+- an instance's address is its ServiceAddress, else its node's Address;
+- it is in maintenance while a `_service_maintenance:<id>` or `_node_maintenance` check is present;
+- otherwise its status is its worst check, and a status this decoder cannot read counts as
+  critical: what cannot be read is never routed nor counted as passing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from shopgate.consul_client.protocol import CRITICAL, MAINTENANCE, PASSING, STATUSES, is_maintenance_check
+
+_RANK = {status: rank for rank, status in enumerate(STATUSES)}
+
+
+@dataclass(frozen=True, slots=True)
+class HealthEntry:
+    """One instance of a service as Consul's health endpoint reports it."""
+
+    service: str
+    id: str                                   # ServiceID, unique per node
+    node: str
+    address: str                              # ServiceAddress, or the node's Address when empty
+    port: int                                 # 0 when the registration has none
+    tags: tuple[str, ...] = ()
+    meta: tuple[tuple[str, str], ...] = ()    # sorted (key, value) pairs of ServiceMeta
+    status: str = PASSING                     # passing | warning | critical | maintenance
+
+    @property
+    def passing(self) -> bool:
+        return self.status == PASSING
+
+
+def aggregate_status(checks: Iterable[dict[str, Any]]) -> str:
+    """Maintenance if a maintenance check is present, else the worst check status (passing without
+    checks); an unreadable or unknown status is critical."""
+    worst = PASSING
+    for check in checks:
+        if is_maintenance_check(str(check.get("CheckID", ""))):
+            return MAINTENANCE
+        status = check.get("Status")
+        if _RANK.get(status, _RANK[CRITICAL]) > _RANK[worst]:
+            worst = status if status in _RANK else CRITICAL
+    return worst
+
+
+def decode_health_entries(service: str, entries: Any) -> tuple[HealthEntry, ...]:
+    """`/v1/health/service/<service>` entries -> HealthEntries sorted by (node, id); rows without a
+    Service object are skipped (a malformed answer must not take the others with it)."""
+    decoded = []
+    for entry in entries if isinstance(entries, list) else ():
+        if not isinstance(entry, dict) or not isinstance(entry.get("Service"), dict):
+            continue
+        node, svc = entry.get("Node") or {}, entry["Service"]
+        meta = svc.get("Meta") or {}
+        port = svc.get("Port")
+        decoded.append(HealthEntry(
+            service=service,
+            id=str(svc.get("ID", "")),
+            node=str(node.get("Node", "")),
+            address=str(svc.get("Address") or node.get("Address") or ""),
+            port=port if isinstance(port, int) and not isinstance(port, bool) else 0,
+            tags=tuple(str(t) for t in svc.get("Tags") or ()),
+            meta=tuple(sorted((str(k), str(v)) for k, v in meta.items())) if isinstance(meta, dict) else (),
+            status=aggregate_status(c for c in entry.get("Checks") or () if isinstance(c, dict)),
+        ))
+    return tuple(sorted(decoded, key=lambda e: (e.node, e.id)))
