@@ -16,22 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shopgate.consul_client.health import HealthEntry
 
 # ---------------------------------------------------------------- input: the catalog's view
 
 
-@dataclass(frozen=True)
-class Instance:
-    """One registered instance of a service, as the catalog reports it."""
-
-    service: str
-    id: str                      # ServiceID (unique per node)
-    node: str
-    address: str                 # ServiceAddress, or the node's Address when empty
-    port: int
-    tags: tuple[str, ...] = ()
-    meta: tuple[tuple[str, str], ...] = ()   # sorted (key, value) pairs of ServiceMeta
-    status: str = "passing"      # aggregated: "passing" | "warning" | "critical" | "maintenance"
+@dataclass(frozen=True, slots=True)
+class Instance(HealthEntry):
+    """One registered instance of a service, as the one health decoder reads it (fields: HealthEntry's)."""
 
     @property
     def key(self) -> str:
@@ -40,7 +32,7 @@ class Instance:
 
     @property
     def healthy(self) -> bool:
-        return self.status == "passing"
+        return self.passing
 
 
 @dataclass(frozen=True)

@@ -12,127 +12,41 @@ leaves the Snapshot equal and HAProxy untouched. Health flips and deregistration
 instances are read straight from the checks and emitted before that fetch (which then confirms
 them), so the common membership change costs no extra round trip.
 
-Consul's rules for clients are followed: an index that goes backwards resets to 0, and after any
-failure the next query starts at index 0 so the watcher catches up at once (a restarted catalog
-with low indexes would otherwise hold every query for its full wait). While the catalog is away
-the last Snapshot stays; nothing is emitted until a full first sync, so HAProxy never sees a
+Each query is the ground floor's generic blocking-query loop (`shopgate.consul_client.blocking`:
+Consul's index rules, backoff) and each answer is read by the ground floor's decoders (health
+entries, KV); this module decides only what an answer means for the Snapshot. While the catalog is
+away the last Snapshot stays; nothing is emitted until a full first sync, so HAProxy never sees a
 half-read catalog.
+
+py-consul quotes a service name in the fetch's path except for `/` and `:`; a name containing
+them reads as no instances (such a name is refused by routing anyway).
 """
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Any, Callable
 
-import requests
-
-from catalog.records import NODE_MAINTENANCE_ID, SERVICE_MAINTENANCE_PREFIX  # Consul's own check IDs
 from gateway.model import Instance, Snapshot
-from shopgate.settings import GATEWAY_RETRY_BACKOFF_SECONDS, GATEWAY_WATCH_WAIT_SECONDS, KV_PREFIX, ConsulAddress
+from shopgate.consul_client import CatalogUnavailable, ConsulAddress, QueryResult, connect, read
+from shopgate.consul_client.blocking import BlockingQuery
+from shopgate.consul_client.health import aggregate_status, decode_health_entries
+from shopgate.consul_client.kv import kv_from_entries
+from shopgate.settings import GATEWAY_WATCH_WAIT_SECONDS, KV_PREFIX
 
 log = logging.getLogger("shopgate.gateway.watch")
 
 #: Services the gateway never routes to.
 IGNORED_SERVICES = frozenset({"consul"})
-
-_STATUS_RANK = {"passing": 0, "warning": 1, "critical": 2, "maintenance": 3}
-
-
-class CatalogUnavailable(RuntimeError):
-    """The catalog did not answer, or answered with an error."""
+#: A plain (non-blocking) read that takes longer than this counts as the catalog being unavailable.
+READ_TIMEOUT_SECONDS = 10.0
 
 
-@dataclass(frozen=True)
-class QueryResult:
-    """A decoded answer and its X-Consul-Index, the index the next blocking query waits on."""
-
-    data: object
-    index: int
-
-
-class ConsulHTTP:
-    """The few Consul HTTP reads the watcher needs, with the token and blocking-query parameters."""
-
-    def __init__(self, address: ConsulAddress, wait_seconds: float = GATEWAY_WATCH_WAIT_SECONDS):
-        self.address = address
-        self.wait_seconds = wait_seconds
-        self.session = requests.Session()
-        if address.token:
-            self.session.headers["X-Consul-Token"] = address.token
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-
-    def get(self, path: str, params: dict | None = None, index: int | None = None, missing_ok: bool = False) -> QueryResult:
-        """GET `path`; with `index` a blocking query. 404 is an empty result when `missing_ok` (KV)."""
-        params = dict(params or {})
-        timeout = 10.0
-        if index:
-            params.update(index=str(index), wait=f"{int(self.wait_seconds * 1000)}ms")
-            timeout = self.wait_seconds * (1 + 1 / 16) + 10
-        try:
-            response = self.session.get(self.address.url + path, params=params, timeout=timeout)
-        except requests.RequestException as error:
-            raise CatalogUnavailable(f"{path}: {error.__class__.__name__}: {error}") from error
-        new_index = _index_header(response)
-        if response.status_code == 404 and missing_ok:
-            return QueryResult(None, new_index)
-        if response.status_code != 200:
-            raise CatalogUnavailable(f"{path}: HTTP {response.status_code}: {response.text[:200]}")
-        try:
-            return QueryResult(response.json(), new_index)
-        except ValueError as error:
-            raise CatalogUnavailable(f"{path}: answer is not JSON: {error}") from error
-
-    def close(self) -> None:
-        self.session.close()
-
-
-def _index_header(response: requests.Response) -> int:
-    try:
-        return max(0, int(response.headers.get("X-Consul-Index", "0")))
-    except ValueError:
-        return 0
-
-
-# ---------------------------------------------------------------- parsing (pure)
-
-
-def aggregate_status(checks: list[dict]) -> str:
-    """Maintenance if a maintenance check is present, else the worst check status ("passing" without checks)."""
-    worst = "passing"
-    for check in checks:
-        check_id = str(check.get("CheckID", ""))
-        if check_id == NODE_MAINTENANCE_ID or check_id.startswith(SERVICE_MAINTENANCE_PREFIX):
-            return "maintenance"
-        status = check.get("Status", "critical")
-        if _STATUS_RANK.get(status, 2) > _STATUS_RANK[worst]:
-            worst = status if status in _STATUS_RANK else "critical"
-    return worst
-
-
-def instances_from_health(service: str, entries: list[dict]) -> tuple[Instance, ...]:
-    """`/v1/health/service/<name>` entries -> Instances (address: ServiceAddress, else the node's)."""
-    instances = []
-    for entry in entries or ():
-        node, svc = entry.get("Node") or {}, entry.get("Service") or {}
-        meta = svc.get("Meta") or {}
-        instances.append(Instance(
-            service=service,
-            id=str(svc.get("ID", "")),
-            node=str(node.get("Node", "")),
-            address=str(svc.get("Address") or node.get("Address") or ""),
-            port=svc.get("Port") if isinstance(svc.get("Port"), int) else 0,
-            tags=tuple(str(t) for t in svc.get("Tags") or ()),
-            meta=tuple(sorted((str(k), str(v)) for k, v in meta.items())),
-            status=aggregate_status(entry.get("Checks") or []),
-        ))
-    return tuple(sorted(instances, key=lambda i: i.key))
+# ---------------------------------------------------------------- what a check list tells (pure)
 
 
 @dataclass
@@ -170,15 +84,6 @@ def _count_changes(old: dict[str, int], new: dict[str, int]) -> set[str]:
     return {key for key in old.keys() | new.keys() if old.get(key) != new.get(key)}
 
 
-def kv_from_entries(entries: list[dict] | None) -> dict[str, bytes]:
-    """`/v1/kv/<prefix>?recurse` entries -> key: raw value (Consul sends values base64-encoded, null when empty)."""
-    values = {}
-    for entry in entries or ():
-        raw = entry.get("Value")
-        values[str(entry.get("Key"))] = base64.b64decode(raw) if raw else b""
-    return values
-
-
 # ---------------------------------------------------------------- the watcher
 
 
@@ -189,9 +94,8 @@ class CatalogWatcher:
 
     def __init__(self, address: ConsulAddress, on_snapshot: Callable[[Snapshot, float], None],
                  wait_seconds: float = GATEWAY_WATCH_WAIT_SECONDS, kv_prefix: str = KV_PREFIX, fetch_workers: int = 8):
-        self.http = ConsulHTTP(address, wait_seconds)
+        self.consul = connect(address, timeout=READ_TIMEOUT_SECONDS, pool_size=fetch_workers + 4)
         self.on_snapshot = on_snapshot
-        self.kv_prefix = kv_prefix
         self.fetch_workers = fetch_workers
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -201,7 +105,6 @@ class CatalogWatcher:
         self._catalog_tags: dict[str, frozenset] = {}
         self._checks = CheckCensus({}, {}, set(), set())
         self._kv: dict[str, bytes] = {}
-        self._indexes = {"health": 0, "catalog": 0, "kv": 0}
         self._synced: set[str] = set()
         self._dirty: dict[str, float] = {}      # service -> first seen_at
         self._kv_seen_at: float | None = None
@@ -209,73 +112,60 @@ class CatalogWatcher:
         self._check_keys: dict[str, set[tuple[str, str]]] = {}   # service -> (node, service id) that have checks
         self._emitted_once = False
         self._failing: set[str] = set()
+        self._fetches = 0
+        wait = f"{int(wait_seconds * 1000)}ms"
+        health, catalog, kv = self.consul.health, self.consul.catalog, self.consul.kv
+        self._queries = (
+            self._query("health", lambda index: read("/v1/health/state/any", health.state, "any", index=index or None, wait=wait),
+                        self._health_changed),
+            self._query("catalog", lambda index: read("/v1/catalog/services", catalog.services, index=index or None, wait=wait),
+                        self._catalog_changed),
+            self._query("kv", lambda index: read(f"/v1/kv/{kv_prefix}?recurse", kv.get, kv_prefix, recurse=True,
+                                                 index=index or None, wait=wait),
+                        self._kv_changed),
+        )
         # what the controller and /status read
         self.reachable = False
         self.last_error: str | None = None
         self.recovered_at: float | None = None   # monotonic time of the last recovery or index reset
-        self.long_polls_in_flight = 0
-        self.requests_made = 0
+
+    @property
+    def long_polls_in_flight(self) -> int:
+        return sum(query.waiting for query in self._queries)
+
+    @property
+    def requests_made(self) -> int:
+        return sum(query.reads for query in self._queries) + self._fetches
 
     # ---- lifecycle
 
     def start(self) -> "CatalogWatcher":
-        for name, target in (("health", self._poll_health), ("catalog", self._poll_catalog), ("kv", self._poll_kv), ("fetch", self._fetch_loop)):
-            threading.Thread(target=target, name=f"watch-{name}", daemon=True).start()
+        for query in self._queries:
+            query.start()
+        threading.Thread(target=self._fetch_loop, name="watch-fetch", daemon=True).start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         with self._wake:
             self._wake.notify_all()
-        self.http.close()
+        self.consul.http.session.close()
 
     # ---- the three blocking queries
 
-    def _poll_health(self) -> None:
-        self._poll("health", "/v1/health/state/any", {}, self._health_changed)
-
-    def _poll_catalog(self) -> None:
-        self._poll("catalog", "/v1/catalog/services", {}, self._catalog_changed)
-
-    def _poll_kv(self) -> None:
-        self._poll("kv", f"/v1/kv/{self.kv_prefix}", {"recurse": ""}, self._kv_changed, missing_ok=True)
-
-    def _poll(self, name: str, path: str, params: dict, handle: Callable[[object, float, int], None], missing_ok: bool = False) -> None:
-        first_backoff, last_backoff = GATEWAY_RETRY_BACKOFF_SECONDS
-        backoff = first_backoff
-        while not self._stop.is_set():
-            index = self._indexes[name]
-            try:
-                with self._lock:
-                    self.long_polls_in_flight += 1 if index else 0
-                    self.requests_made += 1
-                try:
-                    result = self.http.get(path, params, index=index, missing_ok=missing_ok)
-                finally:
-                    with self._lock:
-                        self.long_polls_in_flight -= 1 if index else 0
-            except CatalogUnavailable as error:
-                if self._stop.is_set():
-                    return
-                self._failed(name, str(error))
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, last_backoff)
-                continue
-            backoff = first_backoff
-            seen_at = time.monotonic()
-            self._succeeded(name)
-            if result.index < index:
-                log.warning("catalog index of %s went backwards (%d -> %d): resetting", path, index, result.index)
-                self._indexes[name] = 0
-                self.recovered_at = seen_at
-                continue
-            if result.index == index and index:
-                continue  # the wait ended without a change
-            self._indexes[name] = max(result.index, 1)
-            handle(result.data, seen_at, index)
+    def _query(self, name: str, fetch: Callable[[int], QueryResult], handle: Callable[[Any, float, int], None]) -> BlockingQuery:
+        def changed(data: Any, seen_at: float, since: int) -> None:
+            handle(data, seen_at, since)
             with self._wake:
                 self._synced.add(name)
                 self._wake.notify_all()
+
+        def reset(seen_at: float) -> None:
+            log.warning("catalog index of the %s query went backwards: resetting", name)
+            self.recovered_at = seen_at
+
+        return BlockingQuery(name, fetch, changed, self._stop, on_error=lambda message: self._failed(name, message),
+                             on_success=lambda: self._succeeded(name), on_reset=reset)
 
     def _failed(self, name: str, error: str) -> None:
         if name not in self._failing:
@@ -283,8 +173,6 @@ class CatalogWatcher:
             self._failing.add(name)
         self.reachable = False
         self.last_error = error
-        if name in self._indexes:
-            self._indexes[name] = 0  # catch up at once when it returns, whatever its indexes are now
 
     def _succeeded(self, name: str) -> None:
         self._failing.discard(name)
@@ -354,7 +242,7 @@ class CatalogWatcher:
             self._mark_dirty(changed, seen_at)
 
     def _kv_changed(self, data: object, seen_at: float, since: int) -> None:
-        values = kv_from_entries(data if isinstance(data, list) else None)
+        values = kv_from_entries(data)
         with self._wake:
             if values != self._kv:
                 self._kv = values
@@ -419,12 +307,12 @@ class CatalogWatcher:
         return bool(self._dirty) or self._kv_seen_at is not None or self._local_seen_at is not None or not self._emitted_once
 
     def _fetch_service(self, service: str) -> tuple[Instance, ...]:
-        self.requests_made += 1
-        result = self.http.get(f"/v1/health/service/{requests.utils.quote(service, safe='')}")
-        return instances_from_health(service, result.data if isinstance(result.data, list) else [])
+        self._fetches += 1
+        result = read(f"/v1/health/service/{service}", self.consul.health.service, service)
+        return decode_health_entries(service, result.data, make=Instance)
 
     def _snapshot(self) -> Snapshot:
-        return Snapshot(services=dict(self._instances), kv=dict(self._kv), index=max(self._indexes.values()))
+        return Snapshot(services=dict(self._instances), kv=dict(self._kv), index=max(query.index for query in self._queries))
 
     def current(self) -> Snapshot:
         with self._lock:

@@ -10,7 +10,7 @@ One rule for every reader (the gateway, service discovery, the registrar, `shopg
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, TypeVar
 
 from shopgate.consul_client.protocol import CRITICAL, MAINTENANCE, PASSING, STATUSES, is_maintenance_check
 
@@ -35,6 +35,9 @@ class HealthEntry:
         return self.status == PASSING
 
 
+E = TypeVar("E", bound=HealthEntry)
+
+
 def aggregate_status(checks: Iterable[dict[str, Any]]) -> str:
     """Maintenance if a maintenance check is present, else the worst check status (passing without
     checks); an unreadable or unknown status is critical."""
@@ -48,9 +51,10 @@ def aggregate_status(checks: Iterable[dict[str, Any]]) -> str:
     return worst
 
 
-def decode_health_entries(service: str, entries: Any) -> tuple[HealthEntry, ...]:
+def decode_health_entries(service: str, entries: Any, make: type[E] = HealthEntry) -> tuple[E, ...]:
     """`/v1/health/service/<service>` entries -> HealthEntries sorted by (node, id); rows without a
-    Service object are skipped (a malformed answer must not take the others with it)."""
+    Service object are skipped (a malformed answer must not take the others with it). `make` may be
+    a subclass that adds behaviour (the gateway's Instance), so nothing is decoded twice."""
     decoded = []
     for entry in entries if isinstance(entries, list) else ():
         if not isinstance(entry, dict) or not isinstance(entry.get("Service"), dict):
@@ -58,7 +62,7 @@ def decode_health_entries(service: str, entries: Any) -> tuple[HealthEntry, ...]
         node, svc = entry.get("Node") or {}, entry["Service"]
         meta = svc.get("Meta") or {}
         port = svc.get("Port")
-        decoded.append(HealthEntry(
+        decoded.append(make(
             service=service,
             id=str(svc.get("ID", "")),
             node=str(node.get("Node", "")),
