@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _harness import percentile  # noqa: E402
 from gateway.haproxy import MasterCLI  # noqa: E402
-from shopgate.processes import ManagedProcess, free_port, shopgate_argv, wait_for_http  # noqa: E402
+from shopgate.processes import ManagedProcess, free_port, process_rss_kib, shopgate_argv, wait_for_http  # noqa: E402
 
 FIRST_PORT = 20000
 #: srv_admin_state flags (HAProxy's SRV_ADMF_FMAINT, SRV_ADMF_FDRAIN): set by `state maint` / `state drain`.
@@ -123,10 +123,7 @@ class Rig:
         return float(match.group(1)) if match else 0.0
 
     def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.gateway.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        return (process_rss_kib(self.gateway.pid) or 0) / 1024
 
     def close(self) -> None:
         for process in (self.gateway, self.catalog):

@@ -19,14 +19,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shopgate.load import Load, Target, summarize  # noqa: E402
+from shopgate.processes import cpu_model  # noqa: E402
 
 WRK = shutil.which("wrk") or ("/usr/bin/wrk" if os.path.exists("/usr/bin/wrk") else None)
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
+    cpu = cpu_model() or platform.processor() or "unknown CPU"
     haproxy = (subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split() + ["?"] * 3)[2]
     return f"{os.cpu_count()} × {cpu}, Linux {platform.release()}, Python {platform.python_version()}, HAProxy {haproxy}"
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import requests  # noqa: E402
 
 from _harness import percentile  # noqa: E402
-from shopgate.processes import ManagedProcess, free_port, shopgate_argv, wait_for_http  # noqa: E402
+from shopgate.processes import ManagedProcess, free_port, process_rss_kib, shopgate_argv, wait_for_http  # noqa: E402
 
 
 class Exchange(asyncio.Protocol):
@@ -78,10 +78,8 @@ def held(url: str) -> int:
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    kib = process_rss_kib(pid)
+    return float("nan") if kib is None else kib / 1024
 
 
 async def registrations_per_second(url: str, total: int, concurrency: int) -> float:

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shopgate.processes import stop_pid
+from shopgate.processes import group_members, process_cmdline, stop_pid
 
 log = logging.getLogger("shopgate.gateway.haproxy")
 
@@ -291,17 +291,10 @@ class HAProxyProcess:
 def _soft_stop_group(group: int, cfg_path: Path) -> None:
     """SIGUSR1 to what is left of a previous HAProxy (its orphaned workers), matched by process
     group AND command line, so a reused pid is never signalled."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError):
-            continue
-        if int(stat[2]) == group and str(cfg_path) in cmdline and stat[0] != "Z":
-            log.warning("soft-stopping worker %s left over from the previous HAProxy", entry.name)
+    for pid in group_members(group):
+        if str(cfg_path) in " ".join(process_cmdline(pid) or ()):
+            log.warning("soft-stopping worker %s left over from the previous HAProxy", pid)
             try:
-                os.kill(int(entry.name), signal.SIGUSR1)
+                os.kill(pid, signal.SIGUSR1)
             except ProcessLookupError:
                 pass

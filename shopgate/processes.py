@@ -1,8 +1,10 @@
-"""Start child processes and stop exactly those, by pid.
+"""Start child processes and stop exactly those, by pid; and every read of `/proc`.
 
-Used by the local stack runner and by the tests: every process shopgate
-starts is remembered by pid and stopped by pid (never by name), in its own
-process group so that its children go with it.
+Used by the local stack runner, the gateway's HAProxy supervision, the tests and the benchmarks:
+every process shopgate starts is remembered by pid and stopped by pid (never by name), in its own
+process group so that its children go with it. What the kernel says about a process (its command
+line, state, group, memory) and about the machine is read here and nowhere else, so the format of
+`/proc` is parsed once.
 """
 
 from __future__ import annotations
@@ -107,11 +109,55 @@ def pid_alive(pid: int) -> bool:
         return not _is_zombie(pid)
 
 
-def _is_zombie(pid: int) -> bool:
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first, process group third);
+    None when the process is gone. The name may hold spaces and parentheses: split at the last ")"."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
     except (OSError, IndexError):
-        return False
+        return None
+
+
+def _is_zombie(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] == "Z"
+
+
+def process_cmdline(pid: int) -> list[str] | None:
+    """The argv a process runs now (None when it is gone; [] for a zombie or a kernel thread)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]]
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group `pgid` — a component's children included."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat_fields(entry.name)) is not None \
+                and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def process_rss_kib(pid: int) -> int | None:
+    """The resident set of a process in KiB (VmRSS); None when it is gone or has none."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) for line in lines if line.startswith("VmRSS:")), None)
+
+
+def cpu_model() -> str | None:
+    """The machine's CPU model name as the kernel reports it (None where /proc/cpuinfo has none)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
 
 
 def stop_pid(pid: int, timeout: float = 10.0, signum: int = signal.SIGTERM, group: bool = False) -> bool:

@@ -26,7 +26,8 @@ import requests
 
 from catalog.records import NODE_MAINTENANCE_ID, SERVICE_MAINTENANCE_PREFIX
 from shopgate import settings
-from shopgate.processes import ManagedProcess, file_tail, free_port, pid_alive, shopgate_argv
+from shopgate.processes import (ManagedProcess, file_tail, free_port, group_members, pid_alive, process_cmdline,
+                                shopgate_argv)
 
 MANIFEST = "stack.json"
 #: How long a service instance may take to drain and deregister after SIGTERM before it is killed.
@@ -173,29 +174,6 @@ def running_manifest(state_dir: Path) -> Manifest:
 
 
 # ---------------------------------------------------------------- processes
-
-
-def process_cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]]
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group `pgid` — a component's children included."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
 
 
 def stop_records(records: list[ProcessRecord], timeout: float) -> None:

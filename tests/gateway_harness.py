@@ -14,7 +14,7 @@ from typing import Callable
 import pytest
 import requests
 
-from shopgate.processes import ManagedProcess, free_port, shopgate_argv, stop_pid, wait_for_http
+from shopgate.processes import ManagedProcess, free_port, process_cmdline, shopgate_argv, stop_pid, wait_for_http
 from shopgate.settings import GATEWAY_GUARD_HOLD_SECONDS, TEMPLATES_DIR
 
 BACKEND_SCRIPT = Path(__file__).resolve().parent / "gateway_backend.py"
@@ -126,11 +126,10 @@ class Gateway:
         if self.process is not None:
             self.process.stop(timeout=15)
         for pid in self.haproxy_pids:
-            try:
-                ours = str(self.state_dir) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            except OSError:
+            cmdline = process_cmdline(pid)
+            if cmdline is None:
                 continue   # gone
-            if ours:   # still our HAProxy (not a reused pid)
+            if str(self.state_dir) in " ".join(cmdline):   # still our HAProxy (not a reused pid)
                 stop_pid(pid, timeout=5, group=True)
 
 

@@ -14,8 +14,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-from shopgate.processes import free_port, pid_alive, shopgate_argv
-from shopgate.stack import Manifest, Ports, group_members, process_cmdline
+from shopgate.processes import free_port, group_members, pid_alive, process_cmdline, shopgate_argv
+from shopgate.stack import Manifest, Ports
 
 
 class StackUnderTest:

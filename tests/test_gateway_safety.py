@@ -13,6 +13,7 @@ from pathlib import Path
 import requests
 
 from gateway_harness import eventually, gateway, gateway_factory, server_limits  # noqa: F401  (gateway, gateway_factory: fixtures)
+from shopgate.processes import group_members
 
 
 def answered_by(gateway, path: str = "/api/v1/products/x") -> str:
@@ -111,21 +112,8 @@ def test_haproxy_killed_is_restarted_on_the_last_good_config(gateway):
     eventually("a new HAProxy runs", lambda: gateway.status()["haproxy_pid"] not in (None, old_pid))
     eventually("it routes to every instance", lambda: gateway.routed("products", ports))
     assert {answered_by(gateway) for _ in range(8)} == {str(p) for p in ports}
-    eventually("the old workers are gone", lambda: not processes_in_group(old_pid))
+    eventually("the old workers are gone", lambda: not group_members(old_pid))
     assert gateway.metric("shopgate_gateway_haproxy_restarts_total") == 1
-
-
-def processes_in_group(group: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[2]) == group and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found
 
 
 def test_kv_settings_are_applied_and_invalid_ones_reported(gateway):
