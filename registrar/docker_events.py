@@ -37,6 +37,7 @@ from registrar.labels import ContainerInfo, ContainerService, RegistrarOptions, 
 from registrar.registration import parse_tags
 from shopgate import settings
 from shopgate.consul_client import CATALOG_ERRORS, ConsulAddress, connect
+from shopgate.consul_client.protocol import CRITICAL, PASSING, WARNING
 
 log = logging.getLogger("shopgate.registrar.docker")
 
@@ -288,8 +289,8 @@ class DockerRegistrar:
         if service.health_check_id is None:
             return
         status = docker_health_status(health)
-        update = {"passing": self.catalog.agent.check.ttl_pass, "warning": self.catalog.agent.check.ttl_warn,
-                  "critical": self.catalog.agent.check.ttl_fail}[status]
+        update = {PASSING: self.catalog.agent.check.ttl_pass, WARNING: self.catalog.agent.check.ttl_warn,
+                  CRITICAL: self.catalog.agent.check.ttl_fail}[status]
         self._call(f"health of {service.id}", update, service.health_check_id, f"docker health: {health}")
 
     def _call(self, what: str, func, *args, **kwargs) -> bool:

@@ -28,6 +28,7 @@ from consul import Check
 
 from registrar.registration import parse_tags, service_register_kwargs
 from shopgate import settings
+from shopgate.consul_client.protocol import CRITICAL, PASSING, STATUSES
 
 PREFIX = "SERVICE_"
 
@@ -46,8 +47,7 @@ CHECK_ATTRS = frozenset({
 })
 RESERVED_ATTRS = frozenset({"name", "id", "tags", "ignore"}) | CHECK_ATTRS
 
-DOCKER_HEALTH_TO_STATUS = {"healthy": "passing", "unhealthy": "critical", "starting": "critical"}
-CHECK_STATUSES = ("passing", "warning", "critical")
+DOCKER_HEALTH_TO_STATUS = {"healthy": PASSING, "unhealthy": CRITICAL, "starting": CRITICAL}
 FALSE_WORDS = ("", "0", "false", "no", "off")
 
 _DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
@@ -193,7 +193,7 @@ class ContainerPlan:
 
 def docker_health_status(health: str) -> str:
     """Consul check status for a Docker health status: only `healthy` passes."""
-    return DOCKER_HEALTH_TO_STATUS.get(health, "critical")
+    return DOCKER_HEALTH_TO_STATUS.get(health, CRITICAL)
 
 
 def truthy(value: str | None) -> bool:
@@ -358,8 +358,8 @@ def _checks(service_id: str, address: str, port: int, attrs: Mapping[str, str], 
         return []
     status = attrs.get("check_initial_status")
     if status:
-        if status not in CHECK_STATUSES:
-            raise LabelError(f"SERVICE_CHECK_INITIAL_STATUS={status!r} must be one of {', '.join(CHECK_STATUSES)}")
+        if status not in STATUSES:
+            raise LabelError(f"SERVICE_CHECK_INITIAL_STATUS={status!r} must be one of {', '.join(STATUSES)}")
         check["Status"] = status
     check["CheckID"] = f"service:{service_id}"
     check["Name"] = f"Service '{service_id}' check"
