@@ -30,7 +30,6 @@ from pathlib import Path
 
 import jinja2
 
-from gateway.diff import plan_changes
 from gateway.haproxy import HAProxyError, HAProxyProcess, check_config
 from gateway.haproxy_syntax import UnsafeValue, check_token
 from gateway.metrics import GatewayMetrics
@@ -115,9 +114,9 @@ class Applier:
 
     # ---- entry points
 
-    def apply(self, wanted: RouteTable, force_reason: str | None = None) -> ApplyPlan:
-        """Bring HAProxy to `wanted`; returns what was done. ConfigRejected/HAProxyError when it was not."""
-        plan = plan_changes(self.running, wanted)
+    def apply(self, wanted: RouteTable, plan: ApplyPlan, force_reason: str | None = None) -> ApplyPlan:
+        """Bring HAProxy to `wanted` by `plan` (the caller's `plan_changes(running, wanted)`); returns what
+        was done. ConfigRejected/HAProxyError when it was not."""
         if force_reason and not plan.needs_reload:
             if self.haproxy.alive() and self._render(wanted, force_reason) == self._running_text():
                 log.info("%s: the rendered config is what HAProxy runs, no reload", force_reason)

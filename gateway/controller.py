@@ -7,8 +7,11 @@
 One loop owns HAProxy; everything else only wakes it:
 
     watcher (catalog + KV) ──snapshot──┐
-    template watcher ──────"edited"────┼──▶ debounce ─▶ guard ─▶ build_route_table ─▶ Applier
+    template watcher ──────"edited"────┼──▶ debounce ─▶ guard ─▶ build_route_table ─▶ plan_changes ─▶ Applier
     HAProxy exited ────────"restart"───┘
+
+The plan is made once, here: it decides whether a reload must wait for RELOAD_INTERVAL, and the
+Applier carries out that same plan.
 
 Debounce: a burst is applied once it has been quiet for MIN_QUIET or has lasted MAX_WAIT.
 Reloads are further spaced by RELOAD_INTERVAL; runtime-API changes are not.
@@ -29,11 +32,12 @@ from typing import Mapping
 
 from gateway.apply import Applier, ConfigRejected, GatewayFiles
 from gateway.diff import plan_changes
+from gateway.guard import EmptyCatalogGuard
 from gateway.haproxy import HAProxyError, HAProxyProcess
 from gateway.haproxy_syntax import BIND_ADDRESS
 from gateway.kv_settings import settings_from_env
 from gateway.metrics import GatewayMetrics
-from gateway.model import RouteTable, RuntimePaths, Snapshot
+from gateway.model import ApplyPlan, RouteTable, RuntimePaths, Snapshot
 from gateway.routing import build_route_table
 from gateway.status import StatusServer
 from gateway.template_watch import TemplateWatcher
@@ -46,7 +50,6 @@ log = logging.getLogger("shopgate.gateway")
 MIN_QUIET = 0.02          # s without news before a burst is applied
 MAX_WAIT = 0.5            # s a burst may delay its first change
 RELOAD_INTERVAL = 1.0     # s between two reloads (a storm of structural changes folds into few)
-GUARD_WINDOW = 60.0       # s after a catalog outage/reset during which the guard is armed
 
 
 @dataclass(frozen=True)
@@ -65,52 +68,6 @@ class ControllerConfig:
     guard_hold: float = settings.GATEWAY_GUARD_HOLD_SECONDS
     slot_headroom: int = settings.SLOT_HEADROOM
     kv_defaults: Mapping[str, bytes] = field(default_factory=dict)   # from SHOPGATE_GATEWAY_* (KV wins)
-
-
-class EmptyCatalogGuard:
-    """Holds back a view in which most healthy instances vanished at once, for at most `hold` seconds.
-
-    Armed after a catalog outage or index reset (a restarted catalog fills up again as services
-    re-register), and always when every healthy instance vanished at once. A scale-down in a
-    healthy catalog passes straight through."""
-
-    def __init__(self, hold: float = settings.GATEWAY_GUARD_HOLD_SECONDS, window: float = GUARD_WINDOW, vanished_fraction: float = 0.5, min_instances: int = 2):
-        self.hold = hold
-        self.window = window
-        self.vanished_fraction = vanished_fraction
-        self.min_instances = min_instances
-        self.holding_since: float | None = None
-        self.reason: str | None = None
-        self._counted: tuple[Snapshot | None, int] = (None, 0)   # the applied view's healthy count, computed once
-
-    def check(self, applied: Snapshot | None, new: Snapshot, recovered_at: float | None, now: float) -> str | None:
-        """The reason to hold `new` back, or None to apply it."""
-        recent_recovery = recovered_at is not None and now - recovered_at < self.window
-        if not recent_recovery and any(i.healthy for instances in new.services.values() for i in instances):
-            suspicious = False   # the common case, decided without counting 10,000 instances
-        else:
-            if applied is not self._counted[0]:
-                self._counted = (applied, _healthy(applied) if applied is not None else 0)
-            before, after = self._counted[1], _healthy(new)
-            suspicious = before >= self.min_instances and after < before * (1 - self.vanished_fraction)
-        if not suspicious:
-            if self.holding_since is not None:
-                log.info("empty-catalog guard released: %d healthy instances", _healthy(new))
-            self.holding_since = self.reason = None
-            return None
-        if self.holding_since is None:
-            self.holding_since = now
-            log.warning("empty-catalog guard: %d of %d healthy instances vanished at once; holding the last view up to %.0fs", before - after, before, self.hold)
-        if now - self.holding_since >= self.hold:
-            log.warning("empty-catalog guard: still %d of %d after %.0fs; applying the catalog's view", after, before, self.hold)
-            self.holding_since = self.reason = None
-            return None
-        self.reason = f"{before - after} of {before} healthy instances vanished at once (held {now - self.holding_since:.0f}s of at most {self.hold:.0f}s)"
-        return self.reason
-
-
-def _healthy(snapshot: Snapshot) -> int:
-    return sum(1 for instances in snapshot.services.values() for i in instances if i.healthy)
 
 
 class Controller:
@@ -207,8 +164,9 @@ class Controller:
 
     def _start_haproxy(self) -> bool:
         """Serve at once, with no routes (503) until the catalog's first view arrives."""
+        empty = self._route_table(Snapshot(), None)
         try:
-            self.applier.apply(self._route_table(Snapshot(), None))
+            self.applier.apply(empty, plan_changes(self.applier.running, empty))
             return True
         except (ConfigRejected, HAProxyError) as error:
             self._error("start", f"HAProxy did not start: {error}")
@@ -255,7 +213,8 @@ class Controller:
             return
         wanted = self._route_table(snapshot, self.applier.running)
         self._wanted = wanted
-        if not edited and plan_changes(self.applier.running, wanted).needs_reload and now - self._last_reload < RELOAD_INTERVAL:
+        plan = plan_changes(self.applier.running, wanted)
+        if not edited and plan.needs_reload and now - self._last_reload < RELOAD_INTERVAL:
             self._not_before = self._last_reload + RELOAD_INTERVAL
             return
         with self._lock:   # from here on, news is a new burst
@@ -264,15 +223,15 @@ class Controller:
             if self._snapshot is None:   # else a newer view arrived meanwhile: its burst stays open
                 self._seen_at = self._first_event = None
             self._templates_edited = None
-        self._apply(wanted, snapshot, seen_at, f"template {edited} edited" if edited else None)
+        self._apply(wanted, plan, snapshot, seen_at, f"template {edited} edited" if edited else None)
 
-    def _apply(self, wanted: RouteTable, snapshot: Snapshot, seen_at: float, force_reason: str | None) -> None:
+    def _apply(self, wanted: RouteTable, plan: ApplyPlan, snapshot: Snapshot, seen_at: float, force_reason: str | None) -> None:
         try:
-            plan = self.applier.apply(wanted, force_reason)
+            done = self.applier.apply(wanted, plan, force_reason)
         except ConfigRejected as error:
             self._error("config", str(error))
             if force_reason is not None:   # the edit is refused; catalog news in the same burst still applies
-                self._apply(wanted, snapshot, seen_at, None)
+                self._apply(wanted, plan, snapshot, seen_at, None)
             return
         except HAProxyError as error:
             self._error("haproxy", str(error))
@@ -285,18 +244,18 @@ class Controller:
         elapsed = time.monotonic() - seen_at
         self._applied_snapshot = snapshot
         self.last_error = None
-        if not plan.empty:
-            kind = "reload" if plan.needs_reload else "runtime"
+        if not done.empty:
+            kind = "reload" if done.needs_reload else "runtime"
             self.metrics.propagation.labels(kind).observe(elapsed)
             log.info("applied (%s) %.0f ms after the change was seen: %s", kind, elapsed * 1000,
-                     "; ".join(plan.structural_reasons)[:500] or f"{len(plan.membership)} slot change(s)")
-        if plan.needs_reload:
+                     "; ".join(done.structural_reasons)[:500] or f"{len(done.membership)} slot change(s)")
+        if done.needs_reload:
             self._last_reload = time.monotonic()
             # Move the live set (the route table: 10,000 servers is ~1M objects) out of the cyclic
             # collector's sight, or every full collection pauses the loop for 50-90 ms.
             gc.collect()
             gc.freeze()
-        elif not plan.empty:
+        elif not done.empty:
             # Each watch round leaves ~10,000 new long-lived objects at 10,000 servers; frozen now, they
             # never add up to a full collection in the middle of a change (p99 150 -> 63 ms measured).
             # Frozen objects are still freed by reference counting; the structures here hold no cycles.
