@@ -285,7 +285,7 @@ class Controller:
         for backend in table.backends:
             services[backend.service] = {
                 "backend": backend.name,
-                "routes": [_describe_route(r) for r in table.routes if r.backend == backend.name],
+                "routes": [r.url_prefix + r.strip_option for r in table.routes if r.backend == backend.name],
                 "slots": len(backend.servers),
                 "servers": [
                     {"slot": s.slot, "instance": s.instance_key, "address": s.address, "port": s.port, "weight": s.weight,
@@ -307,11 +307,6 @@ class Controller:
                         "long_polls": self.watcher.long_polls_in_flight},
             "guard": {"holding": self.guard.reason is not None, "reason": self.guard.reason},
         }
-
-
-def _describe_route(route) -> str:
-    strip = f" strip={route.strip}" if route.strip else ""
-    return f"{route.host or ''}{route.path_prefix}{strip}"
 
 
 def parse_args(argv: list[str]) -> ControllerConfig:

@@ -67,8 +67,7 @@ def _settings_reasons(old: GatewaySettings, new: GatewaySettings) -> list[str]:
 
 
 def _describe(route: Route) -> str:
-    strip = f" strip={route.strip}" if route.strip else ""
-    return f"{route.host or ''}{route.path_prefix} -> {route.backend}{strip}"
+    return f"{route.url_prefix} -> {route.backend}{route.strip_option}"
 
 
 def _route_reasons(old: tuple[Route, ...], new: tuple[Route, ...]) -> list[str]:

@@ -106,6 +106,16 @@ class Route:
     host: str | None = None
     strip: str | None = None
 
+    @property
+    def url_prefix(self) -> str:
+        """`host/path` (`/path` for any host), as the route's urlprefix- tag writes it: how reports name a route."""
+        return f"{self.host or ''}{self.path_prefix}"
+
+    @property
+    def strip_option(self) -> str:
+        """` strip=/prefix` as the tag writes it, or '' when nothing is stripped."""
+        return f" strip={self.strip}" if self.strip else ""
+
 
 @dataclass(frozen=True)
 class GatewaySettings:

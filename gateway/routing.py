@@ -276,11 +276,8 @@ def _resolve_conflicts(candidates: list[_Candidate], previous: tuple[Route, ...]
             continue
         ranked = sorted(contenders, key=lambda c: (c.route != held.get((host, prefix)), not c.explicit, c.route.backend, c.route.strip or ""))
         winner = ranked[0].route
-        losers = sorted({f"{c.route.backend}{_strip_text(c.route)}" for c in ranked if c.route != winner})
-        rejected.append(f"route {host or ''}{prefix}: claimed by {', '.join(losers)} and {winner.backend}{_strip_text(winner)}; kept {winner.backend}{_strip_text(winner)}")
+        losers = sorted({f"{c.route.backend}{c.route.strip_option}" for c in ranked if c.route != winner})
+        kept = f"{winner.backend}{winner.strip_option}"
+        rejected.append(f"route {winner.url_prefix}: claimed by {', '.join(losers)} and {kept}; kept {kept}")
         routes.append(winner)
     return tuple(sorted(routes, key=route_order))
-
-
-def _strip_text(route: Route) -> str:
-    return f" (strip={route.strip})" if route.strip else ""
