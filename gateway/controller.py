@@ -39,7 +39,7 @@ from gateway.kv_settings import settings_from_env
 from gateway.metrics import GatewayMetrics
 from gateway.model import ApplyPlan, RouteTable, RuntimePaths, Snapshot
 from gateway.routing import build_route_table
-from gateway.status import StatusServer
+from gateway.status import StatusServer, status_view
 from gateway.template_watch import TemplateWatcher
 from gateway.watch import CatalogWatcher
 from shopgate import settings
@@ -275,38 +275,23 @@ class Controller:
     # ---- /status
 
     def status(self) -> dict:
-        table = self.applier.running or RouteTable()
-        wanted = self._wanted or table
+        """The /status document (gateway.status.status_view) from what each part knows now."""
+        running = self.applier.running or RouteTable()
+        alive = self.haproxy.alive()
         try:
-            live = self.haproxy.cli.server_stats() if self.haproxy.alive() else {}
+            live = self.haproxy.cli.server_stats() if alive else {}
         except HAProxyError:
             live = {}
-        services = {}
-        for backend in table.backends:
-            services[backend.service] = {
-                "backend": backend.name,
-                "routes": [r.url_prefix + r.strip_option for r in table.routes if r.backend == backend.name],
-                "slots": len(backend.servers),
-                "servers": [
-                    {"slot": s.slot, "instance": s.instance_key, "address": s.address, "port": s.port, "weight": s.weight,
-                     "state": s.state, "haproxy_status": live.get((backend.name, s.slot), {}).get("status")}
-                    for s in backend.servers if s.occupied
-                ],
-            }
-        last_good = self.metrics.last_good_at
-        return {
-            "services": services,
-            "last_apply": self.applier.last_apply,
-            "last_error": self.last_error or self.applier.last_error,
-            "reloads": self.applier.reloads,
-            "runtime_updates": self.applier.runtime_updates,
-            "rejected": list(wanted.rejected) + list(self.applier.rejected_configs),
-            "config_age_seconds": round(time.time() - last_good, 3) if last_good else None,
-            "haproxy_pid": self.haproxy.pid if self.haproxy.alive() else None,
-            "catalog": {"reachable": self.watcher.reachable, "last_error": self.watcher.last_error,
-                        "long_polls": self.watcher.long_polls_in_flight},
-            "guard": {"holding": self.guard.reason is not None, "reason": self.guard.reason},
-        }
+        return status_view(
+            running, self._wanted or running, live,
+            last_apply=self.applier.last_apply, last_error=self.last_error or self.applier.last_error,
+            reloads=self.applier.reloads, runtime_updates=self.applier.runtime_updates,
+            rejected_configs=self.applier.rejected_configs, last_good_at=self.metrics.last_good_at,
+            haproxy_pid=self.haproxy.pid if alive else None,
+            catalog={"reachable": self.watcher.reachable, "last_error": self.watcher.last_error,
+                     "long_polls": self.watcher.long_polls_in_flight},
+            guard_reason=self.guard.reason, now=time.time(),
+        )
 
 
 def parse_args(argv: list[str]) -> ControllerConfig:

@@ -1,4 +1,8 @@
-"""The controller's own HTTP endpoint: `/status` (JSON for people and `shopgate status`) and `/metrics`."""
+"""The controller's own HTTP endpoint: `/status` (JSON for people and `shopgate status`) and `/metrics`.
+
+`status_view` writes the /status document from plain data (the tables, HAProxy's `show stat`
+rows, counters), so what /status says is decided here, away from the controller's loop.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,45 @@ import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Callable, Iterable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from gateway.model import RouteTable
+
 log = logging.getLogger("shopgate.gateway.status")
+
+
+def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str, str], Mapping[str, str]], *,
+                last_apply: float | None, last_error: str | None, reloads: int, runtime_updates: int,
+                rejected_configs: Iterable[str], last_good_at: float | None, haproxy_pid: int | None,
+                catalog: Mapping[str, object], guard_reason: str | None, now: float) -> dict:
+    """The /status document: per service what HAProxy runs (`live`: (backend, slot) -> `show stat` row),
+    then what was applied, refused (by routing in `wanted`, or by HAProxy) and held back."""
+    services = {}
+    for backend in running.backends:
+        services[backend.service] = {
+            "backend": backend.name,
+            "routes": [r.url_prefix + r.strip_option for r in running.routes if r.backend == backend.name],
+            "slots": len(backend.servers),
+            "servers": [
+                {"slot": s.slot, "instance": s.instance_key, "address": s.address, "port": s.port, "weight": s.weight,
+                 "state": s.state, "haproxy_status": live.get((backend.name, s.slot), {}).get("status")}
+                for s in backend.servers if s.occupied
+            ],
+        }
+    return {
+        "services": services,
+        "last_apply": last_apply,
+        "last_error": last_error,
+        "reloads": reloads,
+        "runtime_updates": runtime_updates,
+        "rejected": list(wanted.rejected) + list(rejected_configs),
+        "config_age_seconds": round(now - last_good_at, 3) if last_good_at else None,
+        "haproxy_pid": haproxy_pid,
+        "catalog": dict(catalog),
+        "guard": {"holding": guard_reason is not None, "reason": guard_reason},
+    }
 
 
 class StatusServer:
