@@ -3,9 +3,9 @@
 These classes are the contract between the pipeline's stages:
 
     gateway.watch    -> Snapshot
-    gateway.model    -> RouteTable   build_route_table(snapshot, previous)   (pure)
-    gateway.render   -> haproxy.cfg  render_config(table, templates_dir)      (pure)
+    gateway.routing  -> RouteTable   build_route_table(snapshot, previous)   (pure)
     gateway.diff     -> ApplyPlan    plan_changes(old_table, new_table)       (pure)
+    gateway.render   -> haproxy.cfg  render_config(table, templates_dir)      (pure)
     gateway.apply    -> runtime API commands, or validate -> swap -> reload -> verify -> roll back
 
 Everything here is frozen and comparable, so "did anything change?" is `==`.
