@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shopgate.load import Load, Target, summarize  # noqa: E402
+from shopgate.tool.load import Load, Target, summarize  # noqa: E402
 from shopgate.processes import cpu_model  # noqa: E402
 
 WRK = shutil.which("wrk") or ("/usr/bin/wrk" if os.path.exists("/usr/bin/wrk") else None)
@@ -66,7 +66,7 @@ def drive(url: str, seconds: float, connections: int = 16) -> LoadResult:
     base, path = url.split("/", 3)[:3], "/" + url.split("/", 3)[3]
     records = Load("/".join(base), [Target("GET", path, expect=(200,))], rate=1e6, concurrency=connections, duration=seconds).run()
     figures = summarize(records)
-    return LoadResult(f"shopgate.load (asyncio+aiohttp, {connections} workers)", figures["requests"], figures["failed"],
+    return LoadResult(f"shopgate.tool.load (asyncio+aiohttp, {connections} workers)", figures["requests"], figures["failed"],
                       figures["rate"], figures["p50_ms"], figures["p99_ms"])
 
 

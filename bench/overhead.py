@@ -17,7 +17,7 @@ import statistics
 
 from _harness import drive, machine, table
 
-from shopgate.stack import scratch_stack
+from shopgate.tool.lifecycle import scratch_stack
 
 
 def main() -> int:

@@ -18,7 +18,8 @@ import time
 
 from _harness import drive, machine, table
 
-from shopgate.stack import Progress, scale, scratch_stack
+from shopgate.tool.display import Progress
+from shopgate.tool.lifecycle import scale, scratch_stack
 
 STEP_PAUSE = 2.0
 

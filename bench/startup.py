@@ -17,8 +17,9 @@ import time
 import requests
 from _harness import machine, table
 
-from shopgate.stack import (Progress, catalog_instances, gateway_status, routed_ports, scale, scratch_stack,
-                            start_instance, stop_records)
+from shopgate.tool.display import Progress
+from shopgate.tool.lifecycle import scale, scratch_stack, start_instance, stop_records
+from shopgate.tool.probes import catalog_instances, gateway_status, routed_ports
 
 POLL = 0.02
 

@@ -29,7 +29,7 @@ COMPOSE_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(COMPOSE_DIR.parent))
 
 from shopgate import settings  # noqa: E402
-from shopgate.load import Load, shop_mix, summarize  # noqa: E402
+from shopgate.tool.load import Load, shop_mix, summarize  # noqa: E402
 from shopgate.processes import free_port  # noqa: E402
 
 REAL_FILE = COMPOSE_DIR / "docker-compose.yml"

@@ -1,5 +1,5 @@
 import sys
 
-from shopgate.cli import main
+from shopgate.tool.cli import main
 
 sys.exit(main())

@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 from shopgate.processes import free_port, group_members, pid_alive, process_cmdline, shopgate_argv
-from shopgate.stack import Manifest, Ports
+from shopgate.tool.manifest import Manifest, Ports
 
 
 class StackUnderTest:

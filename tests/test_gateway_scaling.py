@@ -1,7 +1,7 @@
 """The gateway under load: instances come, go and fail, routes and settings change — and no request fails.
 
 Real catalog, real `shopgate gateway` with its HAProxy, real backend processes, a steady
-keep-alive load through the entry point (shopgate.load). Every wait polls with a generous deadline;
+keep-alive load through the entry point (shopgate.tool.load). Every wait polls with a generous deadline;
 the only hard assertion about the load is its failure count.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import requests
 
 from gateway_harness import eventually, gateway, gateway_factory, server_limits  # noqa: F401  (gateway, gateway_factory: fixtures)
-from shopgate.load import Load, Target, summarize
+from shopgate.tool.load import Load, Target, summarize
 
 
 def assert_no_failed_requests(records) -> dict:

@@ -10,7 +10,7 @@ import pytest
 
 from browser import page_text, screenshot
 from shopgate.settings import PROJECT_ROOT, SHOP_SERVICES
-from shopgate.stack import gateway_status
+from shopgate.tool.probes import gateway_status
 from stack_harness import StackUnderTest
 
 pytestmark = pytest.mark.browser

@@ -18,7 +18,7 @@ import requests
 
 from shopgate.processes import pid_alive, shopgate_argv
 from shopgate.settings import SHOP_SERVICES
-from shopgate.stack import Manifest, Ports, ProcessRecord
+from shopgate.tool.manifest import Manifest, Ports, ProcessRecord
 from stack_harness import StackUnderTest
 
 

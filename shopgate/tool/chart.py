@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-from shopgate.load import RequestRecord, percentile  # noqa: E402
+from shopgate.tool.load import RequestRecord, percentile  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,13 @@ from typing import Callable
 import requests
 
 from shopgate import settings
-from shopgate.chart import StepSpan, render_chart
-from shopgate.load import Load, RequestRecord, shop_mix, summarize
-from shopgate.stack import (
-    SERVICE_STOP_TIMEOUT, Manifest, ProcessRecord, Progress, StackError, add_stack_arguments, catalog_instances,
-    ensure_alive, gateway_status, manifest_lock, passing_ports, ports_from_args, prepare, routed_ports, scale,
-    start_instance, start_stack, stop_on_sigterm, stop_records, stop_stack, table,
-)
+from shopgate.tool.chart import StepSpan, render_chart
+from shopgate.tool.display import Progress, table
+from shopgate.tool.lifecycle import prepare, scale, start_instance, start_stack, stop_records, stop_stack
+from shopgate.tool.load import Load, RequestRecord, shop_mix, summarize
+from shopgate.tool.manifest import SERVICE_STOP_TIMEOUT, Manifest, ProcessRecord, StackError, ensure_alive, manifest_lock
+from shopgate.tool.options import add_stack_arguments, ports_from_args, stop_on_sigterm
+from shopgate.tool.probes import catalog_instances, gateway_status, passing_ports, routed_ports
 
 STEP_TIMEOUT = 45.0
 KV_BALANCE_KEY = f"{settings.KV_PREFIX}services/products/balance"
@@ -457,7 +457,7 @@ def build_report(demo: Demo, records: list[RequestRecord], plan: Plan, error: st
         "error": error,
         "rate": plan.rate,
         "duration": round(max((r.started for r in records), default=0.0), 1),
-        "load_generator": "shopgate.load (asyncio + aiohttp, one connection per request)",
+        "load_generator": "shopgate.tool.load (asyncio + aiohttp, one connection per request)",
         "load": load,
         "steps": [asdict(s) for s in steps],
         "chart": str(chart) if chart else None,

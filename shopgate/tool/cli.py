@@ -15,11 +15,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "service": ("services.runner:main", "run one self-registering shop service instance"),
     "gateway": ("gateway.controller:main", "run the gateway controller (supervises HAProxy)"),
     "registrar": ("registrar.docker_events:main", "register Docker containers from engine events"),
-    "up": ("shopgate.stack:up_main", "run the whole local stack"),
-    "down": ("shopgate.stack:down_main", "stop a detached local stack"),
-    "status": ("shopgate.stack:status_main", "show services, instances and gateway state"),
-    "scale": ("shopgate.stack:scale_main", "change the number of local instances of a service"),
-    "demo": ("shopgate.demo:main", "scripted scale-up/down demo under load"),
+    "up": ("shopgate.tool.commands:up_main", "run the whole local stack"),
+    "down": ("shopgate.tool.commands:down_main", "stop a detached local stack"),
+    "status": ("shopgate.tool.commands:status_main", "show services, instances and gateway state"),
+    "scale": ("shopgate.tool.commands:scale_main", "change the number of local instances of a service"),
+    "demo": ("shopgate.tool.demo:main", "scripted scale-up/down demo under load"),
 }
 
 

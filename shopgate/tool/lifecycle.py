@@ -1,0 +1,191 @@
+"""Start, scale and stop a local stack: what `up`, `down` and `scale`, the demo and the benches do.
+
+A library, not a command: every function takes a Manifest (or makes one) and a Progress to report
+on, and raises StackError for what the user must hear about. The commands in
+`shopgate.tool.commands` parse arguments and print around these; the demo and the benchmarks call
+them directly (`scratch_stack` runs a whole stack on free ports for the length of a `with`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator
+
+import requests
+
+from shopgate import settings
+from shopgate.processes import ManagedProcess, free_port, group_members, pid_alive, process_cmdline, shopgate_argv
+from shopgate.tool.display import Progress
+from shopgate.tool.manifest import SERVICE_STOP_TIMEOUT, Manifest, Ports, ProcessRecord, StackError, manifest_lock
+from shopgate.tool.probes import entry_routes, gateway_status, passing_ports, routed_ports
+
+def stop_records(records: list[ProcessRecord], timeout: float) -> None:
+    """SIGTERM each verified process group, wait for all of them together, SIGKILL what is left."""
+    live = [r for r in records if r.running()]
+    for record in live:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(record.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(pid_alive(r.pid) or group_members(r.pid) for r in live):
+        time.sleep(0.05)
+    for record in live:
+        if group_members(record.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(record.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(pid_alive(r.pid) or group_members(r.pid) for r in live):
+        time.sleep(0.05)
+
+
+def start_process(manifest: Manifest, name: str, argv: list[str], *, env: dict[str, str] | None = None,
+                  service: str | None = None, port: int | None = None) -> ProcessRecord:
+    """Start a component in its own process group, log to the state dir, and record it in the manifest."""
+    log = manifest.state_dir / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    proc = ManagedProcess(name, argv, log_path=log, env=env).start()
+    record = ProcessRecord(name, proc.pid, argv, str(log), service, port)
+    manifest.processes.append(record)
+    manifest.save()
+    return record
+
+
+def start_instance(manifest: Manifest, service: str) -> ProcessRecord:
+    """One more self-registering instance of `service`, on a port chosen here so we know its address."""
+    index = manifest.next_index.get(service, 0) + 1
+    manifest.next_index[service] = index
+    port = free_port()
+    data_dir = manifest.state_dir / "data" / service   # one database per service, shared by its instances
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = shopgate_argv("service", service, "--port", str(port), "--bind", settings.LOOPBACK, "--data-dir", str(data_dir))
+    return start_process(manifest, f"{service}-{index}", argv, service=service, port=port,
+                         env={"CONSUL_HTTP_ADDR": manifest.ports.catalog_url})
+
+
+def wait_for_instances(manifest: Manifest, service: str, progress: Progress, timeout: float = 60) -> None:
+    """Until every local instance of `service` passes in the catalog and the gateway routes to each one."""
+    wanted = {r.port for r in manifest.instances(service) if r.running()}
+
+    def ready() -> tuple[bool, str]:
+        passing = passing_ports(manifest.ports.catalog_url, service)
+        routed = routed_ports(gateway_status(manifest.ports), service)
+        ok = wanted <= passing and wanted <= routed and (not wanted or entry_routes(manifest.ports, service))
+        return ok, f"{len(wanted & passing)}/{len(wanted)} passing in the catalog, {len(wanted & routed)}/{len(wanted)} routed"
+
+    watch = [r for r in manifest.instances(service) if r.port in wanted]
+    progress.wait(f"{service} ×{len(wanted)}", ready, timeout, watch, f"passing, routed at /api/v1/{service}")
+
+
+def taken_ports(ports: Ports) -> list[str]:
+    taken = []
+    for name, port in asdict(ports).items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((settings.LOOPBACK, port))
+            except OSError:
+                taken.append(f"{port} ({name}, --{name}-port)")
+    return taken
+
+
+def prepare(state_dir: Path, ports: Ports, templates: Path, supervised: bool) -> Manifest:
+    """Refuse a second stack in the same directory or on taken ports; write the new, empty manifest."""
+    state_dir = state_dir.resolve()
+    if not templates.is_dir() or not any(templates.iterdir()):
+        raise StackError(f"--templates {templates}: not a directory of haproxy.cfg templates")
+    with manifest_lock(state_dir):
+        old = Manifest.load(state_dir)
+        if old is not None and old.running():
+            pids = ", ".join(str(p.pid) for p in old.running())
+            raise StackError(f"a stack is already running in {state_dir} (pids {pids}); stop it with `shopgate down --state-dir {state_dir}`")
+        taken = taken_ports(ports)
+        if taken:
+            raise StackError("port already in use on 127.0.0.1: " + ", ".join(taken) + " — stop what uses it or choose another port")
+        if old is not None:
+            print(f"(a stale manifest of a stopped stack in {state_dir} was replaced)")
+        supervisor = None
+        if supervised:
+            supervisor = ProcessRecord("shopgate up", os.getpid(), process_cmdline(os.getpid()) or [], "")
+        manifest = Manifest(state_dir, ports, str(templates.resolve()), supervisor=supervisor)
+        manifest.save()
+    return manifest
+
+
+def start_stack(manifest: Manifest, instances: int, progress: Progress) -> None:
+    """Catalog, then gateway, then every service; return once the entry point routes to each service."""
+    state, ports = manifest.state_dir, manifest.ports
+    catalog = start_process(manifest, "catalog", shopgate_argv(
+        "catalog", "--bind", settings.LOOPBACK, "--port", str(ports.catalog), "--data-dir", str(state / "data" / "catalog")))
+    progress.wait("catalog", lambda: (requests.get(f"{ports.catalog_url}/v1/status/leader", timeout=2).status_code == 200, "starting"),
+                  30, [catalog], ports.catalog_url)
+    gateway = start_process(manifest, "gateway", shopgate_argv(
+        "gateway", "--consul", ports.catalog_url,
+        "--listen", f"{settings.LOOPBACK}:{ports.gateway}", "--stats", f"{settings.LOOPBACK}:{ports.stats}",
+        "--status", f"{settings.LOOPBACK}:{ports.status}", "--state-dir", str(state / "gateway"),
+        "--templates", manifest.templates))
+    progress.wait("gateway + HAProxy", lambda: (gateway_status(ports).get("haproxy_pid") is not None, "starting"),
+                  30, [catalog, gateway], ports.entry_url)
+    with manifest_lock(manifest.state_dir):
+        for service in settings.SHOP_SERVICES:
+            for _ in range(instances):
+                start_instance(manifest, service)
+    for service in settings.SHOP_SERVICES:
+        wait_for_instances(manifest, service, progress)
+
+
+def stop_stack(manifest: Manifest, out=None) -> None:
+    """Services first (they drain and deregister), then the gateway, then the catalog."""
+    out = out or sys.stdout
+    with manifest_lock(manifest.state_dir):
+        current = Manifest.load(manifest.state_dir) or manifest   # `scale` may have added instances
+        services = [p for p in current.processes if p.service]
+        print(f"stopping {len(services)} service instances (drain, deregister)…", file=out, flush=True)
+        stop_records(services, SERVICE_STOP_TIMEOUT)
+        for name in ("gateway", "catalog"):
+            record = current.component(name)
+            if record is not None:
+                print(f"stopping {name}…", file=out, flush=True)
+                stop_records([record], 15)
+        current.remove()
+    print("stopped.", file=out, flush=True)
+
+
+@contextlib.contextmanager
+def scratch_stack(instances: int = 1, out=sys.stderr) -> Iterator[Manifest]:
+    """A whole stack on free ports in a temporary directory, stopped on exit — for benchmarks."""
+    with tempfile.TemporaryDirectory(prefix="shopgate-stack-") as tmp:
+        ports = Ports(free_port(), free_port(), free_port(), free_port())
+        manifest = prepare(Path(tmp), ports, settings.TEMPLATES_DIR, supervised=True)
+        try:
+            with contextlib.redirect_stdout(out):
+                start_stack(manifest, instances, Progress(out))
+            yield manifest
+        finally:
+            stop_stack(manifest, out)
+
+
+def scale(manifest: Manifest, service: str, count: int, progress: Progress) -> tuple[int, int]:
+    """Start or stop local instances until `count` run; wait for the gateway to follow. Returns (before, after)."""
+    alive = [r for r in manifest.instances(service) if r.running()]
+    manifest.processes = [p for p in manifest.processes if p.service != service or p in alive]   # forget dead ones
+    if count > len(alive):
+        for _ in range(count - len(alive)):
+            start_instance(manifest, service)
+        wait_for_instances(manifest, service, progress)
+    elif count < len(alive):
+        leaving = alive[count:]
+        stop_records(leaving, SERVICE_STOP_TIMEOUT)
+        manifest.processes = [p for p in manifest.processes if p not in leaving]
+        manifest.save()
+        gone = {r.port for r in leaving}
+        progress.wait(f"{service} −{len(leaving)}", lambda: (not gone & routed_ports(gateway_status(manifest.ports), service), "draining"),
+                      30, detail="drained, deregistered, no longer routed")
+    manifest.save()
+    return len(alive), count
