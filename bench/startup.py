@@ -29,7 +29,7 @@ def first_routed(manifest, port: int) -> tuple[float, float, float]:
     started = time.monotonic()
     registered = passing = None
     while True:
-        instances = {i["port"]: i["health"] for i in catalog_instances(manifest.ports.catalog_url, "products")}
+        instances = {entry.port: entry.status for entry in catalog_instances(manifest.ports.catalog_url, "products")}
         now = time.monotonic() - started
         if registered is None and port in instances:
             registered = now

@@ -19,6 +19,7 @@ from pathlib import Path
 import requests
 
 from shopgate import settings
+from shopgate.consul_client import CatalogUnavailable
 from shopgate.tool.display import Progress, format_age, print_urls, table
 from shopgate.tool.lifecycle import prepare, scale, start_stack, stop_stack
 from shopgate.tool.manifest import SERVICE_STOP_TIMEOUT, Manifest, StackError, ensure_alive, manifest_lock, running_manifest
@@ -109,9 +110,9 @@ def collect_status(manifest: Manifest) -> dict:
             if record.running():
                 rows[(settings.LOOPBACK, record.port)] = {"process": record.name, "pid": record.pid}
         try:
-            for inst in catalog_instances(manifest.ports.catalog_url, service):
-                rows.setdefault((inst["address"], inst["port"]), {}).update({"id": inst["id"], "health": inst["health"]})
-        except (requests.RequestException, ValueError):
+            for entry in catalog_instances(manifest.ports.catalog_url, service):
+                rows.setdefault((entry.address, entry.port), {}).update({"id": entry.id, "health": entry.status})
+        except (CatalogUnavailable, ValueError):
             pass
         for server in gateway.get("services", {}).get(service, {}).get("servers", []):
             if server.get("port") and server.get("instance"):

@@ -34,6 +34,7 @@ from typing import Callable
 import requests
 
 from shopgate import settings
+from shopgate.consul_client import CatalogUnavailable
 from shopgate.tool.chart import StepSpan, render_chart
 from shopgate.tool.display import Progress, table
 from shopgate.tool.lifecycle import prepare, scale, start_instance, start_stack, stop_records, stop_stack
@@ -85,7 +86,7 @@ class Watcher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            with contextlib.suppress(requests.RequestException, ValueError, KeyError):
+            with contextlib.suppress(requests.RequestException, CatalogUnavailable, ValueError, KeyError):
                 if (sample := self._sample()) is not None:
                     self.samples.append(sample)
             self._stop.wait(self.interval)
@@ -381,11 +382,11 @@ def deregister_killed(state_dir: Path, killed: list[ProcessRecord]) -> None:
     if manifest is None:
         return
     catalog_url = manifest.ports.catalog_url
-    with contextlib.suppress(requests.RequestException):
+    with contextlib.suppress(requests.RequestException, CatalogUnavailable):
         for victim in killed:
-            for inst in catalog_instances(catalog_url, victim.service):
-                if inst["port"] == victim.port:
-                    requests.put(f"{catalog_url}/v1/agent/service/deregister/{inst['id']}", timeout=5)
+            for entry in catalog_instances(catalog_url, victim.service):
+                if entry.port == victim.port:
+                    requests.put(f"{catalog_url}/v1/agent/service/deregister/{entry.id}", timeout=5)
 
 
 def restore(state_dir: Path, saved: Restore, say: Callable[[str], None]) -> None:

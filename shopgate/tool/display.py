@@ -12,7 +12,9 @@ from typing import Callable
 
 import requests
 
+from shopgate.consul_client import CatalogUnavailable
 from shopgate.tool.manifest import Ports, ProcessRecord, StackError, ensure_alive
+
 
 class Progress:
     """A line per component: a spinner while it starts, then ✓ with the elapsed time."""
@@ -40,7 +42,7 @@ class Progress:
             ensure_alive(list(watch))
             try:
                 ready, seen = probe()
-            except (requests.RequestException, ValueError, KeyError) as exc:
+            except (requests.RequestException, CatalogUnavailable, ValueError, KeyError) as exc:
                 ready, seen = False, str(exc)
             if ready:
                 self.done(label, detail)

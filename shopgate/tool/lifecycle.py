@@ -27,6 +27,7 @@ from shopgate.tool.display import Progress
 from shopgate.tool.manifest import SERVICE_STOP_TIMEOUT, Manifest, Ports, ProcessRecord, StackError, manifest_lock
 from shopgate.tool.probes import entry_routes, gateway_status, passing_ports, routed_ports
 
+
 def stop_records(records: list[ProcessRecord], timeout: float) -> None:
     """SIGTERM each verified process group, wait for all of them together, SIGKILL what is left."""
     live = [r for r in records if r.running()]

@@ -14,6 +14,7 @@ from pathlib import Path
 from shopgate import settings
 from shopgate.tool.manifest import Ports
 
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:

@@ -10,32 +10,24 @@ from __future__ import annotations
 
 import requests
 
-from shopgate.consul_client.protocol import NODE_MAINTENANCE_ID, SERVICE_MAINTENANCE_PREFIX
+from shopgate.consul_client import ConsulAddress, connect, read
+from shopgate.consul_client.health import HealthEntry, decode_health_entries
 from shopgate.tool.manifest import Ports
 
-def catalog_instances(catalog_url: str, service: str) -> list[dict]:
-    """Every registered instance of `service` with its aggregated health (passing/warning/critical)."""
-    response = requests.get(f"{catalog_url}/v1/health/service/{service}", timeout=3)
-    response.raise_for_status()
-    result = []
-    for entry in response.json():
-        svc = entry["Service"]
-        statuses = {check.get("Status", "critical") for check in entry.get("Checks", [])}
-        health = next((s for s in ("critical", "warning") if s in statuses), "passing")
-        maintenance = any(c.get("CheckID", "").startswith((SERVICE_MAINTENANCE_PREFIX, NODE_MAINTENANCE_ID))
-                          for c in entry.get("Checks", []))
-        result.append({
-            "id": svc["ID"],
-            "address": svc.get("Address") or entry["Node"].get("Address", ""),
-            "port": svc["Port"],
-            "health": "maintenance" if maintenance else health,
-        })
-    return result
+
+def catalog_instances(catalog_url: str, service: str) -> tuple[HealthEntry, ...]:
+    """Every registered instance of `service`, decoded by the one health decoder: its `status` is
+    passing, warning, critical or maintenance, and a check status it cannot read is critical.
+    Raises CatalogUnavailable when the catalog does not answer."""
+    with connect(ConsulAddress.parse(catalog_url), timeout=3) as client:
+        result = read(f"health of {service}", client.health.service, service)
+    return decode_health_entries(service, result.data)
 
 
 def passing_ports(catalog_url: str, service: str) -> set[int]:
-    """Ports of the instances of `service` that the catalog reports passing (maintenance is not passing)."""
-    return {i["port"] for i in catalog_instances(catalog_url, service) if i["health"] == "passing"}
+    """Ports of the instances of `service` that the catalog reports passing (maintenance, and a
+    status nobody can read, are not passing)."""
+    return {entry.port for entry in catalog_instances(catalog_url, service) if entry.passing}
 
 
 def gateway_status(ports: Ports) -> dict:
