@@ -11,7 +11,6 @@ from shopgate.consul_client import CatalogUnavailable, QueryResult, connect, rea
 from shopgate.consul_client.blocking import BlockingQuery
 from shopgate.consul_client.health import aggregate_status, decode_health_entries
 from shopgate.consul_client.kv import kv_from_entries
-from gateway_harness import eventually
 
 
 def _entry(service_id: str, *statuses: str, address: str = "10.0.0.9", check_ids: tuple[str, ...] = ()) -> dict:
