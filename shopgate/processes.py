@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import requests
 
@@ -182,7 +183,8 @@ def stop_pid(pid: int, timeout: float = 10.0, signum: int = signal.SIGTERM, grou
     return not pid_alive(pid)
 
 
-def wait_for_http(url: str, timeout: float = 15.0, process: ManagedProcess | None = None, ok=lambda r: r.status_code < 500) -> requests.Response:
+def wait_for_http(url: str, timeout: float = 15.0, process: ManagedProcess | None = None,
+                  ok: Callable[[requests.Response], bool] = lambda r: r.status_code < 500) -> requests.Response:
     """Poll `url` until `ok(response)`; fail early with the log tail if `process` died."""
     deadline = time.monotonic() + timeout
     last: Exception | str = "no answer"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable
+from typing import Callable, Sequence, TextIO
 
 import requests
 
@@ -21,7 +21,7 @@ class Progress:
 
     SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
-    def __init__(self, stream=None):
+    def __init__(self, stream: TextIO | None = None):
         self.stream = stream or sys.stdout
         self.live = self.stream.isatty()
         self.started = time.monotonic()
@@ -34,7 +34,7 @@ class Progress:
         print(f"  ✓ {label:<30} {self.elapsed():5.1f}s  {detail}".rstrip(), file=self.stream, flush=True)
 
     def wait(self, label: str, probe: Callable[[], tuple[bool, str]], timeout: float,
-             watch: list[ProcessRecord] = (), detail: str = "") -> None:
+             watch: Sequence[ProcessRecord] = (), detail: str = "") -> None:
         """Poll `probe` (→ ready, what it saw) until ready; fail with what it saw, or with the log of a process that died."""
         deadline = time.monotonic() + timeout
         seen, tick = "no answer yet", 0
@@ -67,14 +67,14 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     return ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
 
 
-def format_age(value) -> str:
+def format_age(value: object) -> str:
     """Gateway times arrive as epoch seconds or text; show seconds-ago for the former."""
     if isinstance(value, (int, float)) and value > 1e9:
         return f"{time.time() - value:.0f}s ago"
     return "—" if value in (None, "") else str(value)
 
 
-def print_urls(ports: Ports, out=None) -> None:
+def print_urls(ports: Ports, out: TextIO | None = None) -> None:
     out = out or sys.stdout
     print("", file=out)
     for label, url in ports.urls():

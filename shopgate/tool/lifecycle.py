@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TextIO
 
 import requests
 
@@ -141,7 +141,7 @@ def start_stack(manifest: Manifest, instances: int, progress: Progress) -> None:
         wait_for_instances(manifest, service, progress)
 
 
-def stop_stack(manifest: Manifest, out=None) -> None:
+def stop_stack(manifest: Manifest, out: TextIO | None = None) -> None:
     """Services first (they drain and deregister), then the gateway, then the catalog."""
     out = out or sys.stdout
     with manifest_lock(manifest.state_dir):
@@ -159,7 +159,7 @@ def stop_stack(manifest: Manifest, out=None) -> None:
 
 
 @contextlib.contextmanager
-def scratch_stack(instances: int = 1, out=sys.stderr) -> Iterator[Manifest]:
+def scratch_stack(instances: int = 1, out: TextIO = sys.stderr) -> Iterator[Manifest]:
     """A whole stack on free ports in a temporary directory, stopped on exit — for benchmarks."""
     with tempfile.TemporaryDirectory(prefix="shopgate-stack-") as tmp:
         ports = Ports(free_port(), free_port(), free_port(), free_port())
