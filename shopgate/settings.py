@@ -19,6 +19,7 @@ CATALOG_PORT = 8500          # Consul HTTP API + UI
 GATEWAY_PORT = 8080          # HAProxy entry point
 STATS_PORT = 8404            # HAProxy stats page and /metrics
 STATUS_PORT = 9180           # controller /status and /metrics
+DNS_PORT = 8600              # Consul DNS interface (UDP + TCP) of the catalog
 
 #: Consul KV prefix under which every gateway setting lives.
 KV_PREFIX = "shopgate/"
@@ -30,6 +31,19 @@ TEMPLATES_DIR = PROJECT_ROOT / "config_templates"
 STATE_DIR = Path(os.environ.get("SHOPGATE_STATE_DIR", PROJECT_ROOT / ".state"))
 
 DEFAULT_CONSUL_ADDR = f"http://{LOOPBACK}:{CATALOG_PORT}"
+
+#: Consul's DNS: TTLs 0 by default (Consul's `service_ttl`, `node_ttl`), the domain `consul.`; HAProxy backends in DNS
+#: mode ask the server named by --consul-dns, else CONSUL_DNS_ADDR (Consul's variable), else this default.
+DNS_DOMAIN = "consul."
+DNS_SERVICE_TTL = 0
+DNS_NODE_TTL = 0
+CONSUL_DNS_ENV = "CONSUL_DNS_ADDR"
+DEFAULT_CONSUL_DNS_ADDR = f"{LOOPBACK}:{DNS_PORT}"
+
+
+def consul_dns_from_env() -> str:
+    """host:port of the Consul DNS server the gateway points HAProxy's resolvers at."""
+    return os.environ.get(CONSUL_DNS_ENV) or DEFAULT_CONSUL_DNS_ADDR
 
 #: Shop service instances (`shopgate service NAME`): SQLite stores shared by the instances of a
 #: service live in SERVICE_DATA_DIR/<service>; the drain period is overridden by SHOPGATE_DRAIN_SECONDS.
