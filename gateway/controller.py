@@ -68,6 +68,7 @@ class ControllerConfig:
     guard_hold: float = settings.GATEWAY_GUARD_HOLD_SECONDS
     slot_headroom: int = settings.SLOT_HEADROOM
     kv_defaults: Mapping[str, bytes] = field(default_factory=dict)   # from SHOPGATE_GATEWAY_* (KV wins)
+    consul_dns: str = settings.DEFAULT_CONSUL_DNS_ADDR                # asked by backends in DNS mode
 
 
 class Controller:
@@ -79,7 +80,8 @@ class Controller:
         self.files = GatewayFiles(config.state_dir)
         self.metrics = GatewayMetrics()
         self.haproxy = HAProxyProcess(config.haproxy_bin, self.files.config, self.files.master_socket, self.files.haproxy_log)
-        runtime = RuntimePaths(admin_socket=self.files.admin_socket, listen=config.listen, stats=config.stats)
+        runtime = RuntimePaths(admin_socket=self.files.admin_socket, listen=config.listen, stats=config.stats,
+                               consul_dns=config.consul_dns)
         self.applier = Applier(self.haproxy, self.files, config.templates_dir, runtime, self.metrics, config.drain_timeout)
         self.guard = EmptyCatalogGuard(hold=config.guard_hold)
         self.watcher = CatalogWatcher(config.consul, self._on_snapshot, wait_seconds=config.wait_seconds)
@@ -307,7 +309,13 @@ def parse_args(argv: list[str]) -> ControllerConfig:
     parser.add_argument("--guard-hold", type=float, default=ControllerConfig.guard_hold, help="seconds the empty-catalog guard may hold a view (default %(default)s)")
     parser.add_argument("--slot-headroom", type=int, default=ControllerConfig.slot_headroom,
                         help="server slots per instance, rounded up to a power of two (default %(default)s); HAProxy reserves a file descriptor per slot")
+    parser.add_argument("--consul-dns", default=None,
+                        help="Consul DNS host:port that backends in DNS mode (KV discovery = dns) resolve through "
+                             f"(default: {settings.CONSUL_DNS_ENV} or {settings.DEFAULT_CONSUL_DNS_ADDR})")
     args = parser.parse_args(argv)
+    consul_dns = args.consul_dns or settings.consul_dns_from_env()
+    if not BIND_ADDRESS.fullmatch(consul_dns):
+        parser.error(f"--consul-dns / {settings.CONSUL_DNS_ENV}: expected host:port, got {consul_dns!r}")
     try:
         consul = ConsulAddress.parse(args.consul)
     except ValueError as error:
@@ -320,7 +328,7 @@ def parse_args(argv: list[str]) -> ControllerConfig:
     return ControllerConfig(consul=consul, haproxy_bin=args.haproxy_bin, listen=args.listen, stats=args.stats, status=args.status,
                             state_dir=args.state_dir.resolve(), templates_dir=args.templates.resolve(),
                             drain_timeout=args.drain_timeout, guard_hold=args.guard_hold, slot_headroom=max(1, args.slot_headroom),
-                            kv_defaults=settings_from_env(os.environ))
+                            kv_defaults=settings_from_env(os.environ), consul_dns=consul_dns)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from gateway.model import BackendSettings, GatewaySettings
 from shopgate.settings import KV_PREFIX
 
 BALANCE_ALGORITHMS = ("roundrobin", "leastconn", "source", "first", "random")
+DISCOVERY_MODES = ("runtime", "dns")
 
 _DURATION = re.compile(r"([0-9]{1,9})(ms|s|m|h)")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
@@ -59,6 +60,13 @@ def integer(low: int, high: int) -> Callable[[str], int]:
 def balance(text: str) -> str:
     if text not in BALANCE_ALGORITHMS:
         raise InvalidSetting(f"{display(text)} is not one of {', '.join(BALANCE_ALGORITHMS)}")
+    return text
+
+
+def discovery(text: str) -> str:
+    """Who fills a backend's servers: the controller through the runtime API, or HAProxy's DNS resolver."""
+    if text not in DISCOVERY_MODES:
+        raise InvalidSetting(f"{display(text)} is not one of {', '.join(DISCOVERY_MODES)}")
     return text
 
 
@@ -119,6 +127,7 @@ SERVICE_KEYS: dict[str, tuple[Callable[[str], Any], Fields]] = {
     "weights": (tag_weights, "tag_weights"),
     "maintenance": (boolean, "maintenance"),
     "slots": (integer(1, 1024), "min_slots"),
+    "discovery": (discovery, "discovery"),
 }
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shopgate.consul_client.health import HealthEntry
+from shopgate.settings import DEFAULT_CONSUL_DNS_ADDR
 
 # ---------------------------------------------------------------- input: the catalog's view
 
@@ -82,6 +83,12 @@ class BackendSettings:
     tag_weights: tuple[tuple[str, int], ...] = ()   # canary releases: tag -> weight
     maintenance: bool = False
     min_slots: int | None = None                    # KV `slots`: pre-render at least this many server slots
+    discovery: str = "runtime"                      # KV `discovery`: "runtime" (controller, runtime API) | "dns"
+
+    @property
+    def by_dns(self) -> bool:
+        """HAProxy's resolver finds this backend's servers (SRV on the catalog's DNS), not the controller."""
+        return self.discovery == "dns"
 
 
 @dataclass(frozen=True)
@@ -159,6 +166,7 @@ class RuntimePaths:
     # 2.6, a state file's address/port and up-state override the rendered server lines on reload, so
     # a file not dumped right before the reload brings back stale servers.
     server_state_file: Path | None = None
+    consul_dns: str = DEFAULT_CONSUL_DNS_ADDR  # "host:port" of the Consul DNS that backends in DNS mode ask
 
 
 # ---------------------------------------------------------------- the difference between two tables

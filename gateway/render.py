@@ -19,11 +19,22 @@ from gateway.haproxy_syntax import BIND_ADDRESS, UnsafeValue, check_token, displ
 from gateway.model import RouteTable, RuntimePaths, Server
 
 ENTRY_TEMPLATE = "haproxy.cfg.j2"
+#: Bytes an SRV answer needs per server slot: the SRV record and its target's A record in ADDITIONAL
+#: (~90 bytes with name compression; rounded up), plus the header and question.
+DNS_BYTES_PER_SLOT = 128
+DNS_MIN_PAYLOAD = 8192      # HAProxy's default is 512: three or four SRV records
+DNS_MAX_PAYLOAD = 65535
+
+
+def dns_payload_size(table: RouteTable) -> int:
+    """`accepted_payload_size` for the resolvers: room for every slot of the largest DNS backend."""
+    slots = max((len(b.servers) for b in table.backends if b.settings.by_dns), default=0)
+    return min(DNS_MAX_PAYLOAD, max(DNS_MIN_PAYLOAD, 512 + DNS_BYTES_PER_SLOT * slots))
 
 
 def render_config(table: RouteTable, templates_dir: Path, runtime: RuntimePaths) -> str:
     """The full haproxy.cfg for `table`: every backend with every slot, so a reload loses nothing."""
-    for bind in (runtime.listen, runtime.stats):
+    for bind in (runtime.listen, runtime.stats, runtime.consul_dns):
         if not BIND_ADDRESS.fullmatch(bind):
             raise UnsafeValue(f"bind address {display(bind)} is not host:port")
     template = _environment(str(Path(templates_dir).resolve())).get_template(ENTRY_TEMPLATE)
@@ -33,6 +44,8 @@ def render_config(table: RouteTable, templates_dir: Path, runtime: RuntimePaths)
         runtime=runtime,
         routes=list(enumerate(table.routes, start=1)),
         backends=table.backends,
+        dns_backends=[b for b in table.backends if b.settings.by_dns],
+        dns_payload_size=dns_payload_size(table),
     )
 
 

@@ -25,7 +25,7 @@ from typing import Iterable, NamedTuple
 from gateway.haproxy_syntax import HOSTNAME, SERVICE_NAME, address_problem, display, path_problem, port_problem
 from gateway.kv_settings import parse_settings
 from gateway.model import Backend, BackendSettings, Instance, Route, RouteTable, Server, Snapshot
-from shopgate.settings import MIN_SLOTS, SLOT_HEADROOM
+from shopgate.settings import DNS_SLOTS, MIN_SLOTS, SLOT_HEADROOM
 
 #: A backend shrinks only when its slot count is at least this many times what it needs.
 SHRINK_FACTOR = 8
@@ -165,6 +165,11 @@ def _weight(instance: Instance, settings: BackendSettings) -> int:
 
 def _backend(service: str, instances: list[Instance], settings: BackendSettings, previous: Backend | None, min_slots: int, headroom: int) -> Backend:
     floor = max(min_slots, settings.min_slots or 0)
+    if settings.by_dns:  # HAProxy's resolver fills a fixed server-template: the controller places no instance
+        servers = tuple(_spare(slot_name(i)) for i in range(max(floor, DNS_SLOTS)))
+        if previous is not None and previous.settings == settings and previous.servers == servers:
+            return previous
+        return Backend(name=backend_name(service), service=service, settings=settings, servers=servers)
     count = slot_count(len(instances), len(previous.servers) if previous else None, floor, headroom)
     old_servers = previous.servers if previous else ()
     old_slot = {s.instance_key: i for i, s in enumerate(old_servers) if s.occupied}

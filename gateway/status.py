@@ -29,9 +29,10 @@ def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str
     for backend in running.backends:
         services[backend.service] = {
             "backend": backend.name,
+            "discovery": backend.settings.discovery,
             "routes": [r.url_prefix + r.strip_option for r in running.routes if r.backend == backend.name],
             "slots": len(backend.servers),
-            "servers": [
+            "servers": dns_servers(backend.name, [s.slot for s in backend.servers], live) if backend.settings.by_dns else [
                 {"slot": s.slot, "instance": s.instance_key, "address": s.address, "port": s.port, "weight": s.weight,
                  "state": s.state, "haproxy_status": live.get((backend.name, s.slot), {}).get("status")}
                 for s in backend.servers if s.occupied
@@ -49,6 +50,18 @@ def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str
         "catalog": dict(catalog),
         "guard": {"holding": guard_reason is not None, "reason": guard_reason},
     }
+
+
+def dns_servers(backend: str, slots: list[str], live: Mapping[tuple[str, str], Mapping[str, str]]) -> list[dict]:
+    """A DNS-mode backend's servers as HAProxy's resolver filled them (`show stat`): slots it left in MAINT are empty."""
+    found = []
+    for slot in slots:
+        row = live.get((backend, slot), {})
+        if row and not row.get("status", "").startswith("MAINT"):
+            address, _, port = row.get("addr", "").rpartition(":")
+            found.append({"slot": slot, "address": address, "port": int(port) if port.isdigit() else None,
+                          "haproxy_status": row.get("status")})
+    return found
 
 
 class StatusServer:

@@ -86,6 +86,9 @@ DOCKER_MAX_BACKOFF_SECONDS = 5.0
 #: of two; KV `slots` raises the floor), so that scaling up fills a spare slot instead of reloading HAProxy.
 MIN_SLOTS = 4
 SLOT_HEADROOM = 2
+#: A backend in DNS discovery mode (KV `discovery = dns`) gets a fixed `server-template` of this many slots (KV `slots`
+#: raises it): HAProxy's resolver fills them, and a fixed count means scaling never needs a reload.
+DNS_SLOTS = 16
 
 #: Gateway controller (`shopgate gateway`): a blocking catalog query waits up to GATEWAY_WATCH_WAIT_SECONDS; a
 #: removed server drains at most GATEWAY_DRAIN_TIMEOUT_SECONDS before `state maint`; the empty-catalog guard holds

@@ -38,12 +38,14 @@ def test_every_service_key():
         "shopgate/services/products/weights": b'{"stable": 100, "canary": 0}',
         "shopgate/services/products/maintenance": b"TRUE",
         "shopgate/services/products/slots": b"64",
+        "shopgate/services/products/discovery": b"dns",
         "shopgate/services/users/balance": b"source",
     })
     assert errors == []
     assert services == {
         "products": BackendSettings(balance="leastconn", maxconn=50, timeout_connect_ms=1000, timeout_server_ms=90_000,
-                                    tag_weights=(("canary", 0), ("stable", 100)), maintenance=True, min_slots=64),
+                                    tag_weights=(("canary", 0), ("stable", 100)), maintenance=True, min_slots=64,
+                                    discovery="dns"),
         "users": BackendSettings(balance="source"),
     }
 
@@ -62,7 +64,8 @@ def test_every_service_key():
     ("shopgate/services/products/weights", b'{"canary": true}', "not a whole number"),
     ("shopgate/services/products/maintenance", b"maybe", "'maybe' is not true or false"),
     ("shopgate/services/products/slots", b"100000", "not a whole number in 1..1024"),
-    ("shopgate/services/products/colour", b"blue", "unknown key 'colour' (known: balance, maintenance, maxconn, slots, timeout_connect, timeout_server, weights)"),
+    ("shopgate/services/products/colour", b"blue", "unknown key 'colour' (known: balance, discovery, maintenance, maxconn, slots, timeout_connect, timeout_server, weights)"),
+    ("shopgate/services/products/discovery", b"srv", "'srv' is not one of runtime, dns"),
     ("shopgate/services/bad name/balance", b"leastconn", "service name 'bad name' is not a valid service name"),
     ("shopgate/gateway/stats_auth", b"admin", "expected user:password"),
     ("shopgate/gateway/stats_auth", b"admin:pass word", "user and password may use only"),

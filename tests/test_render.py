@@ -162,6 +162,26 @@ def test_ipv6_and_hostname_servers_and_the_optional_state_file(tmp_path):
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+def test_dns_mode_renders_resolvers_on_the_consul_dns_and_a_server_template_on_the_srv_name(tmp_path):
+    snapshot = Snapshot(services=SHOP.services, kv={"shopgate/services/products/discovery": b"dns",
+                                                      "shopgate/services/products/slots": b"200"})
+    table, config = render(snapshot, tmp_path, consul_dns="127.0.0.1:18600")
+    lines = config.splitlines()
+    assert "resolvers consul" in lines and "    nameserver catalog 127.0.0.1:18600" in lines
+    assert ("    server-template s 1-200 _products._tcp.service.consul resolvers consul resolve-prefer ipv4 "
+            "init-addr none resolve-opts allow-dup-ip check") in lines
+    assert "    accepted_payload_size 26112" in lines  # 200 slots: HAProxy's default 512 would hold 3 or 4
+    assert not any(line.startswith("    server s") for line in lines[lines.index("backend be_products"):
+                                                                     lines.index("backend be_users")])
+    assert "    server s1 127.0.0.1:9001 weight 100" in lines  # users stays with the runtime API
+    check = haproxy_check(config, tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    _, runtime_only = render(SHOP, tmp_path)
+    assert "resolvers consul" not in runtime_only
+    with pytest.raises(UnsafeValue, match="bind address"):
+        render(snapshot, tmp_path, consul_dns="127.0.0.1:53\n    nameserver evil 6.6.6.6:53")
+
+
 def test_a_value_that_bypassed_validation_fails_the_render_instead_of_injecting(tmp_path):
     forged = RouteTable(backends=(Backend("be_x", "x", BackendSettings(), (Server("s1", "k", "10.0.0.1\n    server evil 6.6.6.6:80", 80, 100, "ready"),)),))
     with pytest.raises(UnsafeValue, match="refusing to write"):
@@ -192,10 +212,10 @@ addresses = st.one_of(st.ip_addresses().map(str), st.just("localhost"), hostile_
 
 kv_keys = st.one_of(
     st.sampled_from(["maxconn", "timeout_client", "timeout_server", "timeout_connect", "retries", "hard_stop_after", "stats_auth", "bogus"]).map(lambda k: f"shopgate/gateway/{k}"),
-    st.tuples(service_names, st.sampled_from(["balance", "maxconn", "timeout_connect", "timeout_server", "weights", "maintenance", "slots", "x"])).map(lambda t: f"shopgate/services/{t[0]}/{t[1]}"),
+    st.tuples(service_names, st.sampled_from(["balance", "maxconn", "timeout_connect", "timeout_server", "weights", "maintenance", "slots", "discovery", "x"])).map(lambda t: f"shopgate/services/{t[0]}/{t[1]}"),
     hostile.map(lambda t: "shopgate/" + t),
 )
-plausible_values = st.sampled_from([b"leastconn", b"random", b"5s", b"250ms", b"100", b"2", b"true", b'{"canary": 10}', b"admin:pw", b"16"])
+plausible_values = st.sampled_from([b"leastconn", b"random", b"5s", b"250ms", b"100", b"2", b"true", b'{"canary": 10}', b"admin:pw", b"16", b"dns", b"runtime"])
 kv_values = st.one_of(plausible_values, hostile.map(str.encode), st.binary(max_size=8))
 
 
@@ -237,6 +257,9 @@ DATA_LINE_SHAPES = [re.compile(shape) for shape in (
     r"    balance (roundrobin|leastconn|source|first|random)",
     r"    default-server maxconn \d+",
     r"    server s\d+ (\[[0-9a-f:.]+\]|[0-9.]+|localhost):\d+ weight \d+( disabled)?",
+    rf"    server-template s 1-\d+ _{_NAME}\._tcp\.service\.consul resolvers consul resolve-prefer ipv4 init-addr none "
+    r"resolve-opts allow-dup-ip check",
+    r"    accepted_payload_size \d+",
     r"    acl r\d+_host req\.hdr\(host\),field\(1,:\),lower -m str [a-z0-9.-]+",
     rf"    acl r\d+_path path(_beg)? {_PATH}",
     r"    http-request set-var\(txn\.route\) int\(\d+\) if !\{ var\(txn\.route\) -m found \}( r\d+_host)? r\d+_path",
@@ -246,8 +269,11 @@ DATA_LINE_SHAPES = [re.compile(shape) for shape in (
 
 
 def fixed_template_lines(directory: Path) -> set[str]:
-    """Lines of a config rendered from nothing: text the template writes whatever the catalog says."""
-    return set(render_config(RouteTable(), TEMPLATES_DIR, runtime(directory)).splitlines())
+    """Lines of a config rendered from nothing (and one empty DNS-mode backend, for the resolvers section):
+    text the template writes whatever the catalog says."""
+    dns_only = RouteTable(backends=(Backend("be_x", "x", BackendSettings(discovery="dns"), ()),))
+    return set(render_config(RouteTable(), TEMPLATES_DIR, runtime(directory)).splitlines()) | \
+        set(render_config(dns_only, TEMPLATES_DIR, runtime(directory)).splitlines())
 
 
 def assert_safe_valid_and_complete(snapshot: Snapshot) -> None:
