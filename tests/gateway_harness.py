@@ -84,6 +84,7 @@ class Gateway:
             "--stats", f"127.0.0.1:{self.stats}", "--status", f"127.0.0.1:{self.status_port}",
             "--state-dir", str(self.state_dir), "--templates", str(self.templates),
             "--guard-hold", str(self.guard_hold), "--drain-timeout", "5",
+            "--consul-dns", f"127.0.0.1:{self.catalog.dns_port}",
         )
         self.process = self.start_process("gateway", argv, env=self.env)
         wait_for_http(f"http://127.0.0.1:{self.status_port}/status", timeout=30, process=self.process,
@@ -108,6 +109,11 @@ class Gateway:
         """Ports of `service`'s servers that are wanted ready and UP in HAProxy."""
         servers = self.status()["services"].get(service, {}).get("servers", [])
         return {s["port"] for s in servers if s["state"] == "ready" and str(s["haproxy_status"]).startswith("UP")}
+
+    def resolved(self, service: str, up: bool = True) -> set[int]:
+        """Ports of a DNS-mode service's servers that HAProxy's resolver filled (and, with `up`, that are UP)."""
+        servers = self.status()["services"].get(service, {}).get("servers", [])
+        return {s["port"] for s in servers if not up or str(s["haproxy_status"]).startswith("UP")}
 
     def routed(self, service: str, ports: set[int]) -> bool:
         """True once exactly `ports` serve `service` (HAProxy UP and wanted ready)."""
