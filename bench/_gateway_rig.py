@@ -55,7 +55,7 @@ class Rig:
 
     def start(self) -> "Rig":
         self.catalog = ManagedProcess("catalog", shopgate_argv("catalog", "--bind", "127.0.0.1", "--port", str(self.catalog_port),
-                                                               "--data-dir", str(self.dir / "catalog")), log_path=self.dir / "catalog.log").start()
+                                                               "--data-dir", str(self.dir / "catalog"), "--dns-port", "-1"), log_path=self.dir / "catalog.log").start()
         wait_for_http(f"{self.catalog_url}/v1/status/leader", timeout=30, process=self.catalog)
         for key, value in self.kv.items():
             self.kv_put(key, value)
