@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Mapping
 
 from gateway.apply import Applier, ConfigRejected, GatewayFiles
-from gateway.diff import plan_changes
+from gateway.diff import as_reload, plan_changes
 from gateway.guard import EmptyCatalogGuard
 from gateway.haproxy import HAProxyError, HAProxyProcess
 from gateway.haproxy_syntax import BIND_ADDRESS
@@ -69,6 +69,7 @@ class ControllerConfig:
     slot_headroom: int = settings.SLOT_HEADROOM
     kv_defaults: Mapping[str, bytes] = field(default_factory=dict)   # from SHOPGATE_GATEWAY_* (KV wins)
     consul_dns: str = settings.DEFAULT_CONSUL_DNS_ADDR                # asked by backends in DNS mode
+    always_reload: bool = False    # membership too by render + reload (consul-template's way; bench/discovery.py compares)
 
 
 class Controller:
@@ -216,6 +217,8 @@ class Controller:
         wanted = self._route_table(snapshot, self.applier.running)
         self._wanted = wanted
         plan = plan_changes(self.applier.running, wanted)
+        if self.config.always_reload:
+            plan = as_reload(plan, "--always-reload")
         if not edited and plan.needs_reload and now - self._last_reload < RELOAD_INTERVAL:
             self._not_before = self._last_reload + RELOAD_INTERVAL
             return
@@ -312,6 +315,9 @@ def parse_args(argv: list[str]) -> ControllerConfig:
     parser.add_argument("--consul-dns", default=None,
                         help="Consul DNS host:port that backends in DNS mode (KV discovery = dns) resolve through "
                              f"(default: {settings.CONSUL_DNS_ENV} or {settings.DEFAULT_CONSUL_DNS_ADDR})")
+    parser.add_argument("--always-reload", action="store_true",
+                        help="apply membership changes by a full render + reload too, as consul-template does, instead of the runtime API "
+                             "(for comparison: bench/discovery.py)")
     args = parser.parse_args(argv)
     consul_dns = args.consul_dns or settings.consul_dns_from_env()
     if not BIND_ADDRESS.fullmatch(consul_dns):
@@ -328,7 +334,7 @@ def parse_args(argv: list[str]) -> ControllerConfig:
     return ControllerConfig(consul=consul, haproxy_bin=args.haproxy_bin, listen=args.listen, stats=args.stats, status=args.status,
                             state_dir=args.state_dir.resolve(), templates_dir=args.templates.resolve(),
                             drain_timeout=args.drain_timeout, guard_hold=args.guard_hold, slot_headroom=max(1, args.slot_headroom),
-                            kv_defaults=settings_from_env(os.environ), consul_dns=consul_dns)
+                            kv_defaults=settings_from_env(os.environ), consul_dns=consul_dns, always_reload=args.always_reload)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,13 @@ def plan_changes(running: RouteTable | None, wanted: RouteTable) -> ApplyPlan:
     return ApplyPlan(membership=tuple(membership))
 
 
+def as_reload(plan: ApplyPlan, why: str) -> ApplyPlan:
+    """`plan` carried out by render + reload even where the runtime API could do it (consul-template's way)."""
+    if plan.needs_reload or plan.empty:
+        return plan
+    return ApplyPlan(structural_reasons=(f"{why}: {len(plan.membership)} slot change(s)",))
+
+
 def _is_ip(address: str) -> bool:
     try:
         ipaddress.ip_address(address)
