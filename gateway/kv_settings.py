@@ -14,7 +14,7 @@ import re
 from dataclasses import replace
 from typing import Any, Callable, Mapping
 
-from gateway.haproxy_syntax import MAX_WEIGHT, SERVICE_NAME, TOKEN, display
+from gateway.haproxy_syntax import DNS_SERVICE_NAME, MAX_WEIGHT, SERVICE_NAME, TOKEN, display
 from gateway.model import BackendSettings, GatewaySettings
 from shopgate.settings import KV_PREFIX
 
@@ -165,6 +165,12 @@ def parse_settings(kv: dict[str, bytes]) -> tuple[GatewaySettings, dict[str, Bac
                 raise InvalidSetting(f"unknown key (expected {KV_PREFIX}gateway/<key> or {KV_PREFIX}services/<name>/<key>)")
         except InvalidSetting as error:
             errors.append(f"{display(key, 120)[1:-1]}: {error}")
+    for name, fields in services.items():
+        if fields.get("discovery") == "dns" and not DNS_SERVICE_NAME.fullmatch(name):
+            del fields["discovery"]   # the runtime API keeps serving it
+            errors.append(f"{KV_PREFIX}services/{name}/discovery: service {display(name)} cannot be found over DNS "
+                          f"(_{name}._tcp.service.consul: a dot or underscore is not a DNS label character); "
+                          "its servers stay with the runtime API")
     backend_settings = {name: replace(BackendSettings(), **fields) for name, fields in services.items()}
     return replace(GatewaySettings(), **gateway), backend_settings, errors
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jinja2
 
-from gateway.haproxy_syntax import BIND_ADDRESS, UnsafeValue, check_token, display
+from gateway.haproxy_syntax import BIND_ADDRESS, UnsafeValue, check_dns_label, check_token, display
 from gateway.model import RouteTable, RuntimePaths, Server
 
 ENTRY_TEMPLATE = "haproxy.cfg.j2"
@@ -60,7 +60,7 @@ def _environment(templates_dir: str) -> jinja2.Environment:
         keep_trailing_newline=True,
         auto_reload=True,
     )
-    environment.filters.update(token=token, number=number, host_port=host_port, regex_literal=regex_literal)
+    environment.filters.update(token=token, number=number, host_port=host_port, regex_literal=regex_literal, dns_label=check_dns_label)
     return environment
 
 

@@ -47,3 +47,16 @@ def test_products_in_dns_mode_scale_1_5_1_under_load_and_a_critical_instance_lea
     status = gateway.status()
     assert status["runtime_updates"] == updates_before   # the controller pushed nothing: HAProxy's resolver did it all
     assert status["reloads"] == reloads_before
+
+
+def test_dns_mode_on_a_name_dns_cannot_carry_is_rejected_by_key_in_status_and_the_service_keeps_serving(gateway, catalog):
+    catalog.client().kv.put("shopgate/services/cart_v2/discovery", "dns")
+    backend = gateway.start_backend("cart_v2")
+    rejected = eventually("reported in /status", lambda: [r for r in gateway.status()["rejected"]
+                                                           if r.startswith("shopgate/services/cart_v2/discovery: ")])
+    assert "_cart_v2._tcp.service.consul" in rejected[0] and "runtime API" in rejected[0]
+    assert gateway.status()["services"]["cart_v2"]["discovery"] == "runtime"
+    eventually("routed by the runtime API", lambda: gateway.routed("cart_v2", {backend.port}))
+    answer = requests.get(f"{gateway.url}/api/v1/cart_v2/x", timeout=5)
+    assert answer.status_code == 200 and answer.headers["X-Instance"] == str(backend.port)
+    assert "server-template" not in (gateway.state_dir / "haproxy.cfg").read_text()

@@ -66,6 +66,8 @@ def test_every_service_key():
     ("shopgate/services/products/slots", b"100000", "not a whole number in 1..1024"),
     ("shopgate/services/products/colour", b"blue", "unknown key 'colour' (known: balance, discovery, maintenance, maxconn, slots, timeout_connect, timeout_server, weights)"),
     ("shopgate/services/products/discovery", b"srv", "'srv' is not one of runtime, dns"),
+    ("shopgate/services/cart.v2/discovery", b"dns", "service 'cart.v2' cannot be found over DNS (_cart.v2._tcp.service.consul"),
+    ("shopgate/services/cart_v2/discovery", b"dns", "a dot or underscore is not a DNS label character); its servers stay with the runtime API"),
     ("shopgate/services/bad name/balance", b"leastconn", "service name 'bad name' is not a valid service name"),
     ("shopgate/gateway/stats_auth", b"admin", "expected user:password"),
     ("shopgate/gateway/stats_auth", b"admin:pass word", "user and password may use only"),
@@ -82,6 +84,12 @@ def test_an_invalid_value_is_reported_with_key_and_reason_and_the_default_stays(
     assert "\n" not in errors[0]
     assert gateway == GatewaySettings()
     assert all(settings == BackendSettings() for settings in services.values())
+
+
+def test_dns_mode_takes_any_name_that_is_one_dns_label():
+    _, services, errors = parse_settings({"shopgate/services/Cart-V2/discovery": b"dns", "shopgate/services/cart_v2/discovery": b"runtime"})
+    assert errors == []
+    assert services == {"Cart-V2": BackendSettings(discovery="dns"), "cart_v2": BackendSettings()}
 
 
 def test_an_error_in_one_key_keeps_the_valid_keys_of_the_same_service():

@@ -17,7 +17,7 @@ import jinja2
 import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from gateway.haproxy_syntax import UnsafeValue
+from gateway.haproxy_syntax import DNS_SERVICE_NAME, SERVICE_NAME, UnsafeValue
 from gateway.model import Backend, BackendSettings, Instance, Route, RouteTable, RuntimePaths, Server, Snapshot
 from gateway.render import render_config
 from gateway.routing import build_route_table
@@ -182,6 +182,17 @@ def test_dns_mode_renders_resolvers_on_the_consul_dns_and_a_server_template_on_t
         render(snapshot, tmp_path, consul_dns="127.0.0.1:53\n    nameserver evil 6.6.6.6:53")
 
 
+def test_dns_mode_on_a_name_dns_cannot_carry_is_reported_and_the_runtime_api_keeps_serving_it(tmp_path):
+    snapshot = Snapshot(services={"cart_v2": (inst("cart_v2", 1),)}, kv={"shopgate/services/cart_v2/discovery": b"dns"})
+    table, config = render(snapshot, tmp_path)
+    assert [r for r in table.rejected if r.startswith("shopgate/services/cart_v2/discovery: ")]
+    assert "server-template" not in config and "resolvers consul" not in config
+    assert "    server s1 127.0.0.1:9001 weight 100" in config
+    forged = RouteTable(backends=(Backend("be_a.b", "a.b", BackendSettings(discovery="dns"), (Server("s1", None),)),))
+    with pytest.raises(UnsafeValue, match="SRV name"):   # the template's own check, should a table bypass the KV check
+        render_config(forged, TEMPLATES_DIR, runtime(tmp_path))
+
+
 def test_a_value_that_bypassed_validation_fails_the_render_instead_of_injecting(tmp_path):
     forged = RouteTable(backends=(Backend("be_x", "x", BackendSettings(), (Server("s1", "k", "10.0.0.1\n    server evil 6.6.6.6:80", 80, 100, "ready"),)),))
     with pytest.raises(UnsafeValue, match="refusing to write"):
@@ -257,7 +268,7 @@ DATA_LINE_SHAPES = [re.compile(shape) for shape in (
     r"    balance (roundrobin|leastconn|source|first|random)",
     r"    default-server maxconn \d+",
     r"    server s\d+ (\[[0-9a-f:.]+\]|[0-9.]+|localhost):\d+ weight \d+( disabled)?",
-    rf"    server-template s 1-\d+ _{_NAME}\._tcp\.service\.consul resolvers consul resolve-prefer ipv4 init-addr none "
+    r"    server-template s 1-\d+ _[A-Za-z0-9-]+\._tcp\.service\.consul resolvers consul resolve-prefer ipv4 init-addr none "
     r"resolve-opts allow-dup-ip check",
     r"    accepted_payload_size \d+",
     r"    acl r\d+_host req\.hdr\(host\),field\(1,:\),lower -m str [a-z0-9.-]+",
@@ -289,6 +300,11 @@ def assert_safe_valid_and_complete(snapshot: Snapshot) -> None:
         for line in config.splitlines():
             assert line in fixed or any(shape.fullmatch(line) for shape in DATA_LINE_SHAPES), f"unexpected line {line!r}"
         assert all("\n" not in message and "\r" not in message for message in table.rejected)
+        for key, value in snapshot.kv.items():   # DNS mode asked for a name DNS cannot carry: reported by its key
+            parts = key.split("/")
+            service = parts[2] if len(parts) == 4 and parts[:2] == ["shopgate", "services"] and parts[3] == "discovery" else None
+            if value == b"dns" and service and SERVICE_NAME.fullmatch(service) and not DNS_SERVICE_NAME.fullmatch(service):
+                assert any(r.startswith(f"{key}: ") for r in table.rejected), table.rejected
         for backend in table.backends:
             for server in backend.servers:
                 if server.occupied:
