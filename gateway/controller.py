@@ -2,7 +2,7 @@
 
     shopgate gateway [--consul URL] [--haproxy-bin haproxy] [--listen 127.0.0.1:8080]
                      [--stats 127.0.0.1:8404] [--status 127.0.0.1:9180] [--state-dir DIR]
-                     [--templates DIR]
+                     [--templates DIR] [--accept-proxy]
 
 One loop owns HAProxy; everything else only wakes it:
 
