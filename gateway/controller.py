@@ -2,7 +2,7 @@
 
     shopgate gateway [--consul URL] [--haproxy-bin haproxy] [--listen 127.0.0.1:8080]
                      [--stats 127.0.0.1:8404] [--status 127.0.0.1:9180] [--state-dir DIR]
-                     [--templates DIR]
+                     [--templates DIR] [--accept-proxy]
 
 One loop owns HAProxy; everything else only wakes it:
 
@@ -67,6 +67,7 @@ class ControllerConfig:
     drain_timeout: float = settings.GATEWAY_DRAIN_TIMEOUT_SECONDS
     guard_hold: float = settings.GATEWAY_GUARD_HOLD_SECONDS
     slot_headroom: int = settings.SLOT_HEADROOM
+    accept_proxy: bool = False                                       # entry binds take the PROXY protocol
     kv_defaults: Mapping[str, bytes] = field(default_factory=dict)   # from SHOPGATE_GATEWAY_* (KV wins)
     consul_dns: str = settings.DEFAULT_CONSUL_DNS_ADDR                # asked by backends in DNS mode
     always_reload: bool = False    # membership too by render + reload (consul-template's way; bench/discovery.py compares)
@@ -82,7 +83,7 @@ class Controller:
         self.metrics = GatewayMetrics()
         self.haproxy = HAProxyProcess(config.haproxy_bin, self.files.config, self.files.master_socket, self.files.haproxy_log)
         runtime = RuntimePaths(admin_socket=self.files.admin_socket, listen=config.listen, stats=config.stats,
-                               consul_dns=config.consul_dns)
+                               consul_dns=config.consul_dns, accept_proxy=config.accept_proxy)
         self.applier = Applier(self.haproxy, self.files, config.templates_dir, runtime, self.metrics, config.drain_timeout)
         self.guard = EmptyCatalogGuard(hold=config.guard_hold)
         self.watcher = CatalogWatcher(config.consul, self._on_snapshot, wait_seconds=config.wait_seconds)
@@ -163,7 +164,9 @@ class Controller:
     def _route_table(self, snapshot: Snapshot, previous: RouteTable | None) -> RouteTable:
         if self.config.kv_defaults:
             snapshot = replace(snapshot, kv={**self.config.kv_defaults, **snapshot.kv})
-        return build_route_table(snapshot, previous, headroom=self.config.slot_headroom)
+        return build_route_table(snapshot, previous, headroom=self.config.slot_headroom,
+                                 taken_binds={self.config.listen: "the entry point", self.config.stats: "the stats page",
+                                              self.config.status: "the controller's /status"})
 
     def _start_haproxy(self) -> bool:
         """Serve at once, with no routes (503) until the catalog's first view arrives."""
@@ -318,6 +321,8 @@ def parse_args(argv: list[str]) -> ControllerConfig:
     parser.add_argument("--always-reload", action="store_true",
                         help="apply membership changes by a full render + reload too, as consul-template does, instead of the runtime API "
                              "(for comparison: bench/discovery.py)")
+    parser.add_argument("--accept-proxy", action="store_true",
+                        help="entry binds take the PROXY protocol v1/v2 from an outer load balancer (as KV shopgate/gateway/accept_proxy)")
     args = parser.parse_args(argv)
     consul_dns = args.consul_dns or settings.consul_dns_from_env()
     if not BIND_ADDRESS.fullmatch(consul_dns):
@@ -333,7 +338,7 @@ def parse_args(argv: list[str]) -> ControllerConfig:
         parser.error(f"--templates: {args.templates} is not a directory")
     return ControllerConfig(consul=consul, haproxy_bin=args.haproxy_bin, listen=args.listen, stats=args.stats, status=args.status,
                             state_dir=args.state_dir.resolve(), templates_dir=args.templates.resolve(),
-                            drain_timeout=args.drain_timeout, guard_hold=args.guard_hold, slot_headroom=max(1, args.slot_headroom),
+                            drain_timeout=args.drain_timeout, guard_hold=args.guard_hold, slot_headroom=max(1, args.slot_headroom), accept_proxy=args.accept_proxy,
                             kv_defaults=settings_from_env(os.environ), consul_dns=consul_dns, always_reload=args.always_reload)
 
 

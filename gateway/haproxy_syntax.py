@@ -14,6 +14,11 @@ import re
 #: A service name, used as-is inside the backend name `be_<service>` and the default route.
 SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
+#: An environment name (tag `env=<name>`, meta `env`, KV `shopgate/gateway/environments/<name>/`).
+ENVIRONMENT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+#: A cookie name for sticky sessions (KV `sticky_cookie`).
+COOKIE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,80}")
 #: A service name that is one DNS label of `_<service>._tcp.service.consul`, as Consul's DNS answers it: Consul's
 #: agent warns that any other name "will not be discoverable via DNS due to invalid characters" (a dot splits the
 #: label, an underscore is not a hostname character).

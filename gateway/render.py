@@ -17,6 +17,7 @@ import jinja2
 
 from gateway.haproxy_syntax import BIND_ADDRESS, UnsafeValue, check_dns_label, check_token, display
 from gateway.model import RouteTable, RuntimePaths, Server
+from gateway.routing import default_cookie, frontends
 
 ENTRY_TEMPLATE = "haproxy.cfg.j2"
 #: Bytes an SRV answer needs per server slot: the SRV record and its target's A record in ADDITIONAL
@@ -34,18 +35,25 @@ def dns_payload_size(table: RouteTable) -> int:
 
 def render_config(table: RouteTable, templates_dir: Path, runtime: RuntimePaths) -> str:
     """The full haproxy.cfg for `table`: every backend with every slot, so a reload loses nothing."""
-    for bind in (runtime.listen, runtime.stats, runtime.consul_dns):
+    entry = frontends(table, runtime.listen)
+    binds = [runtime.stats] + [frontend.bind for frontend in entry]
+    for bind in [*binds, runtime.consul_dns]:   # the DNS server is asked, not bound: only its shape is checked
         if not BIND_ADDRESS.fullmatch(bind):
             raise UnsafeValue(f"bind address {display(bind)} is not host:port")
+    if len(set(binds)) < len(binds):
+        raise UnsafeValue(f"two frontends would listen on one address ({', '.join(binds)}): an environment's bind "
+                          "must differ from the entry point, the stats page and every other environment")
     template = _environment(str(Path(templates_dir).resolve())).get_template(ENTRY_TEMPLATE)
     return template.render(
         table=table,
         settings=table.settings,
         runtime=runtime,
-        routes=list(enumerate(table.routes, start=1)),
+        frontends=entry,
+        accept_proxy=table.settings.accept_proxy or runtime.accept_proxy,
         backends=table.backends,
         dns_backends=[b for b in table.backends if b.settings.by_dns],
         dns_payload_size=dns_payload_size(table),
+        default_cookie=default_cookie,
     )
 
 

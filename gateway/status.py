@@ -1,5 +1,8 @@
 """The controller's own HTTP endpoint: `/status` (JSON for people and `shopgate status`) and `/metrics`.
 
+/status `services` is keyed by service name for prod backends and `<service>@<env>` for the
+others; every entry names its service, environment and backend.
+
 `status_view` writes the /status document from plain data (the tables, HAProxy's `show stat`
 rows, counters), so what /status says is decided here, away from the controller's loop.
 """
@@ -15,6 +18,7 @@ from typing import Callable, Iterable, Mapping
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway.model import RouteTable
+from shopgate.settings import DEFAULT_ENVIRONMENT
 
 log = logging.getLogger("shopgate.gateway.status")
 
@@ -27,7 +31,9 @@ def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str
     then what was applied, refused (by routing in `wanted`, or by HAProxy) and held back."""
     services = {}
     for backend in running.backends:
-        services[backend.service] = {
+        services[status_key(backend.service, backend.environment)] = {
+            "service": backend.service,
+            "environment": backend.environment,
             "backend": backend.name,
             "discovery": backend.settings.discovery,
             "routes": [r.url_prefix + r.strip_option for r in running.routes if r.backend == backend.name],
@@ -52,6 +58,9 @@ def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str
     }
 
 
+def status_key(service: str, environment: str) -> str:
+    """A backend's key in /status `services`: the service name for prod (as before environments), else service@env."""
+    return service if environment == DEFAULT_ENVIRONMENT else f"{service}@{environment}"
 def dns_servers(backend: str, slots: list[str], live: Mapping[tuple[str, str], Mapping[str, str]]) -> list[dict]:
     """A DNS-mode backend's servers as HAProxy's resolver filled them (`show stat`): slots it left in MAINT are empty."""
     found = []

@@ -24,6 +24,9 @@ DNS_PORT = 8600              # Consul DNS interface (UDP + TCP) of the catalog
 #: Consul KV prefix under which every gateway setting lives.
 KV_PREFIX = "shopgate/"
 
+#: The environment of an instance without an `env=<name>` tag or `env` meta; served on the gateway entry point.
+DEFAULT_ENVIRONMENT = "prod"
+
 #: Jinja2 templates for haproxy.cfg; edited live by users.
 TEMPLATES_DIR = PROJECT_ROOT / "config_templates"
 
