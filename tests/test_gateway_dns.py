@@ -55,8 +55,8 @@ def test_dns_mode_on_a_name_dns_cannot_carry_is_rejected_by_key_in_status_and_th
     rejected = eventually("reported in /status", lambda: [r for r in gateway.status()["rejected"]
                                                            if r.startswith("shopgate/services/cart_v2/discovery: ")])
     assert "_cart_v2._tcp.service.consul" in rejected[0] and "runtime API" in rejected[0]
-    assert gateway.status()["services"]["cart_v2"]["discovery"] == "runtime"
     eventually("routed by the runtime API", lambda: gateway.routed("cart_v2", {backend.port}))
+    assert gateway.status()["services"]["cart_v2"]["discovery"] == "runtime"
     answer = requests.get(f"{gateway.url}/api/v1/cart_v2/x", timeout=5)
     assert answer.status_code == 200 and answer.headers["X-Instance"] == str(backend.port)
     assert "server-template" not in (gateway.state_dir / "haproxy.cfg").read_text()
