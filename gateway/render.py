@@ -15,7 +15,8 @@ from pathlib import Path
 
 import jinja2
 
-from gateway.haproxy_syntax import BIND_ADDRESS, UnsafeValue, check_token, display
+from gateway.haproxy_syntax import (BIND_ADDRESS, UnsafeValue, check_password_hash, check_token, display,
+                                    network_problem)
 from gateway.model import RouteTable, RuntimePaths, Server
 
 ENTRY_TEMPLATE = "haproxy.cfg.j2"
@@ -47,7 +48,8 @@ def _environment(templates_dir: str) -> jinja2.Environment:
         keep_trailing_newline=True,
         auto_reload=True,
     )
-    environment.filters.update(token=token, number=number, host_port=host_port, regex_literal=regex_literal)
+    environment.filters.update(token=token, number=number, host_port=host_port, regex_literal=regex_literal,
+                               password_hash=check_password_hash, network=network)
     return environment
 
 
@@ -61,6 +63,13 @@ def number(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, int):
         raise UnsafeValue(f"refusing to write {display(value)} into haproxy.cfg: not an integer")
     return str(value)
+
+
+def network(value: object) -> str:
+    """An address or CIDR network (route guards allow/deny) as one config word."""
+    if not isinstance(value, str) or network_problem(value):
+        raise UnsafeValue(f"refusing to write {display(value)} into haproxy.cfg: not an address or CIDR network")
+    return check_token(value)
 
 
 def host_port(server: Server) -> str:

@@ -25,6 +25,7 @@ from typing import Iterable, NamedTuple
 from gateway.haproxy_syntax import HOSTNAME, SERVICE_NAME, address_problem, display, path_problem, port_problem
 from gateway.kv_settings import parse_settings
 from gateway.model import Backend, BackendSettings, Instance, Route, RouteTable, Server, Snapshot
+from shopgate.consul_client.protocol import WARNING
 from shopgate.settings import MIN_SLOTS, SLOT_HEADROOM
 
 #: A backend shrinks only when its slot count is at least this many times what it needs.
@@ -52,7 +53,8 @@ def build_route_table(
     headroom: int = SLOT_HEADROOM,
 ) -> RouteTable:
     """The RouteTable for `snapshot`, keeping slots and contested routes as they were in `previous`."""
-    gateway_settings, service_settings, rejected = parse_settings(snapshot.kv)
+    last_good = {b.service: b.settings for b in previous.backends} if previous else None
+    gateway_settings, service_settings, rejected = parse_settings(snapshot.kv, last_good)
     previous_services = previous.memo.get("services", {}) if previous else {}
     previous_backends = {b.service: b for b in previous.backends} if previous and not previous_services else {}
     services: dict[str, _ServiceResult] = {}
@@ -150,11 +152,17 @@ def _spare(slot: str) -> Server:
     return Server(slot=slot, instance_key=None)
 
 
+def routable(instance: Instance, settings: BackendSettings) -> bool:
+    """Passing; or warning too where the service's KV `route_warning` says so."""
+    return instance.healthy or (settings.route_warning and instance.status == WARNING)
+
+
 def _state(instance: Instance, settings: BackendSettings) -> str:
-    """ready: passing. drain: leaving gracefully (in-flight requests finish). maint: failing its checks."""
-    if instance.status == "maintenance" or (settings.maintenance and instance.healthy):
+    """ready: routable. drain: leaving gracefully (in-flight requests finish). maint: failing its checks."""
+    healthy = routable(instance, settings)
+    if instance.status == "maintenance" or (settings.maintenance and healthy):
         return "drain"
-    return "ready" if instance.healthy else "maint"
+    return "ready" if healthy else "maint"
 
 
 def _weight(instance: Instance, settings: BackendSettings) -> int:

@@ -83,3 +83,8 @@ GATEWAY_GUARD_HOLD_SECONDS = 30.0
 #: Catalog reads and HAProxy restarts that failed are retried after pauses that double from the first to the last.
 RETRY_BACKOFF_SECONDS = (0.2, 5.0)
 
+
+#: Flap hold-down (per service KV `flap_limit`, `flap_window`, `flap_hold`): an instance that flips between
+#: healthy and unhealthy more than flap_limit times within FLAP_WINDOW_MS is held out for FLAP_HOLD_MS.
+FLAP_WINDOW_MS = 60_000
+FLAP_HOLD_MS = 60_000
