@@ -16,8 +16,7 @@ from dataclasses import fields, replace
 from gateway.model import ApplyPlan, Backend, BackendSettings, GatewaySettings, MembershipChange, Route, RouteTable, Server
 
 #: BackendSettings fields that only change server states/weights, never the rendered backend section.
-_MEMBERSHIP_ONLY_SETTINGS = {"maintenance": False, "tag_weights": (), "route_warning": False, "flap_limit": None,
-                             "flap_window_ms": 0, "flap_hold_ms": 0}
+_MEMBERSHIP_ONLY_SETTINGS = {"maintenance": False, "tag_weights": ()}
 
 
 def plan_changes(running: RouteTable | None, wanted: RouteTable) -> ApplyPlan:

@@ -158,9 +158,6 @@ SERVICE_KEYS: dict[str, tuple[Callable[[str], Any], Fields]] = {
     "maintenance": (boolean, "maintenance"),
     "slots": (integer(1, 1024), "min_slots"),
     "route_warning": (boolean, "route_warning"),
-    "flap_limit": (integer(1, 1000), "flap_limit"),
-    "flap_window": (duration_ms, "flap_window_ms"),
-    "flap_hold": (duration_ms, "flap_hold_ms"),
     # route guards (GUARD_KEYS)
     "rate_limit": (integer(1, 1_000_000), "rate_limit"),
     "rate_burst": (integer(1, 10_000_000), "rate_burst"),

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shopgate.consul_client.health import HealthEntry
-from shopgate.settings import FLAP_HOLD_MS, FLAP_WINDOW_MS
 
 # ---------------------------------------------------------------- input: the catalog's view
 
@@ -84,9 +83,6 @@ class BackendSettings:
     maintenance: bool = False
     min_slots: int | None = None                    # KV `slots`: pre-render at least this many server slots
     route_warning: bool = False                     # route instances whose worst check is `warning`
-    flap_limit: int | None = None                   # more healthy<->unhealthy flips than this in flap_window ...
-    flap_window_ms: int = FLAP_WINDOW_MS
-    flap_hold_ms: int = FLAP_HOLD_MS                # ... hold the instance out this long (gateway.flaps)
     # route guards, rendered in the backend (config_templates/backend.cfg.j2)
     rate_limit: int | None = None                   # requests/s per client address, then 429
     rate_burst: int | None = None                   # requests a client may send at once (default rate_limit)

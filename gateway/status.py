@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway.model import RouteTable
+from gateway.model import BackendSettings, RouteTable
 
 log = logging.getLogger("shopgate.gateway.status")
 
@@ -31,6 +31,7 @@ def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str
             "backend": backend.name,
             "routes": [r.url_prefix + r.strip_option for r in running.routes if r.backend == backend.name],
             "slots": len(backend.servers),
+            "guards": guards_view(backend.settings),
             "servers": [
                 {"slot": s.slot, "instance": s.instance_key, "address": s.address, "port": s.port, "weight": s.weight,
                  "state": s.state, "haproxy_status": live.get((backend.name, s.slot), {}).get("status")}
@@ -49,6 +50,13 @@ def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str
         "catalog": dict(catalog),
         "guard": {"holding": guard_reason is not None, "reason": guard_reason},
     }
+
+
+def guards_view(settings: BackendSettings) -> dict:
+    """The route guards and routing choices a service runs with (user names only, never their hashes)."""
+    return {"rate_limit": settings.rate_limit, "rate_burst": settings.rate_burst or settings.rate_limit,
+            "allow": list(settings.allow), "deny": list(settings.deny), "auth_users": [u for u, _ in settings.auth],
+            "route_warning": settings.route_warning}
 
 
 class StatusServer:

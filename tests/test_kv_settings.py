@@ -62,7 +62,19 @@ def test_every_service_key():
     ("shopgate/services/products/weights", b'{"canary": true}', "not a whole number"),
     ("shopgate/services/products/maintenance", b"maybe", "'maybe' is not true or false"),
     ("shopgate/services/products/slots", b"100000", "not a whole number in 1..1024"),
-    ("shopgate/services/products/colour", b"blue", "unknown key 'colour' (known: balance, maintenance, maxconn, slots, timeout_connect, timeout_server, weights)"),
+    ("shopgate/services/products/colour", b"blue", "unknown key 'colour' (known: allow, auth, balance, deny, maintenance, maxconn, rate_burst, rate_limit, "
+     "route_warning, slots, timeout_connect, timeout_server, weights)"),
+    ("shopgate/services/products/rate_limit", b"0", "not a whole number in 1..1000000"),
+    ("shopgate/services/products/rate_limit", b"10/s", "not a whole number"),
+    ("shopgate/services/products/rate_burst", b"-5", "not a whole number"),
+    ("shopgate/services/products/allow", b"10.0.0.1/8", "'10.0.0.1/8' is not an address or CIDR network (10.0.0.1/8 has host bits set)"),
+    ("shopgate/services/products/deny", b"10.0.0.0/8 #x", "is not an address or CIDR network"),
+    ("shopgate/services/products/deny", b" , ", "expected one or more addresses"),
+    ("shopgate/services/products/auth", b"alice:secret", "user alice: the password is not a $5$, $6$ or $2y$ crypt(3) hash"),
+    ("shopgate/services/products/auth", b"alice:$6$a$b\nlisten x", "not a $5$, $6$ or $2y$"),
+    ("shopgate/services/products/auth", b"al ice:$2y$05$" + b"a" * 53, "expected user:hash"),
+    ("shopgate/services/products/auth", b"a:$2y$05$" + b"a" * 53 + b",a:$2y$05$" + b"b" * 53, "user a is listed twice"),
+    ("shopgate/services/products/route_warning", b"sometimes", "is not true or false"),
     ("shopgate/services/bad name/balance", b"leastconn", "service name 'bad name' is not a valid service name"),
     ("shopgate/gateway/stats_auth", b"admin", "expected user:password"),
     ("shopgate/gateway/stats_auth", b"admin:pass word", "user and password may use only"),
@@ -104,3 +116,39 @@ def test_environment_gives_gateway_settings_that_kv_overrides():
     assert env == {"shopgate/gateway/stats_auth": b"ops:pw", "shopgate/gateway/retries": b"1"}
     gateway, _, errors = parse_settings({**env, "shopgate/gateway/retries": b"2"})
     assert (gateway.stats_user, gateway.stats_password, gateway.retries, errors) == ("ops", "pw", 2, [])
+
+
+SHA512 = "$6$abc$IdWKNKTJEb8LxY7CGg8YBXlvtfZzFw7Mp/r6niK9YB2mdvgY..TKjv1T..8RadRt2qvUHYRLr/TsVArtr91iR1"
+BCRYPT = "$2y$05$" + "a" * 53
+
+
+def test_guards_parse_into_canonical_values():
+    _, services, errors = parse_settings({
+        "shopgate/services/web/rate_limit": b"10", "shopgate/services/web/rate_burst": b"50",
+        "shopgate/services/web/allow": b" 10.0.0.0/8 ,192.168.1.7, ::1", "shopgate/services/web/deny": b"10.9.0.0/16",
+        "shopgate/services/web/auth": f"bob:{BCRYPT}\nalice:{SHA512}\n".encode(),
+        "shopgate/services/web/route_warning": b"true"})
+    assert errors == []
+    web = services["web"]
+    assert (web.rate_limit, web.rate_burst, web.rate_window_ms, web.rate_window_seconds) == (10, 50, 5000, 5)
+    assert web.allow == ("10.0.0.0/8", "192.168.1.7/32", "::1/128")
+    assert web.deny == ("10.9.0.0/16",)
+    assert web.auth == (("alice", SHA512), ("bob", BCRYPT))
+    assert web.route_warning is True
+
+
+def test_a_bad_guard_keeps_the_last_good_guard_but_a_bad_ordinary_setting_falls_back_to_the_default():
+    last_good = {"web": BackendSettings(deny=("10.0.0.0/8",), auth=(("alice", SHA512),), rate_limit=5, maxconn=50)}
+    _, services, errors = parse_settings({
+        "shopgate/services/web/deny": b"10.0.0.300/8", "shopgate/services/web/auth": b"alice:plain",
+        "shopgate/services/web/rate_limit": b"lots", "shopgate/services/web/maxconn": b"many"}, last_good)
+    web = services["web"]
+    assert (web.deny, web.auth, web.rate_limit) == (("10.0.0.0/8",), (("alice", SHA512),), 5)
+    assert web.maxconn is None
+    assert len(errors) == 4 and sum("the last good value stays" in e for e in errors) == 3
+
+
+def test_a_deleted_guard_key_removes_the_guard():
+    last_good = {"web": BackendSettings(deny=("10.0.0.0/8",))}
+    _, services, errors = parse_settings({"shopgate/services/web/balance": b"leastconn"}, last_good)
+    assert services["web"].deny == () and errors == []

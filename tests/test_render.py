@@ -192,10 +192,16 @@ addresses = st.one_of(st.ip_addresses().map(str), st.just("localhost"), hostile_
 
 kv_keys = st.one_of(
     st.sampled_from(["maxconn", "timeout_client", "timeout_server", "timeout_connect", "retries", "hard_stop_after", "stats_auth", "bogus"]).map(lambda k: f"shopgate/gateway/{k}"),
-    st.tuples(service_names, st.sampled_from(["balance", "maxconn", "timeout_connect", "timeout_server", "weights", "maintenance", "slots", "x"])).map(lambda t: f"shopgate/services/{t[0]}/{t[1]}"),
+    st.tuples(service_names, st.sampled_from(["balance", "maxconn", "timeout_connect", "timeout_server", "weights", "maintenance", "slots", "x",
+                                              "rate_limit", "rate_burst", "allow", "deny", "auth", "route_warning"])).map(lambda t: f"shopgate/services/{t[0]}/{t[1]}"),
     hostile.map(lambda t: "shopgate/" + t),
 )
-plausible_values = st.sampled_from([b"leastconn", b"random", b"5s", b"250ms", b"100", b"2", b"true", b'{"canary": 10}', b"admin:pw", b"16"])
+_SHA512 = b"$6$abc$IdWKNKTJEb8LxY7CGg8YBXlvtfZzFw7Mp/r6niK9YB2mdvgY..TKjv1T..8RadRt2qvUHYRLr/TsVArtr91iR1"
+_BCRYPT = b"$2y$05$" + b"a" * 53
+plausible_values = st.sampled_from([b"leastconn", b"random", b"5s", b"250ms", b"100", b"2", b"true", b'{"canary": 10}', b"admin:pw", b"16",
+                                    b"10.0.0.0/8, 127.0.0.1", b"::1, 192.168.0.0/16", b"10.0.0.1/8", b"127.0.0.1 #x", b"alice:" + _SHA512,
+                                    b"alice:" + _SHA512 + b"\nbob:" + _BCRYPT, b"alice:plain", b"alice:" + _SHA512 + b" x",
+                                    b"alice:$6$a$b\nlisten x", b"1000000", b"0", b"-1"])
 kv_values = st.one_of(plausible_values, hostile.map(str.encode), st.binary(max_size=8))
 
 
@@ -242,6 +248,15 @@ DATA_LINE_SHAPES = [re.compile(shape) for shape in (
     r"    http-request set-var\(txn\.route\) int\(\d+\) if !\{ var\(txn\.route\) -m found \}( r\d+_host)? r\d+_path",
     r"    http-request replace-path \^[A-Za-z0-9_/~\[\].-]+/\?\(\.\*\)\$ /\\1 if \{ var\(txn\.route\) -m int \d+ \}",
     rf"    use_backend be_{_NAME} if \{{ var\(txn\.route\) -m int \d+ \}}",
+    # route guards (backend.cfg.j2)
+    rf"userlist ul_{_NAME}",
+    r"    user [A-Za-z0-9_.-]+ password \$(5|6|2[aby])\$[./0-9A-Za-z$=]+",
+    r'    http-request return status 403 content-type application/json string "\{\\"error\\": \\"forbidden\\"\}" '
+    r"(if|unless) \{ src( [0-9a-f.:]+/\d+)+ \}",
+    r"    stick-table type ipv6 size 100k expire \d+ms store http_req_rate\(\d+ms\)",
+    r'    http-request return status 429 content-type application/json string "\{\\"error\\": \\"too many requests\\"\}" '
+    r"hdr Retry-After \d+ if \{ sc_http_req_rate\(0\) gt \d+ \}",
+    rf"    http-request auth realm {_NAME} unless \{{ http_auth\(ul_{_NAME}\) \}}",
 )]
 
 
