@@ -42,11 +42,18 @@ def test_http_check_against_a_dead_port_is_critical(catalog):
     eventually(lambda: api.check_status("dead") == "critical", what="dead target -> critical")
 
 
+def _listen(port: int = 0) -> socket.socket:
+    """A loopback listener a TCP check can connect to (no accept needed: the kernel's backlog answers)."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(64)
+    return listener
+
+
 def test_tcp_check_passes_while_the_port_listens(catalog):
     api = Api(catalog.url)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
+    listener = _listen()
     port = listener.getsockname()[1]
     try:
         api.put("/v1/agent/service/register",
@@ -179,9 +186,7 @@ def _follow(api: Api, service: str, until: Callable[[tuple[str, str]], bool]) ->
 
 def test_tcp_check_with_failures_before_critical_counts_failures_then_success_before_passing(catalog):
     api = Api(catalog.url)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
+    listener = _listen()
     port = listener.getsockname()[1]
     api.put("/v1/agent/service/register",
             json={"Name": "db", "Port": port,
@@ -193,10 +198,7 @@ def test_tcp_check_with_failures_before_critical_counts_failures_then_success_be
     held = [status for status, output in states
             if output.startswith(f"Check failed but has not reached failure threshold (1 of 2): dial tcp 127.0.0.1:{port}")]
     assert held == ["passing"], states
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", port))
-    listener.listen(64)
+    listener = _listen(port)
     try:
         states = _follow(api, "db", lambda s: s[0] == "passing")
         assert ("critical", f"Check passing but has not reached success threshold (1 of 2): "
