@@ -164,6 +164,10 @@ SERVICE_KEYS: dict[str, tuple[Callable[[str], Any], Fields]] = {
     "allow": (networks, "allow"),
     "deny": (networks, "deny"),
     "auth": (users, "auth"),
+    # flap hold-down (gateway.flap)
+    "flap_limit": (integer(1, 10_000), "flap_limit"),
+    "flap_window": (duration_ms, "flap_window_ms"),
+    "flap_hold": (duration_ms, "flap_hold_ms"),
 }
 
 #: Per-service keys whose last good value stays when a new value is bad (dropping them would open the route).

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shopgate.consul_client.health import HealthEntry
+from shopgate.settings import FLAP_HOLD_MS, FLAP_WINDOW_MS
 
 # ---------------------------------------------------------------- input: the catalog's view
 
@@ -89,6 +90,10 @@ class BackendSettings:
     allow: tuple[str, ...] = ()                     # CIDR networks; others get 403
     deny: tuple[str, ...] = ()                      # CIDR networks that get 403
     auth: tuple[tuple[str, str], ...] = ()          # (user, crypt hash): others get 401
+    # flap hold-down (gateway.flap): more than flap_limit flips within the window -> held out for flap_hold
+    flap_limit: int | None = None                   # None: off
+    flap_window_ms: int = FLAP_WINDOW_MS
+    flap_hold_ms: int = FLAP_HOLD_MS
 
     @property
     def rate_window_ms(self) -> int:

@@ -51,8 +51,12 @@ def build_route_table(
     previous: RouteTable | None = None,
     min_slots: int = MIN_SLOTS,
     headroom: int = SLOT_HEADROOM,
+    held: frozenset[str] = frozenset(),
 ) -> RouteTable:
-    """The RouteTable for `snapshot`, keeping slots and contested routes as they were in `previous`."""
+    """The RouteTable for `snapshot`, keeping slots and contested routes as they were in `previous`.
+
+    `held`: instance keys the flap hold-down (gateway.flap) keeps out, routed as if unhealthy.
+    """
     last_good = {b.service: b.settings for b in previous.backends} if previous else None
     gateway_settings, service_settings, rejected = parse_settings(snapshot.kv, last_good)
     previous_services = previous.memo.get("services", {}) if previous else {}
@@ -61,13 +65,14 @@ def build_route_table(
     for service in sorted(snapshot.services):
         instances = snapshot.services[service]
         settings = service_settings.get(service, _DEFAULT_SETTINGS)
+        service_held = frozenset(i.key for i in instances if i.key in held) if held else frozenset()
         result = previous_services.get(service)
-        if result is None or not result.built_from(instances, settings, min_slots, headroom):
+        if result is None or not result.built_from(instances, settings, service_held, min_slots, headroom):
             if not isinstance(service, str) or not SERVICE_NAME.fullmatch(service):
                 rejected.append(f"service {display(service)}: name must be 1-63 of A-Z a-z 0-9 _ . - starting with a letter or digit")
                 continue
             previous_backend = result.backend if result else previous_backends.get(service)
-            result = _build_service(service, instances, settings, previous_backend, min_slots, headroom)
+            result = _build_service(service, instances, settings, service_held, previous_backend, min_slots, headroom)
         services[service] = result
         rejected.extend(result.rejected)
     route_inputs = tuple(result.routes for result in services.values())
@@ -100,21 +105,24 @@ class _ServiceResult(NamedTuple):
 
     instances: tuple[Instance, ...]
     settings: BackendSettings
+    held: frozenset[str]
     sizing: tuple[int, int]
     backend: Backend
     routes: list["_Candidate"]
     rejected: list[str]
 
-    def built_from(self, instances: tuple[Instance, ...], settings: BackendSettings, min_slots: int, headroom: int) -> bool:
-        return (self.instances is instances or self.instances == instances) and self.settings == settings and self.sizing == (min_slots, headroom)
+    def built_from(self, instances: tuple[Instance, ...], settings: BackendSettings, held: frozenset[str], min_slots: int, headroom: int) -> bool:
+        return ((self.instances is instances or self.instances == instances) and self.settings == settings
+                and self.held == held and self.sizing == (min_slots, headroom))
 
 
-def _build_service(service: str, instances: tuple[Instance, ...], settings: BackendSettings, previous: Backend | None, min_slots: int, headroom: int) -> _ServiceResult:
+def _build_service(service: str, instances: tuple[Instance, ...], settings: BackendSettings, held: frozenset[str],
+                   previous: Backend | None, min_slots: int, headroom: int) -> _ServiceResult:
     rejected: list[str] = []
     valid = _valid_instances(service, instances, rejected)
-    backend = _backend(service, valid, settings, previous, min_slots, headroom)
+    backend = _backend(service, valid, settings, held, previous, min_slots, headroom)
     routes = _service_routes(service, valid, rejected)
-    return _ServiceResult(tuple(instances), settings, (min_slots, headroom), backend, routes, rejected)
+    return _ServiceResult(tuple(instances), settings, held, (min_slots, headroom), backend, routes, rejected)
 
 
 # ---------------------------------------------------------------- instances and slots
@@ -157,9 +165,9 @@ def routable(instance: Instance, settings: BackendSettings) -> bool:
     return instance.healthy or (settings.route_warning and instance.status == WARNING)
 
 
-def _state(instance: Instance, settings: BackendSettings) -> str:
-    """ready: routable. drain: leaving gracefully (in-flight requests finish). maint: failing its checks."""
-    healthy = routable(instance, settings)
+def _state(instance: Instance, settings: BackendSettings, held: frozenset[str]) -> str:
+    """ready: routable. drain: leaving gracefully (in-flight requests finish). maint: failing its checks, or held."""
+    healthy = routable(instance, settings) and instance.key not in held
     if instance.status == "maintenance" or (settings.maintenance and healthy):
         return "drain"
     return "ready" if healthy else "maint"
@@ -171,7 +179,8 @@ def _weight(instance: Instance, settings: BackendSettings) -> int:
     return min(weights) if weights else DEFAULT_WEIGHT
 
 
-def _backend(service: str, instances: list[Instance], settings: BackendSettings, previous: Backend | None, min_slots: int, headroom: int) -> Backend:
+def _backend(service: str, instances: list[Instance], settings: BackendSettings, held: frozenset[str],
+             previous: Backend | None, min_slots: int, headroom: int) -> Backend:
     floor = max(min_slots, settings.min_slots or 0)
     count = slot_count(len(instances), len(previous.servers) if previous else None, floor, headroom)
     old_servers = previous.servers if previous else ()
@@ -198,7 +207,7 @@ def _backend(service: str, instances: list[Instance], settings: BackendSettings,
         if instance is None:
             servers.append(_spare(name))
             continue
-        weight, state = _weight(instance, settings), _state(instance, settings)
+        weight, state = _weight(instance, settings), _state(instance, settings, held)
         if old is not None and old.instance_key == instance.key and old.address == instance.address and old.port == instance.port and old.weight == weight and old.state == state:
             servers.append(old)  # unchanged: reuse, so comparisons stay cheap
         else:

@@ -22,9 +22,13 @@ log = logging.getLogger("shopgate.gateway.status")
 def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str, str], Mapping[str, str]], *,
                 last_apply: float | None, last_error: str | None, reloads: int, runtime_updates: int,
                 rejected_configs: Iterable[str], last_good_at: float | None, haproxy_pid: int | None,
-                catalog: Mapping[str, object], guard_reason: str | None, now: float) -> dict:
+                catalog: Mapping[str, object], guard_reason: str | None, now: float,
+                flap_held: Mapping[str, list[dict]] | None = None) -> dict:
     """The /status document: per service what HAProxy runs (`live`: (backend, slot) -> `show stat` row),
-    then what was applied, refused (by routing in `wanted`, or by HAProxy) and held back."""
+    then what was applied, refused (by routing in `wanted`, or by HAProxy) and held back.
+
+    `flap_held`: gateway.flap's report (service -> held instances with `held_for_seconds`); shown per
+    service as `flap_held` with `held_until` in wall-clock seconds."""
     services = {}
     for backend in running.backends:
         services[backend.service] = {
@@ -32,6 +36,8 @@ def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str
             "routes": [r.url_prefix + r.strip_option for r in running.routes if r.backend == backend.name],
             "slots": len(backend.servers),
             "guards": guards_view(backend.settings),
+            "flap_held": [{**held, "held_until": round(now + held["held_for_seconds"], 3)}
+                          for held in (flap_held or {}).get(backend.service, [])],
             "servers": [
                 {"slot": s.slot, "instance": s.instance_key, "address": s.address, "port": s.port, "weight": s.weight,
                  "state": s.state, "haproxy_status": live.get((backend.name, s.slot), {}).get("status")}
@@ -56,7 +62,8 @@ def guards_view(settings: BackendSettings) -> dict:
     """The route guards and routing choices a service runs with (user names only, never their hashes)."""
     return {"rate_limit": settings.rate_limit, "rate_burst": settings.rate_burst or settings.rate_limit,
             "allow": list(settings.allow), "deny": list(settings.deny), "auth_users": [u for u, _ in settings.auth],
-            "route_warning": settings.route_warning}
+            "route_warning": settings.route_warning, "flap_limit": settings.flap_limit,
+            "flap_window_seconds": settings.flap_window_ms / 1000, "flap_hold_seconds": settings.flap_hold_ms / 1000}
 
 
 class StatusServer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, strategies as st
 
 from gateway.kv_settings import parse_settings, settings_from_env
 from gateway.model import BackendSettings, GatewaySettings
@@ -62,8 +63,8 @@ def test_every_service_key():
     ("shopgate/services/products/weights", b'{"canary": true}', "not a whole number"),
     ("shopgate/services/products/maintenance", b"maybe", "'maybe' is not true or false"),
     ("shopgate/services/products/slots", b"100000", "not a whole number in 1..1024"),
-    ("shopgate/services/products/colour", b"blue", "unknown key 'colour' (known: allow, auth, balance, deny, maintenance, maxconn, rate_burst, rate_limit, "
-     "route_warning, slots, timeout_connect, timeout_server, weights)"),
+    ("shopgate/services/products/colour", b"blue", "unknown key 'colour' (known: allow, auth, balance, deny, flap_hold, flap_limit, flap_window, "
+     "maintenance, maxconn, rate_burst, rate_limit, route_warning, slots, timeout_connect, timeout_server, weights)"),
     ("shopgate/services/products/rate_limit", b"0", "not a whole number in 1..1000000"),
     ("shopgate/services/products/rate_limit", b"10/s", "not a whole number"),
     ("shopgate/services/products/rate_burst", b"-5", "not a whole number"),
@@ -75,6 +76,11 @@ def test_every_service_key():
     ("shopgate/services/products/auth", b"al ice:$2y$05$" + b"a" * 53, "expected user:hash"),
     ("shopgate/services/products/auth", b"a:$2y$05$" + b"a" * 53 + b",a:$2y$05$" + b"b" * 53, "user a is listed twice"),
     ("shopgate/services/products/route_warning", b"sometimes", "is not true or false"),
+    ("shopgate/services/products/flap_limit", b"0", "'0' is not a whole number in 1..10000"),
+    ("shopgate/services/products/flap_limit", b"3 flips", "is not a whole number"),
+    ("shopgate/services/products/flap_window", b"60", "'60' is not a duration such as 500ms, 5s, 1m or 1h"),
+    ("shopgate/services/products/flap_hold", b"0s", "outside 1ms..24h"),
+    ("shopgate/services/products/flap_hold", b"30s\nbackend x", "is not a duration"),
     ("shopgate/services/bad name/balance", b"leastconn", "service name 'bad name' is not a valid service name"),
     ("shopgate/gateway/stats_auth", b"admin", "expected user:password"),
     ("shopgate/gateway/stats_auth", b"admin:pass word", "user and password may use only"),
@@ -152,3 +158,25 @@ def test_a_deleted_guard_key_removes_the_guard():
     last_good = {"web": BackendSettings(deny=("10.0.0.0/8",))}
     _, services, errors = parse_settings({"shopgate/services/web/balance": b"leastconn"}, last_good)
     assert services["web"].deny == () and errors == []
+
+
+def test_flap_keys_parse_and_default_to_a_minute_window_and_hold():
+    _, services, errors = parse_settings({"shopgate/services/web/flap_limit": b"3", "shopgate/services/web/flap_hold": b"30s",
+                                          "shopgate/services/api/flap_limit": b"1", "shopgate/services/api/flap_window": b"2m"})
+    assert errors == []
+    assert (services["web"].flap_limit, services["web"].flap_window_ms, services["web"].flap_hold_ms) == (3, 60_000, 30_000)
+    assert (services["api"].flap_limit, services["api"].flap_window_ms, services["api"].flap_hold_ms) == (1, 120_000, 60_000)
+
+
+@given(key=st.sampled_from(["flap_limit", "flap_window", "flap_hold"]),
+       value=st.one_of(st.binary(max_size=12), st.text(max_size=12).map(str.encode),
+                       st.sampled_from([b"0", b"-1", b"1", b"10000", b"10001", b"1e3", b"5s", b"0ms", b"24h", b"25h", b"1s #", b"1s\nx"])))
+def test_any_flap_value_is_either_a_sane_setting_or_one_error_line_naming_the_key(key, value):
+    _, services, errors = parse_settings({f"shopgate/services/web/{key}": value})
+    web = services["web"]
+    if errors:
+        assert len(errors) == 1 and errors[0].startswith(f"shopgate/services/web/{key}: ") and "\n" not in errors[0]
+        assert web == BackendSettings()
+    else:
+        assert web.flap_limit is None or 1 <= web.flap_limit <= 10_000
+        assert 1 <= web.flap_window_ms <= 24 * 3_600_000 and 1 <= web.flap_hold_ms <= 24 * 3_600_000
