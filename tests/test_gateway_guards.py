@@ -128,3 +128,41 @@ def test_route_warning_decides_whether_warning_instances_keep_traffic(gateway):
     eventually("route_warning=true routes it again", lambda: _get(gateway).status_code == 200)
     _put(gateway, "route_warning", "false")
     eventually("route_warning=false takes it out", lambda: _get(gateway).status_code == 503)
+
+
+def _server(gateway, port: int) -> dict:
+    return next(s for s in gateway.status()["services"]["guarded"]["servers"] if s["port"] == port)
+
+
+def _held(gateway) -> list[dict]:
+    return gateway.status()["services"]["guarded"]["flap_held"]
+
+
+def test_a_flapping_instance_is_held_out_and_comes_back_after_the_hold(gateway):
+    _put(gateway, "flap_limit", "2")
+    _put(gateway, "flap_hold", "8s")
+    flappy, steady = gateway.start_backend("guarded"), gateway.start_backend("guarded")
+    eventually("both instances routed", lambda: gateway.routed("guarded", {flappy.port, steady.port}))
+    for flip, action, state in ((1, "fail", "maint"), (2, "recover", "ready")):   # two flips: within the limit
+        requests.post(f"{flappy.url}/{action}", timeout=5)
+        eventually(f"flip {flip} seen", lambda: _server(gateway, flappy.port)["state"] == state)
+    assert _held(gateway) == []
+    requests.post(f"{flappy.url}/fail", timeout=5)                  # the third flip: held
+    held = eventually("held after the third flip", lambda: _held(gateway))
+    assert [(h["instance"].endswith(str(flappy.port)), h["flips"]) for h in held] == [(True, 3)]
+    requests.post(f"{flappy.url}/recover", timeout=5)               # healthy again, and still held (4th flip)
+    held = eventually("the fourth flip seen", lambda: [h for h in _held(gateway) if h["flips"] == 4])
+    assert 0 < held[0]["held_until"] - time.time() <= 8.5
+    answered_while_held: set[str] = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        answer = _get(gateway)
+        assert answer.status_code == 200
+        if not _held(gateway):                      # the hold ran out (maybe during that request): stop counting
+            break
+        answered_while_held.add(answer.headers["X-Instance"])
+        time.sleep(0.1)
+    assert answered_while_held == {str(steady.port)}
+    eventually("back in rotation without a catalog change", lambda: _server(gateway, flappy.port)["state"] == "ready")
+    eventually("the flappy instance answers again",
+               lambda: _get(gateway).headers["X-Instance"] == str(flappy.port), interval=0.05)
