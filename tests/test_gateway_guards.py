@@ -138,9 +138,10 @@ def _held(gateway) -> list[dict]:
     return gateway.status()["services"]["guarded"]["flap_held"]
 
 
-def test_a_flapping_instance_is_held_out_and_comes_back_after_the_hold(gateway):
+def _flap_until_held(gateway, hold: str):
+    """Two instances of `guarded` with flap_limit 2; one flips four times: held (healthy) for `hold`. -> (flappy, steady, held)"""
     _put(gateway, "flap_limit", "2")
-    _put(gateway, "flap_hold", "8s")
+    _put(gateway, "flap_hold", hold)
     flappy, steady = gateway.start_backend("guarded"), gateway.start_backend("guarded")
     eventually("both instances routed", lambda: gateway.routed("guarded", {flappy.port, steady.port}))
     for flip, action, state in ((1, "fail", "maint"), (2, "recover", "ready")):   # two flips: within the limit
@@ -152,7 +153,12 @@ def test_a_flapping_instance_is_held_out_and_comes_back_after_the_hold(gateway):
     assert [(h["instance"].endswith(str(flappy.port)), h["flips"]) for h in held] == [(True, 3)]
     requests.post(f"{flappy.url}/recover", timeout=5)               # healthy again, and still held (4th flip)
     held = eventually("the fourth flip seen", lambda: [h for h in _held(gateway) if h["flips"] == 4])
-    assert 0 < held[0]["held_until"] - time.time() <= 8.5
+    return flappy, steady, held[0]
+
+
+def test_a_flapping_instance_is_held_out_and_comes_back_after_the_hold(gateway):
+    flappy, steady, held = _flap_until_held(gateway, "8s")
+    assert 0 < held["held_until"] - time.time() <= 8.5
     answered_while_held: set[str] = set()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -166,3 +172,21 @@ def test_a_flapping_instance_is_held_out_and_comes_back_after_the_hold(gateway):
     eventually("back in rotation without a catalog change", lambda: _server(gateway, flappy.port)["state"] == "ready")
     eventually("the flappy instance answers again",
                lambda: _get(gateway).headers["X-Instance"] == str(flappy.port), interval=0.05)
+
+
+def test_a_hold_runs_out_during_a_catalog_outage(gateway, catalog):
+    flappy, steady, held = _flap_until_held(gateway, "10s")
+    catalog.stop()
+    eventually("the controller notices the outage", lambda: gateway.status()["catalog"]["reachable"] is False)
+    assert _held(gateway), "still held when the outage began"
+    eventually("the held instance answers again with the catalog down",
+               lambda: _get(gateway).headers["X-Instance"] == str(flappy.port), interval=0.05)
+    assert gateway.status()["catalog"]["reachable"] is False
+
+
+def test_a_controller_restart_forgets_the_flap_history(gateway):
+    flappy, steady, held = _flap_until_held(gateway, "10m")
+    gateway.stop()
+    gateway.start()              # same catalog, same KV: the history is gone, the healthy instance is routed
+    eventually("routed again after the restart", lambda: gateway.routed("guarded", {flappy.port, steady.port}))
+    assert _held(gateway) == []
