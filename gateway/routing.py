@@ -12,6 +12,9 @@ for running HAProxy without reloads:
   and shrinks only when eight times that size would still fit, so flapping does not reload
   (spare slots are disabled servers: they cost a config line, not a check or a connection).
 
+Instances the flap hold-down holds out (gateway.flap, computed by the controller) come in as a
+set of instance keys and are routed like unhealthy ones: they keep their slot, in `maint`.
+
 Every catalog string is validated (gateway.haproxy_syntax) before it can become a name, path,
 host or address; what fails is skipped and reported in `RouteTable.rejected` as "where: what".
 """
