@@ -4,7 +4,9 @@ Membership (a slot gets, changes or loses an instance) goes through the runtime 
 
     add     set server be/s addr A port P; weight W; state ready; health down   (one line; HAProxy's
             own checks must `rise` before the server takes traffic)
-    remove  state drain now; `state maint` once the server's sessions reach 0 (or after a bound)
+    remove  state drain now; `state maint` once the server's sessions reach 0 (or after a bound);
+            on a sticky backend `state maint` at once (in-flight requests still finish), since a
+            draining server keeps taking the requests that carry its cookie
 
 Structure (routes, backends, slot counts, settings, templates) goes through:
 
@@ -86,7 +88,7 @@ def membership_commands(change: MembershipChange) -> list[str]:
     if change.action == "weight":
         return [f"set server {server} weight {int(change.weight)}"]
     if change.action in ("drain", "remove"):
-        return [f"set server {server} state drain"]
+        return [f"set server {server} state {'maint' if change.sticky else 'drain'}"]
     raise ValueError(f"unknown membership action {change.action!r}")
 
 
@@ -175,7 +177,7 @@ class Applier:
         give_up = time.monotonic() + self.drain_timeout
         for change in changes:
             key = (change.backend, change.slot)
-            if change.action == "remove":
+            if change.action == "remove" and not change.sticky:
                 self._draining[key] = give_up
             else:
                 self._draining.pop(key, None)

@@ -2,7 +2,7 @@
 
     shopgate gateway [--consul URL] [--haproxy-bin haproxy] [--listen 127.0.0.1:8080]
                      [--stats 127.0.0.1:8404] [--status 127.0.0.1:9180] [--state-dir DIR]
-                     [--templates DIR]
+                     [--templates DIR] [--accept-proxy]
 
 One loop owns HAProxy; everything else only wakes it:
 
@@ -69,6 +69,7 @@ class ControllerConfig:
     drain_timeout: float = settings.GATEWAY_DRAIN_TIMEOUT_SECONDS
     guard_hold: float = settings.GATEWAY_GUARD_HOLD_SECONDS
     slot_headroom: int = settings.SLOT_HEADROOM
+    accept_proxy: bool = False                                       # entry binds take the PROXY protocol
     kv_defaults: Mapping[str, bytes] = field(default_factory=dict)   # from SHOPGATE_GATEWAY_* (KV wins)
 
 
@@ -81,7 +82,8 @@ class Controller:
         self.files = GatewayFiles(config.state_dir)
         self.metrics = GatewayMetrics()
         self.haproxy = HAProxyProcess(config.haproxy_bin, self.files.config, self.files.master_socket, self.files.haproxy_log)
-        runtime = RuntimePaths(admin_socket=self.files.admin_socket, listen=config.listen, stats=config.stats)
+        runtime = RuntimePaths(admin_socket=self.files.admin_socket, listen=config.listen, stats=config.stats,
+                               accept_proxy=config.accept_proxy)
         self.applier = Applier(self.haproxy, self.files, config.templates_dir, runtime, self.metrics, config.drain_timeout)
         self.guard = EmptyCatalogGuard(hold=config.guard_hold)
         self.watcher = CatalogWatcher(config.consul, self._on_snapshot, wait_seconds=config.wait_seconds)
@@ -177,7 +179,9 @@ class Controller:
     def _route_table(self, snapshot: Snapshot, previous: RouteTable | None, held: frozenset[str] = frozenset()) -> RouteTable:
         if self.config.kv_defaults:
             snapshot = replace(snapshot, kv={**self.config.kv_defaults, **snapshot.kv})
-        return build_route_table(snapshot, previous, headroom=self.config.slot_headroom, held=held)
+        return build_route_table(snapshot, previous, headroom=self.config.slot_headroom, held=held,
+                                 taken_binds={self.config.listen: "the entry point", self.config.stats: "the stats page",
+                                              self.config.status: "the controller's /status"})
 
     def _observe_flaps(self, snapshot: Snapshot, now: float) -> frozenset[str]:
         """Count the health flips in `snapshot` (gateway.flap) and return the instance keys held out now."""
@@ -334,6 +338,8 @@ def parse_args(argv: list[str]) -> ControllerConfig:
     parser.add_argument("--guard-hold", type=float, default=ControllerConfig.guard_hold, help="seconds the empty-catalog guard may hold a view (default %(default)s)")
     parser.add_argument("--slot-headroom", type=int, default=ControllerConfig.slot_headroom,
                         help="server slots per instance, rounded up to a power of two (default %(default)s); HAProxy reserves a file descriptor per slot")
+    parser.add_argument("--accept-proxy", action="store_true",
+                        help="entry binds take the PROXY protocol v1/v2 from an outer load balancer (as KV shopgate/gateway/accept_proxy)")
     args = parser.parse_args(argv)
     try:
         consul = ConsulAddress.parse(args.consul)
@@ -346,7 +352,7 @@ def parse_args(argv: list[str]) -> ControllerConfig:
         parser.error(f"--templates: {args.templates} is not a directory")
     return ControllerConfig(consul=consul, haproxy_bin=args.haproxy_bin, listen=args.listen, stats=args.stats, status=args.status,
                             state_dir=args.state_dir.resolve(), templates_dir=args.templates.resolve(),
-                            drain_timeout=args.drain_timeout, guard_hold=args.guard_hold, slot_headroom=max(1, args.slot_headroom),
+                            drain_timeout=args.drain_timeout, guard_hold=args.guard_hold, slot_headroom=max(1, args.slot_headroom), accept_proxy=args.accept_proxy,
                             kv_defaults=settings_from_env(os.environ))
 
 

@@ -14,6 +14,12 @@ import re
 #: A service name, used as-is inside the backend name `be_<service>` and the default route.
 SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
+#: An environment name (tag `env=<name>`, meta `env`, KV `shopgate/gateway/environments/<name>/`).
+ENVIRONMENT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+#: A cookie name for sticky sessions (KV `sticky_cookie`).
+COOKIE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,80}")
+
 #: A URL path prefix: unreserved characters and '/', starting with '/'.
 PATH_PREFIX = re.compile(r"/[A-Za-z0-9._~/-]{0,255}")
 

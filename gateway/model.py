@@ -61,6 +61,7 @@ class Server:
     port: int = 1
     weight: int = 100
     state: str = "maint"         # "ready" | "drain" | "maint"
+    cookie: str | None = None    # sticky backends: the occupying instance's cookie value (routing.cookie_value)
 
     @property
     def occupied(self) -> bool:
@@ -94,6 +95,8 @@ class BackendSettings:
     flap_limit: int | None = None                   # None: off
     flap_window_ms: int = FLAP_WINDOW_MS
     flap_hold_ms: int = FLAP_HOLD_MS
+    sticky: bool = False                            # KV `sticky = cookie`: a client keeps its instance
+    sticky_cookie: str | None = None                # KV `sticky_cookie`: the cookie's name (default routing.default_cookie)
 
     @property
     def rate_window_ms(self) -> int:
@@ -114,6 +117,7 @@ class Backend:
     service: str
     settings: BackendSettings
     servers: tuple[Server, ...]  # len(servers) == slot count (occupied + spare)
+    environment: str = "prod"    # the environment whose instances (and only those) fill the slots
 
     def server(self, slot: str) -> Server:
         return next(s for s in self.servers if s.slot == slot)
@@ -127,6 +131,7 @@ class Route:
     path_prefix: str
     host: str | None = None
     strip: str | None = None
+    environment: str = "prod"    # matched only on the frontend(s) serving this environment
 
     @property
     def url_prefix(self) -> str:
@@ -137,6 +142,26 @@ class Route:
     def strip_option(self) -> str:
         """` strip=/prefix` as the tag writes it, or '' when nothing is stripped."""
         return f" strip={self.strip}" if self.strip else ""
+
+
+@dataclass(frozen=True)
+class EnvironmentSettings:
+    """KV `shopgate/gateway/environments/<name>/{bind,hosts}`: where an environment (other than prod) is served."""
+
+    name: str
+    bind: str | None = None          # its own frontend on this host:port
+    hosts: tuple[str, ...] = ()      # only requests for these host names (on its bind, or else on the entry point)
+
+
+@dataclass(frozen=True)
+class Frontend:
+    """One HAProxy frontend: a bind and the routes of the environment(s) it serves (gateway.routing.frontends)."""
+
+    name: str
+    bind: str
+    selectors: tuple[tuple[str, tuple[str, ...]], ...]   # (environment, hosts): requests for these hosts belong to it
+    default_environment: str | None                      # the environment of every other request (None: no route)
+    routes: tuple[tuple[int, Route], ...]                # (route id, route) in match order
 
 
 @dataclass(frozen=True)
@@ -151,6 +176,8 @@ class GatewaySettings:
     timeout_connect_ms: int = 2_000
     retries: int = 3
     hard_stop_after_ms: int = 30_000
+    accept_proxy: bool = False                           # entry binds take the PROXY protocol (v1/v2)
+    environments: tuple[EnvironmentSettings, ...] = ()   # sorted by name; never "prod"
 
 
 @dataclass(frozen=True)
@@ -176,6 +203,7 @@ class RuntimePaths:
     admin_socket: Path                       # `stats socket ... level admin` (runtime API)
     listen: str = "127.0.0.1:8080"           # the gateway entry point, "host:port"
     stats: str = "127.0.0.1:8404"            # stats page + /metrics, "host:port"
+    accept_proxy: bool = False               # `--accept-proxy`: entry binds take the PROXY protocol (as KV accept_proxy)
     pidfile: Path | None = None
     # When set: `server-state-file` + `load-server-state-from-file global`. Off by default: measured on
     # 2.6, a state file's address/port and up-state override the rendered server lines on reload, so
@@ -196,6 +224,7 @@ class MembershipChange:
     address: str = "127.0.0.1"
     port: int = 1
     weight: int = 100
+    sticky: bool = False         # drain/remove on a sticky backend: straight to maint, so its clients move now
 
 
 @dataclass(frozen=True)

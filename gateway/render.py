@@ -18,22 +18,30 @@ import jinja2
 from gateway.haproxy_syntax import (BIND_ADDRESS, UnsafeValue, check_password_hash, check_token, display,
                                     network_problem)
 from gateway.model import RouteTable, RuntimePaths, Server
+from gateway.routing import default_cookie, frontends
 
 ENTRY_TEMPLATE = "haproxy.cfg.j2"
 
 
 def render_config(table: RouteTable, templates_dir: Path, runtime: RuntimePaths) -> str:
     """The full haproxy.cfg for `table`: every backend with every slot, so a reload loses nothing."""
-    for bind in (runtime.listen, runtime.stats):
+    entry = frontends(table, runtime.listen)
+    binds = [runtime.stats] + [frontend.bind for frontend in entry]
+    for bind in binds:
         if not BIND_ADDRESS.fullmatch(bind):
             raise UnsafeValue(f"bind address {display(bind)} is not host:port")
+    if len(set(binds)) < len(binds):
+        raise UnsafeValue(f"two frontends would listen on one address ({', '.join(binds)}): an environment's bind "
+                          "must differ from the entry point, the stats page and every other environment")
     template = _environment(str(Path(templates_dir).resolve())).get_template(ENTRY_TEMPLATE)
     return template.render(
         table=table,
         settings=table.settings,
         runtime=runtime,
-        routes=list(enumerate(table.routes, start=1)),
+        frontends=entry,
+        accept_proxy=table.settings.accept_proxy or runtime.accept_proxy,
         backends=table.backends,
+        default_cookie=default_cookie,
     )
 
 

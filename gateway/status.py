@@ -1,5 +1,8 @@
 """The controller's own HTTP endpoint: `/status` (JSON for people and `shopgate status`) and `/metrics`.
 
+/status `services` is keyed by service name for prod backends and `<service>@<env>` for the
+others; every entry names its service, environment and backend.
+
 `status_view` writes the /status document from plain data (the tables, HAProxy's `show stat`
 rows, counters), so what /status says is decided here, away from the controller's loop.
 """
@@ -15,6 +18,7 @@ from typing import Callable, Iterable, Mapping
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway.model import BackendSettings, RouteTable
+from shopgate.settings import DEFAULT_ENVIRONMENT
 
 log = logging.getLogger("shopgate.gateway.status")
 
@@ -31,13 +35,16 @@ def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str
     service as `flap_held` with `held_until` in wall-clock seconds."""
     services = {}
     for backend in running.backends:
-        services[backend.service] = {
+        services[status_key(backend.service, backend.environment)] = {
+            "service": backend.service,
+            "environment": backend.environment,
             "backend": backend.name,
             "routes": [r.url_prefix + r.strip_option for r in running.routes if r.backend == backend.name],
             "slots": len(backend.servers),
             "guards": guards_view(backend.settings),
             "flap_held": [{**held, "held_until": round(now + held["held_for_seconds"], 3)}
-                          for held in (flap_held or {}).get(backend.service, [])],
+                          for held in (flap_held or {}).get(backend.service, [])
+                          if any(s.instance_key == held["instance"] for s in backend.servers)],   # this environment's
             "servers": [
                 {"slot": s.slot, "instance": s.instance_key, "address": s.address, "port": s.port, "weight": s.weight,
                  "state": s.state, "haproxy_status": live.get((backend.name, s.slot), {}).get("status")}
@@ -64,6 +71,11 @@ def guards_view(settings: BackendSettings) -> dict:
             "allow": list(settings.allow), "deny": list(settings.deny), "auth_users": [u for u, _ in settings.auth],
             "route_warning": settings.route_warning, "flap_limit": settings.flap_limit,
             "flap_window_seconds": settings.flap_window_ms / 1000, "flap_hold_seconds": settings.flap_hold_ms / 1000}
+
+
+def status_key(service: str, environment: str) -> str:
+    """A backend's key in /status `services`: the service name for prod (as before environments), else service@env."""
+    return service if environment == DEFAULT_ENVIRONMENT else f"{service}@{environment}"
 
 
 class StatusServer:

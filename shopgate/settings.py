@@ -23,6 +23,9 @@ STATUS_PORT = 9180           # controller /status and /metrics
 #: Consul KV prefix under which every gateway setting lives.
 KV_PREFIX = "shopgate/"
 
+#: The environment of an instance without an `env=<name>` tag or `env` meta; served on the gateway entry point.
+DEFAULT_ENVIRONMENT = "prod"
+
 #: Jinja2 templates for haproxy.cfg; edited live by users.
 TEMPLATES_DIR = PROJECT_ROOT / "config_templates"
 

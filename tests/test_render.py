@@ -97,14 +97,14 @@ def test_every_slot_is_written_with_its_instance_or_as_a_disabled_spare(tmp_path
 def test_routes_become_acls_in_match_order_with_strip(tmp_path):
     _, config = render(SHOP, tmp_path)
     frontend = config.split("frontend shopgate\n")[1].split("\n\n")[0].splitlines()
-    assert frontend[3:] == [
+    assert frontend[4:] == [
         "    acl r1_host req.hdr(host),field(1,:),lower -m str shop.example",
         "    acl r1_path path /shop/users",
         "    acl r1_path path_beg /shop/users/",
-        "    http-request set-var(txn.route) int(1) if !{ var(txn.route) -m found } r1_host r1_path",
+        "    http-request set-var(txn.route) int(1) if !{ var(txn.route) -m found } { var(txn.env) -m str prod } r1_host r1_path",
         "    acl r2_path path /api/v1/products",
         "    acl r2_path path_beg /api/v1/products/",
-        "    http-request set-var(txn.route) int(2) if !{ var(txn.route) -m found } r2_path",
+        "    http-request set-var(txn.route) int(2) if !{ var(txn.route) -m found } { var(txn.env) -m str prod } r2_path",
         '    http-request return status 503 content-type application/json string "{\\"error\\": \\"no route\\"}" unless { var(txn.route) -m found }',
         "    http-request replace-path ^/shop/?(.*)$ /\\1 if { var(txn.route) -m int 1 }",
         "    use_backend be_users if { var(txn.route) -m int 1 }",
@@ -186,13 +186,15 @@ route_tags = st.builds(
     st.sampled_from(["/", "/shop", "/shop/products/", "/api/v1/products", "/a.b/~c", "/x'y", "/p\nlisten x", "/q#r", "/é"]),
     st.sampled_from(["", "", " strip=/shop", " strip=/shop/", " strip=/x", " proto=https", " strip=/\\"]),
 )
-tags = st.one_of(route_tags, st.sampled_from(["canary", "stable", "v2"]), hostile, hostile.map(lambda t: "urlprefix-" + t))
+env_tags = st.one_of(st.sampled_from(["env=staging", "env=qa", "env=prod", "env=", "env=Staging", "env=a b", "env=x:y"]), hostile.map(lambda t: "env=" + t))
+tags = st.one_of(route_tags, st.sampled_from(["canary", "stable", "v2"]), env_tags, hostile, hostile.map(lambda t: "urlprefix-" + t))
 addresses = st.one_of(st.ip_addresses().map(str), st.just("localhost"), hostile_address)
 
 
 kv_keys = st.one_of(
-    st.sampled_from(["maxconn", "timeout_client", "timeout_server", "timeout_connect", "retries", "hard_stop_after", "stats_auth", "bogus"]).map(lambda k: f"shopgate/gateway/{k}"),
-    st.tuples(service_names, st.sampled_from(["balance", "maxconn", "timeout_connect", "timeout_server", "weights", "maintenance", "slots", "x",
+    st.sampled_from(["maxconn", "timeout_client", "timeout_server", "timeout_connect", "retries", "hard_stop_after", "stats_auth", "accept_proxy", "bogus"]).map(lambda k: f"shopgate/gateway/{k}"),
+    st.tuples(st.one_of(st.sampled_from(["staging", "qa", "prod", "Staging"]), hostile), st.sampled_from(["bind", "hosts", "x"])).map(lambda t: f"shopgate/gateway/environments/{t[0]}/{t[1]}"),
+    st.tuples(service_names, st.sampled_from(["balance", "maxconn", "timeout_connect", "timeout_server", "weights", "maintenance", "slots", "sticky", "sticky_cookie", "x",
                                               "rate_limit", "rate_burst", "allow", "deny", "auth", "route_warning",
                                               "flap_limit", "flap_window", "flap_hold"])).map(lambda t: f"shopgate/services/{t[0]}/{t[1]}"),
     hostile.map(lambda t: "shopgate/" + t),
@@ -200,6 +202,8 @@ kv_keys = st.one_of(
 _SHA512 = b"$6$abc$IdWKNKTJEb8LxY7CGg8YBXlvtfZzFw7Mp/r6niK9YB2mdvgY..TKjv1T..8RadRt2qvUHYRLr/TsVArtr91iR1"
 _BCRYPT = b"$2y$05$" + b"a" * 53
 plausible_values = st.sampled_from([b"leastconn", b"random", b"5s", b"250ms", b"100", b"2", b"true", b'{"canary": 10}', b"admin:pw", b"16",
+                                    b"cookie", b"sid", b"127.0.0.1:18081", b"127.0.0.1:18082", b"127.0.0.1:18404", b"127.0.0.1:18080",
+                                    b"staging.example", b'["qa.example", "staging.example"]', b"a.example\nbind :80",
                                     b"10.0.0.0/8, 127.0.0.1", b"::1, 192.168.0.0/16", b"10.0.0.1/8", b"127.0.0.1 #x", b"alice:" + _SHA512,
                                     b"alice:" + _SHA512 + b"\nbob:" + _BCRYPT, b"alice:plain", b"alice:" + _SHA512 + b" x",
                                     b"alice:$6$a$b\nlisten x", b"1000000", b"0", b"-1", b"30s\nlisten x", b"3 #x", b"10001"])
@@ -233,6 +237,7 @@ def catalogs(draw) -> Snapshot:
 _NAME = r"[A-Za-z0-9_.-]+"
 _PATH = r"/[A-Za-z0-9._~/-]*"
 _WORD = r"[A-Za-z0-9_.:/@%+=,!?*~^\[\]-]+"
+_ENV = r"[a-z0-9][a-z0-9_-]*"
 #: Every line shape that carries catalog or KV data; all other lines must be fixed template text.
 DATA_LINE_SHAPES = [re.compile(shape) for shape in (
     r"    maxconn \d+",
@@ -240,24 +245,29 @@ DATA_LINE_SHAPES = [re.compile(shape) for shape in (
     r"    retries \d+",
     r"    timeout (connect|client|server|queue) \d+ms",
     rf"    stats auth {_WORD}:{_WORD}",
-    rf"backend be_{_NAME}",
+    rf"backend be_{_NAME}(:{_ENV})?",
+    rf"frontend fe_{_ENV}",
+    r"    bind 127\.0\.0\.1:\d+( accept-proxy)?",
+    rf"    http-request set-var\(txn\.env\) str\({_ENV}\) if !\{{ var\(txn\.env\) -m found \}} \{{ req\.hdr\(host\),field\(1,:\),lower -m str( [a-z0-9.-]+)+ \}}",
+    rf"    http-request set-var\(txn\.env\) str\({_ENV}\) unless \{{ var\(txn\.env\) -m found \}}",
+    r"    cookie [A-Za-z0-9_.-]+ insert indirect nocache httponly",
     r"    balance (roundrobin|leastconn|source|first|random)",
     r"    default-server maxconn \d+",
-    r"    server s\d+ (\[[0-9a-f:.]+\]|[0-9.]+|localhost):\d+ weight \d+( disabled)?",
+    r"    server s\d+ (\[[0-9a-f:.]+\]|[0-9.]+|localhost):\d+ weight \d+( cookie [0-9a-f]{12})?( disabled)?",
     r"    acl r\d+_host req\.hdr\(host\),field\(1,:\),lower -m str [a-z0-9.-]+",
     rf"    acl r\d+_path path(_beg)? {_PATH}",
-    r"    http-request set-var\(txn\.route\) int\(\d+\) if !\{ var\(txn\.route\) -m found \}( r\d+_host)? r\d+_path",
+    r"    http-request set-var\(txn\.route\) int\(\d+\) if !\{ var\(txn\.route\) -m found \} \{ var\(txn\.env\) -m str [a-z0-9_-]+ \}( r\d+_host)? r\d+_path",
     r"    http-request replace-path \^[A-Za-z0-9_/~\[\].-]+/\?\(\.\*\)\$ /\\1 if \{ var\(txn\.route\) -m int \d+ \}",
-    rf"    use_backend be_{_NAME} if \{{ var\(txn\.route\) -m int \d+ \}}",
+    rf"    use_backend be_{_NAME}(:{_ENV})? if \{{ var\(txn\.route\) -m int \d+ \}}",
     # route guards (backend.cfg.j2)
-    rf"userlist ul_{_NAME}",
+    rf"userlist ul_be_{_NAME}(:{_ENV})?",
     r"    user [A-Za-z0-9_.-]+ password \$(5|6|2[aby])\$[./0-9A-Za-z$=]+",
     r'    http-request return status 403 content-type application/json string "\{\\"error\\": \\"forbidden\\"\}" '
     r"(if|unless) \{ src( [0-9a-f.:]+/\d+)+ \}",
     r"    stick-table type ipv6 size 100k expire \d+ms store http_req_rate\(\d+ms\)",
     r'    http-request return status 429 content-type application/json string "\{\\"error\\": \\"too many requests\\"\}" '
     r"hdr Retry-After \d+ if \{ sc_http_req_rate\(0\) gt \d+ \}",
-    rf"    http-request auth realm {_NAME} unless \{{ http_auth\(ul_{_NAME}\) \}}",
+    rf"    http-request auth realm {_NAME} unless \{{ http_auth\(ul_be_{_NAME}(:{_ENV})?\) \}}",
 )]
 
 
@@ -272,12 +282,15 @@ def assert_safe_valid_and_complete(snapshot: Snapshot, held: frozenset[str] = fr
     `held`: instances the flap hold-down keeps out (gateway.flap): written like the others, never ready."""
     with tempfile.TemporaryDirectory(prefix="shopgate-render-") as tmp:
         directory = Path(tmp)
-        table = build_route_table(snapshot, held=held)
+        paths = runtime(directory)
+        table = build_route_table(snapshot, taken_binds={paths.listen: "the entry point", paths.stats: "the stats page"}, held=held)
         assert not any(s.state == "ready" and s.instance_key in held for b in table.backends for s in b.servers)
-        config = render_config(table, TEMPLATES_DIR, runtime(directory))
+        config = render_config(table, TEMPLATES_DIR, paths)
         event(f"ready servers: {min(3, sum(s.state == 'ready' for b in table.backends for s in b.servers))}+")
         event(f"routes with host/strip: {any(r.host for r in table.routes)}/{any(r.strip for r in table.routes)}")
         event(f"rejected inputs: {bool(table.rejected)}")
+        event(f"environments (backends, frontends): {len({b.environment for b in table.backends})}, {len(table.settings.environments)}")
+        event(f"sticky backends: {any(b.settings.sticky for b in table.backends)}")
         fixed = fixed_template_lines(directory)
         for line in config.splitlines():
             assert line in fixed or any(shape.fullmatch(line) for shape in DATA_LINE_SHAPES), f"unexpected line {line!r}"
@@ -307,6 +320,29 @@ def test_any_mix_of_route_tags_and_settings_renders_a_valid_config(route_tags_by
     services = {
         name: tuple(Instance(name, f"{name}-{n}", "node1", f"127.0.0.{n + 1}", 9000 + n, tags=tuple(tags)) for n, tags in enumerate(tag_lists))
         for name, tag_lists in route_tags_by_service.items()
+    }
+    assert_safe_valid_and_complete(Snapshot(services=services, kv=kv))
+
+
+environment_kv_keys = st.one_of(
+    st.tuples(st.sampled_from(["staging", "qa", "prod", "Staging", "a b"]), st.sampled_from(["bind", "hosts"])).map(lambda t: f"shopgate/gateway/environments/{t[0]}/{t[1]}"),
+    st.tuples(st.sampled_from(["products", "users"]), st.sampled_from(["sticky", "sticky_cookie", "weights"])).map(lambda t: f"shopgate/services/{t[0]}/{t[1]}"),
+    st.just("shopgate/gateway/accept_proxy"),
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(
+    tags_by_service=st.dictionaries(st.sampled_from(["products", "users"]), st.lists(st.lists(st.one_of(env_tags, route_tags, st.just("canary")), max_size=3), min_size=1, max_size=4), min_size=1),
+    meta_env=st.sampled_from([None, "qa", "staging", "Bad env"]),
+    kv=st.dictionaries(environment_kv_keys, st.one_of(plausible_values, plausible_values, hostile.map(str.encode)), min_size=2, max_size=8),
+)
+def test_any_mix_of_environments_and_sticky_settings_renders_a_valid_config(tags_by_service, meta_env, kv):
+    meta = (("env", meta_env),) if meta_env else ()
+    services = {
+        name: tuple(Instance(name, f"{name}-{n}", "node1", f"127.0.0.{n + 1}", 9000 + n, tags=tuple(tags), meta=meta if n % 2 else ())
+                    for n, tags in enumerate(tag_lists))
+        for name, tag_lists in tags_by_service.items()
     }
     assert_safe_valid_and_complete(Snapshot(services=services, kv=kv))
 
