@@ -7,8 +7,9 @@
 One loop owns HAProxy; everything else only wakes it:
 
     watcher (catalog + KV) ──snapshot──┐
-    template watcher ──────"edited"────┼──▶ debounce ─▶ guard ─▶ build_route_table ─▶ plan_changes ─▶ Applier
-    HAProxy exited ────────"restart"───┘
+    template watcher ──────"edited"────┤
+    HAProxy exited ────────"restart"───┼──▶ debounce ─▶ guard ─▶ flap.observe ─▶ build_route_table ─▶ plan_changes ─▶ Applier
+    a flap hold runs out ──"expired"───┘
 
 The plan is made once, here: it decides whether a reload must wait for RELOAD_INTERVAL, and the
 Applier carries out that same plan.
@@ -32,10 +33,11 @@ from typing import Mapping
 
 from gateway.apply import Applier, ConfigRejected, GatewayFiles
 from gateway.diff import as_reload, plan_changes
+from gateway.flap import FlapState, observe
 from gateway.guard import EmptyCatalogGuard
 from gateway.haproxy import HAProxyError, HAProxyProcess
 from gateway.haproxy_syntax import BIND_ADDRESS
-from gateway.kv_settings import settings_from_env
+from gateway.kv_settings import parse_settings, settings_from_env
 from gateway.metrics import GatewayMetrics
 from gateway.model import ApplyPlan, RouteTable, RuntimePaths, Snapshot
 from gateway.routing import build_route_table
@@ -101,6 +103,8 @@ class Controller:
         self._templates_edited: str | None = None
         # owned by the loop
         self._applied_snapshot: Snapshot | None = None
+        self._flap = FlapState()
+        self._held: frozenset[str] = frozenset()   # the instances the last planned table holds out
         self._wanted: RouteTable | None = None
         self._last_reload = 0.0
         self._not_before = 0.0
@@ -145,6 +149,7 @@ class Controller:
                     break
                 self._supervise()
                 self.applier.finish_drains()
+                self._flap_expired()
                 self._step()
         finally:
             self._shutdown()
@@ -155,18 +160,38 @@ class Controller:
 
     def _next_timeout(self) -> float:
         with self._lock:
-            if self._first_event is None:
-                return 0.25
             now = time.monotonic()
+            expiry = self._flap.next_expiry(now)
+            timeout = 0.25 if expiry is None else min(0.25, expiry - now)
+            if self._first_event is None:
+                return timeout
             due = max(min(self._last_event + MIN_QUIET, self._first_event + MAX_WAIT), self._not_before)
-            return min(0.25, max(0.0, due - now))
+            return min(timeout, max(0.0, due - now))
 
-    def _route_table(self, snapshot: Snapshot, previous: RouteTable | None) -> RouteTable:
+    def _flap_expired(self) -> None:
+        """A flap hold ran out: re-plan the last view, so the instance comes back without a catalog change."""
+        now = time.monotonic()
+        if self._applied_snapshot is None or not self._flap.held(now) < self._held:
+            return
+        with self._lock:
+            self._snapshot = self._snapshot or self._applied_snapshot
+            self._seen_at = self._seen_at or now
+            self._note_event()
+
+    def _route_table(self, snapshot: Snapshot, previous: RouteTable | None, held: frozenset[str] = frozenset()) -> RouteTable:
         if self.config.kv_defaults:
             snapshot = replace(snapshot, kv={**self.config.kv_defaults, **snapshot.kv})
-        return build_route_table(snapshot, previous, headroom=self.config.slot_headroom,
+        return build_route_table(snapshot, previous, headroom=self.config.slot_headroom, held=held,
                                  taken_binds={self.config.listen: "the entry point", self.config.stats: "the stats page",
                                               self.config.status: "the controller's /status"})
+
+    def _observe_flaps(self, snapshot: Snapshot, now: float) -> frozenset[str]:
+        """Count the health flips in `snapshot` (gateway.flap) and return the instance keys held out now."""
+        running = self.applier.running
+        last_good = {b.service: b.settings for b in running.backends} if running else None
+        _, service_settings, _ = parse_settings(snapshot.kv, last_good)   # routing reports the errors (kv_defaults: gateway-wide only)
+        self._flap = observe(self._flap, snapshot.services, service_settings, now)
+        return self._flap.held(now)
 
     def _start_haproxy(self) -> bool:
         """Serve at once, with no routes (503) until the catalog's first view arrives."""
@@ -217,8 +242,10 @@ class Controller:
             self.metrics.guard_holds.inc()
             self._not_before = now + 1.0   # look again in a second (or on news)
             return
-        wanted = self._route_table(snapshot, self.applier.running)
+        held = self._observe_flaps(snapshot, now)
+        wanted = self._route_table(snapshot, self.applier.running, held)
         self._wanted = wanted
+        self._held = held
         plan = plan_changes(self.applier.running, wanted)
         if self.config.always_reload:
             plan = as_reload(plan, "--always-reload")
@@ -298,7 +325,7 @@ class Controller:
             haproxy_pid=self.haproxy.pid if alive else None,
             catalog={"reachable": self.watcher.reachable, "last_error": self.watcher.last_error,
                      "long_polls": self.watcher.long_polls_in_flight},
-            guard_reason=self.guard.reason, now=time.time(),
+            guard_reason=self.guard.reason, flap_held=self._flap.report(time.monotonic()), now=time.time(),
         )
 
 

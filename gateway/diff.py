@@ -22,7 +22,8 @@ from dataclasses import fields, replace
 from gateway.model import ApplyPlan, Backend, BackendSettings, GatewaySettings, MembershipChange, Route, RouteTable, Server
 
 #: BackendSettings fields that only change server states/weights, never the rendered backend section.
-_MEMBERSHIP_ONLY_SETTINGS = {"maintenance": False, "tag_weights": ()}
+_MEMBERSHIP_ONLY_SETTINGS = {"maintenance": False, "tag_weights": (), "flap_limit": None,
+                             "flap_window_ms": BackendSettings.flap_window_ms, "flap_hold_ms": BackendSettings.flap_hold_ms}
 
 
 def plan_changes(running: RouteTable | None, wanted: RouteTable) -> ApplyPlan:

@@ -98,3 +98,30 @@ def port_problem(port: object) -> str | None:
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         return f"port {display(port)} is not in 1..65535"
     return None
+
+
+#: A userlist user name (route guard `auth`): a plain word, no ':' (the KV value's separator).
+USER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+#: crypt(3) hashes HAProxy's `user ... password` takes (through libc): SHA-256 ($5$), SHA-512 ($6$),
+#: bcrypt ($2a$/$2b$/$2y$). Only crypt's alphabet [./0-9A-Za-z] and '$' separators: '$' is only
+#: special to HAProxy inside double quotes ("${VAR}"), and the hash is written unquoted.
+PASSWORD_HASH = re.compile(
+    r"\$[56]\$(rounds=[0-9]{1,9}\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{43}([./0-9A-Za-z]{43})?"
+    r"|\$2[aby]\$[0-9]{2}\$[./0-9A-Za-z]{53}")
+
+
+def check_password_hash(value: object) -> str:
+    """Return `value` as a crypt(3) hash to write unquoted, or raise UnsafeValue (the render's re-check)."""
+    if not isinstance(value, str) or not PASSWORD_HASH.fullmatch(value):
+        raise UnsafeValue(f"refusing to write {display(value)} into haproxy.cfg: not a $5$, $6$ or $2y$ crypt hash")
+    return value
+
+
+def network_problem(text: str) -> str | None:
+    """Why `text` is not an IPv4/IPv6 address or CIDR network (host bits clear), or None when it is."""
+    try:
+        ipaddress.ip_network(text, strict=True)
+    except ValueError as error:
+        return f"{display(text)} is not an address or CIDR network ({error})"
+    return None

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import jinja2
 
-from gateway.haproxy_syntax import BIND_ADDRESS, UnsafeValue, check_dns_label, check_token, display
+from gateway.haproxy_syntax import (BIND_ADDRESS, UnsafeValue, check_dns_label, check_password_hash, check_token, display,
+                                    network_problem)
 from gateway.model import RouteTable, RuntimePaths, Server
 from gateway.routing import default_cookie, frontends
 
@@ -68,7 +69,8 @@ def _environment(templates_dir: str) -> jinja2.Environment:
         keep_trailing_newline=True,
         auto_reload=True,
     )
-    environment.filters.update(token=token, number=number, host_port=host_port, regex_literal=regex_literal, dns_label=check_dns_label)
+    environment.filters.update(token=token, number=number, host_port=host_port, regex_literal=regex_literal, dns_label=check_dns_label,
+                               password_hash=check_password_hash, network=network)
     return environment
 
 
@@ -82,6 +84,13 @@ def number(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, int):
         raise UnsafeValue(f"refusing to write {display(value)} into haproxy.cfg: not an integer")
     return str(value)
+
+
+def network(value: object) -> str:
+    """An address or CIDR network (route guards allow/deny) as one config word."""
+    if not isinstance(value, str) or network_problem(value):
+        raise UnsafeValue(f"refusing to write {display(value)} into haproxy.cfg: not an address or CIDR network")
+    return check_token(value)
 
 
 def host_port(server: Server) -> str:

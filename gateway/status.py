@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway.model import RouteTable
+from gateway.model import BackendSettings, RouteTable
 from shopgate.settings import DEFAULT_ENVIRONMENT
 
 log = logging.getLogger("shopgate.gateway.status")
@@ -26,9 +26,13 @@ log = logging.getLogger("shopgate.gateway.status")
 def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str, str], Mapping[str, str]], *,
                 last_apply: float | None, last_error: str | None, reloads: int, runtime_updates: int,
                 rejected_configs: Iterable[str], last_good_at: float | None, haproxy_pid: int | None,
-                catalog: Mapping[str, object], guard_reason: str | None, now: float) -> dict:
+                catalog: Mapping[str, object], guard_reason: str | None, now: float,
+                flap_held: Mapping[str, list[dict]] | None = None) -> dict:
     """The /status document: per service what HAProxy runs (`live`: (backend, slot) -> `show stat` row),
-    then what was applied, refused (by routing in `wanted`, or by HAProxy) and held back."""
+    then what was applied, refused (by routing in `wanted`, or by HAProxy) and held back.
+
+    `flap_held`: gateway.flap's report (service -> held instances with `held_for_seconds`); shown per
+    service as `flap_held` with `held_until` in wall-clock seconds."""
     services = {}
     for backend in running.backends:
         services[status_key(backend.service, backend.environment)] = {
@@ -38,6 +42,10 @@ def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str
             "discovery": backend.settings.discovery,
             "routes": [r.url_prefix + r.strip_option for r in running.routes if r.backend == backend.name],
             "slots": len(backend.servers),
+            "guards": guards_view(backend.settings),
+            "flap_held": [{**held, "held_until": round(now + held["held_for_seconds"], 3)}
+                          for held in (flap_held or {}).get(backend.service, [])
+                          if any(s.instance_key == held["instance"] for s in backend.servers)],   # this environment's
             "servers": dns_servers(backend.name, [s.slot for s in backend.servers], live) if backend.settings.by_dns else [
                 {"slot": s.slot, "instance": s.instance_key, "address": s.address, "port": s.port, "weight": s.weight,
                  "state": s.state, "haproxy_status": live.get((backend.name, s.slot), {}).get("status")}
@@ -56,6 +64,14 @@ def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str
         "catalog": dict(catalog),
         "guard": {"holding": guard_reason is not None, "reason": guard_reason},
     }
+
+
+def guards_view(settings: BackendSettings) -> dict:
+    """The route guards and routing choices a service runs with (user names only, never their hashes)."""
+    return {"rate_limit": settings.rate_limit, "rate_burst": settings.rate_burst or settings.rate_limit,
+            "allow": list(settings.allow), "deny": list(settings.deny), "auth_users": [u for u, _ in settings.auth],
+            "route_warning": settings.route_warning, "flap_limit": settings.flap_limit,
+            "flap_window_seconds": settings.flap_window_ms / 1000, "flap_hold_seconds": settings.flap_hold_ms / 1000}
 
 
 def status_key(service: str, environment: str) -> str:

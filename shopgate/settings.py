@@ -103,3 +103,9 @@ GATEWAY_GUARD_HOLD_SECONDS = 30.0
 #: Catalog reads and HAProxy restarts that failed are retried after pauses that double from the first to the last.
 RETRY_BACKOFF_SECONDS = (0.2, 5.0)
 
+
+#: Flap hold-down (gateway.flap; per service KV `flap_limit`, `flap_window`, `flap_hold`): an instance that flips
+#: between healthy and unhealthy more than flap_limit times within flap_window is held out for flap_hold after its
+#: last flip; these are the defaults of flap_window and flap_hold (flap_limit has none: absent = off).
+FLAP_WINDOW_MS = 60_000
+FLAP_HOLD_MS = 60_000
