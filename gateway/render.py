@@ -17,6 +17,7 @@ import jinja2
 
 from gateway.haproxy_syntax import BIND_ADDRESS, UnsafeValue, check_token, display
 from gateway.model import RouteTable, RuntimePaths, Server
+from shopgate.settings import HEALTH_CHECK
 
 ENTRY_TEMPLATE = "haproxy.cfg.j2"
 
@@ -33,6 +34,7 @@ def render_config(table: RouteTable, templates_dir: Path, runtime: RuntimePaths)
         runtime=runtime,
         routes=list(enumerate(table.routes, start=1)),
         backends=table.backends,
+        health_check=HEALTH_CHECK,
     )
 
 
