@@ -101,6 +101,12 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))] if ordered else 0.0
 
 
+def load_average() -> str:
+    """The machine's load average, for every printed figure (the machine is shared)."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min) on {os.cpu_count()} CPUs"
+
+
 def table(header: tuple[str, ...], rows: list[tuple]) -> str:
     cells = [tuple(str(c) for c in row) for row in [header, *rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]

@@ -6,10 +6,13 @@ Membership (a slot gets, changes or loses an instance) goes through the runtime 
             the health check written out (settings.HEALTH_CHECK) + `enable health`, then state ready +
             health down. The recreated server's first check runs after `downinter` (~50 ms), where a
             slot merely leaving maint waits for its old `inter` phase (0-1 s, measured on 2.6).
-            Otherwise (a slot in use or draining, `balance source`): set server be/s addr A port P;
+            Otherwise (a slot in use or draining, `balance source`, a sticky or DNS backend: `add
+            server` takes no `cookie`): set server be/s addr A port P;
             weight W; state ready; health down. Either way HAProxy's own check must `rise` before
             the server takes traffic.
-    remove  state drain now; `state maint` once the server's sessions reach 0 (or after a bound)
+    remove  state drain now; `state maint` once the server's sessions reach 0 (or after a bound);
+            on a sticky backend `state maint` at once (in-flight requests still finish), since a
+            draining server keeps taking the requests that carry its cookie
 
 Structure (routes, backends, slot counts, settings, templates) goes through:
 
@@ -105,7 +108,7 @@ def membership_commands(change: MembershipChange, recreate_maxconn: int | None |
     if change.action == "weight":
         return [f"set server {server} weight {int(change.weight)}"]
     if change.action in ("drain", "remove"):
-        return [f"set server {server} state drain"]
+        return [f"set server {server} state {'maint' if change.sticky else 'drain'}"]
     raise ValueError(f"unknown membership action {change.action!r}")
 
 
@@ -196,7 +199,7 @@ class Applier:
         give_up = time.monotonic() + self.drain_timeout
         for change in changes:
             key = (change.backend, change.slot)
-            if change.action == "remove":
+            if change.action == "remove" and not change.sticky:
                 self._draining[key] = give_up
             else:
                 self._draining.pop(key, None)
@@ -209,7 +212,7 @@ class Applier:
         if change.action != "add" or self.running is None or (change.backend, change.slot) in self._draining:
             return False
         backend = self._running_backends().get(change.backend)
-        if backend is None or backend.settings.balance in STATIC_BALANCE:
+        if backend is None or backend.settings.balance in STATIC_BALANCE or backend.settings.sticky or backend.settings.by_dns:
             return False
         slot = next((s for s in backend.servers if s.slot == change.slot), None)
         return backend.settings.maxconn if slot is not None and slot.state == "maint" else False

@@ -2,7 +2,7 @@
 
     shopgate gateway [--consul URL] [--haproxy-bin haproxy] [--listen 127.0.0.1:8080]
                      [--stats 127.0.0.1:8404] [--status 127.0.0.1:9180] [--state-dir DIR]
-                     [--templates DIR]
+                     [--templates DIR] [--accept-proxy]
 
 One loop owns HAProxy; everything else only wakes it:
 
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Mapping
 
 from gateway.apply import Applier, ConfigRejected, GatewayFiles
-from gateway.diff import plan_changes
+from gateway.diff import as_reload, plan_changes
 from gateway.guard import EmptyCatalogGuard
 from gateway.haproxy import HAProxyError, HAProxyProcess
 from gateway.haproxy_syntax import BIND_ADDRESS
@@ -67,7 +67,10 @@ class ControllerConfig:
     drain_timeout: float = settings.GATEWAY_DRAIN_TIMEOUT_SECONDS
     guard_hold: float = settings.GATEWAY_GUARD_HOLD_SECONDS
     slot_headroom: int = settings.SLOT_HEADROOM
+    accept_proxy: bool = False                                       # entry binds take the PROXY protocol
     kv_defaults: Mapping[str, bytes] = field(default_factory=dict)   # from SHOPGATE_GATEWAY_* (KV wins)
+    consul_dns: str = settings.DEFAULT_CONSUL_DNS_ADDR                # asked by backends in DNS mode
+    always_reload: bool = False    # membership too by render + reload (consul-template's way; bench/discovery.py compares)
 
 
 class Controller:
@@ -79,7 +82,8 @@ class Controller:
         self.files = GatewayFiles(config.state_dir)
         self.metrics = GatewayMetrics()
         self.haproxy = HAProxyProcess(config.haproxy_bin, self.files.config, self.files.master_socket, self.files.haproxy_log)
-        runtime = RuntimePaths(admin_socket=self.files.admin_socket, listen=config.listen, stats=config.stats)
+        runtime = RuntimePaths(admin_socket=self.files.admin_socket, listen=config.listen, stats=config.stats,
+                               consul_dns=config.consul_dns, accept_proxy=config.accept_proxy)
         self.applier = Applier(self.haproxy, self.files, config.templates_dir, runtime, self.metrics, config.drain_timeout)
         self.guard = EmptyCatalogGuard(hold=config.guard_hold)
         self.watcher = CatalogWatcher(config.consul, self._on_snapshot, wait_seconds=config.wait_seconds)
@@ -160,7 +164,9 @@ class Controller:
     def _route_table(self, snapshot: Snapshot, previous: RouteTable | None) -> RouteTable:
         if self.config.kv_defaults:
             snapshot = replace(snapshot, kv={**self.config.kv_defaults, **snapshot.kv})
-        return build_route_table(snapshot, previous, headroom=self.config.slot_headroom)
+        return build_route_table(snapshot, previous, headroom=self.config.slot_headroom,
+                                 taken_binds={self.config.listen: "the entry point", self.config.stats: "the stats page",
+                                              self.config.status: "the controller's /status"})
 
     def _start_haproxy(self) -> bool:
         """Serve at once, with no routes (503) until the catalog's first view arrives."""
@@ -214,6 +220,8 @@ class Controller:
         wanted = self._route_table(snapshot, self.applier.running)
         self._wanted = wanted
         plan = plan_changes(self.applier.running, wanted)
+        if self.config.always_reload:
+            plan = as_reload(plan, "--always-reload")
         if not edited and plan.needs_reload and now - self._last_reload < RELOAD_INTERVAL:
             self._not_before = self._last_reload + RELOAD_INTERVAL
             return
@@ -307,7 +315,18 @@ def parse_args(argv: list[str]) -> ControllerConfig:
     parser.add_argument("--guard-hold", type=float, default=ControllerConfig.guard_hold, help="seconds the empty-catalog guard may hold a view (default %(default)s)")
     parser.add_argument("--slot-headroom", type=int, default=ControllerConfig.slot_headroom,
                         help="server slots per instance, rounded up to a power of two (default %(default)s); HAProxy reserves a file descriptor per slot")
+    parser.add_argument("--consul-dns", default=None,
+                        help="Consul DNS host:port that backends in DNS mode (KV discovery = dns) resolve through "
+                             f"(default: {settings.CONSUL_DNS_ENV} or {settings.DEFAULT_CONSUL_DNS_ADDR})")
+    parser.add_argument("--always-reload", action="store_true",
+                        help="apply membership changes by a full render + reload too, as consul-template does, instead of the runtime API "
+                             "(for comparison: bench/discovery.py)")
+    parser.add_argument("--accept-proxy", action="store_true",
+                        help="entry binds take the PROXY protocol v1/v2 from an outer load balancer (as KV shopgate/gateway/accept_proxy)")
     args = parser.parse_args(argv)
+    consul_dns = args.consul_dns or settings.consul_dns_from_env()
+    if not BIND_ADDRESS.fullmatch(consul_dns):
+        parser.error(f"--consul-dns / {settings.CONSUL_DNS_ENV}: expected host:port, got {consul_dns!r}")
     try:
         consul = ConsulAddress.parse(args.consul)
     except ValueError as error:
@@ -319,8 +338,8 @@ def parse_args(argv: list[str]) -> ControllerConfig:
         parser.error(f"--templates: {args.templates} is not a directory")
     return ControllerConfig(consul=consul, haproxy_bin=args.haproxy_bin, listen=args.listen, stats=args.stats, status=args.status,
                             state_dir=args.state_dir.resolve(), templates_dir=args.templates.resolve(),
-                            drain_timeout=args.drain_timeout, guard_hold=args.guard_hold, slot_headroom=max(1, args.slot_headroom),
-                            kv_defaults=settings_from_env(os.environ))
+                            drain_timeout=args.drain_timeout, guard_hold=args.guard_hold, slot_headroom=max(1, args.slot_headroom), accept_proxy=args.accept_proxy,
+                            kv_defaults=settings_from_env(os.environ), consul_dns=consul_dns, always_reload=args.always_reload)
 
 
 def main(argv: list[str] | None = None) -> int:

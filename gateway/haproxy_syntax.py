@@ -14,6 +14,16 @@ import re
 #: A service name, used as-is inside the backend name `be_<service>` and the default route.
 SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
+#: An environment name (tag `env=<name>`, meta `env`, KV `shopgate/gateway/environments/<name>/`).
+ENVIRONMENT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+#: A cookie name for sticky sessions (KV `sticky_cookie`).
+COOKIE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,80}")
+#: A service name that is one DNS label of `_<service>._tcp.service.consul`, as Consul's DNS answers it: Consul's
+#: agent warns that any other name "will not be discoverable via DNS due to invalid characters" (a dot splits the
+#: label, an underscore is not a hostname character).
+DNS_SERVICE_NAME = re.compile(r"[A-Za-z0-9-]{1,63}")
+
 #: A URL path prefix: unreserved characters and '/', starting with '/'.
 PATH_PREFIX = re.compile(r"/[A-Za-z0-9._~/-]{0,255}")
 
@@ -44,6 +54,13 @@ def check_token(value: object) -> str:
     """Return `value` as a config word, or raise UnsafeValue: the renderer's last line of defence."""
     if not isinstance(value, str) or not TOKEN.fullmatch(value):
         raise UnsafeValue(f"refusing to write {display(value)} into haproxy.cfg: not a plain config word")
+    return value
+
+
+def check_dns_label(value: object) -> str:
+    """Return `value` as a service name that resolves over Consul's DNS, or raise UnsafeValue."""
+    if not isinstance(value, str) or not DNS_SERVICE_NAME.fullmatch(value):
+        raise UnsafeValue(f"refusing to write {display(value)} into an SRV name: only A-Z a-z 0-9 - resolve over Consul's DNS")
     return value
 
 

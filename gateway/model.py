@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shopgate.consul_client.health import HealthEntry
+from shopgate.settings import DEFAULT_CONSUL_DNS_ADDR
 
 # ---------------------------------------------------------------- input: the catalog's view
 
@@ -60,6 +61,7 @@ class Server:
     port: int = 1
     weight: int = 100
     state: str = "maint"         # "ready" | "drain" | "maint"
+    cookie: str | None = None    # sticky backends: the occupying instance's cookie value (routing.cookie_value)
 
     @property
     def occupied(self) -> bool:
@@ -82,6 +84,14 @@ class BackendSettings:
     tag_weights: tuple[tuple[str, int], ...] = ()   # canary releases: tag -> weight
     maintenance: bool = False
     min_slots: int | None = None                    # KV `slots`: pre-render at least this many server slots
+    sticky: bool = False                            # KV `sticky = cookie`: a client keeps its instance
+    sticky_cookie: str | None = None                # KV `sticky_cookie`: the cookie's name (default routing.default_cookie)
+    discovery: str = "runtime"                      # KV `discovery`: "runtime" (controller, runtime API) | "dns"
+
+    @property
+    def by_dns(self) -> bool:
+        """HAProxy's resolver finds this backend's servers (SRV on the catalog's DNS), not the controller."""
+        return self.discovery == "dns"
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,7 @@ class Backend:
     service: str
     settings: BackendSettings
     servers: tuple[Server, ...]  # len(servers) == slot count (occupied + spare)
+    environment: str = "prod"    # the environment whose instances (and only those) fill the slots
 
     def server(self, slot: str) -> Server:
         return next(s for s in self.servers if s.slot == slot)
@@ -105,6 +116,7 @@ class Route:
     path_prefix: str
     host: str | None = None
     strip: str | None = None
+    environment: str = "prod"    # matched only on the frontend(s) serving this environment
 
     @property
     def url_prefix(self) -> str:
@@ -115,6 +127,26 @@ class Route:
     def strip_option(self) -> str:
         """` strip=/prefix` as the tag writes it, or '' when nothing is stripped."""
         return f" strip={self.strip}" if self.strip else ""
+
+
+@dataclass(frozen=True)
+class EnvironmentSettings:
+    """KV `shopgate/gateway/environments/<name>/{bind,hosts}`: where an environment (other than prod) is served."""
+
+    name: str
+    bind: str | None = None          # its own frontend on this host:port
+    hosts: tuple[str, ...] = ()      # only requests for these host names (on its bind, or else on the entry point)
+
+
+@dataclass(frozen=True)
+class Frontend:
+    """One HAProxy frontend: a bind and the routes of the environment(s) it serves (gateway.routing.frontends)."""
+
+    name: str
+    bind: str
+    selectors: tuple[tuple[str, tuple[str, ...]], ...]   # (environment, hosts): requests for these hosts belong to it
+    default_environment: str | None                      # the environment of every other request (None: no route)
+    routes: tuple[tuple[int, Route], ...]                # (route id, route) in match order
 
 
 @dataclass(frozen=True)
@@ -129,6 +161,8 @@ class GatewaySettings:
     timeout_connect_ms: int = 2_000
     retries: int = 3
     hard_stop_after_ms: int = 30_000
+    accept_proxy: bool = False                           # entry binds take the PROXY protocol (v1/v2)
+    environments: tuple[EnvironmentSettings, ...] = ()   # sorted by name; never "prod"
 
 
 @dataclass(frozen=True)
@@ -154,11 +188,13 @@ class RuntimePaths:
     admin_socket: Path                       # `stats socket ... level admin` (runtime API)
     listen: str = "127.0.0.1:8080"           # the gateway entry point, "host:port"
     stats: str = "127.0.0.1:8404"            # stats page + /metrics, "host:port"
+    accept_proxy: bool = False               # `--accept-proxy`: entry binds take the PROXY protocol (as KV accept_proxy)
     pidfile: Path | None = None
     # When set: `server-state-file` + `load-server-state-from-file global`. Off by default: measured on
     # 2.6, a state file's address/port and up-state override the rendered server lines on reload, so
     # a file not dumped right before the reload brings back stale servers.
     server_state_file: Path | None = None
+    consul_dns: str = DEFAULT_CONSUL_DNS_ADDR  # "host:port" of the Consul DNS that backends in DNS mode ask
 
 
 # ---------------------------------------------------------------- the difference between two tables
@@ -174,6 +210,7 @@ class MembershipChange:
     address: str = "127.0.0.1"
     port: int = 1
     weight: int = 100
+    sticky: bool = False         # drain/remove on a sticky backend: straight to maint, so its clients move now
 
 
 @dataclass(frozen=True)

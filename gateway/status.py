@@ -1,5 +1,8 @@
 """The controller's own HTTP endpoint: `/status` (JSON for people and `shopgate status`) and `/metrics`.
 
+/status `services` is keyed by service name for prod backends and `<service>@<env>` for the
+others; every entry names its service, environment and backend.
+
 `status_view` writes the /status document from plain data (the tables, HAProxy's `show stat`
 rows, counters), so what /status says is decided here, away from the controller's loop.
 """
@@ -15,6 +18,7 @@ from typing import Callable, Iterable, Mapping
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway.model import RouteTable
+from shopgate.settings import DEFAULT_ENVIRONMENT
 
 log = logging.getLogger("shopgate.gateway.status")
 
@@ -27,11 +31,14 @@ def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str
     then what was applied, refused (by routing in `wanted`, or by HAProxy) and held back."""
     services = {}
     for backend in running.backends:
-        services[backend.service] = {
+        services[status_key(backend.service, backend.environment)] = {
+            "service": backend.service,
+            "environment": backend.environment,
             "backend": backend.name,
+            "discovery": backend.settings.discovery,
             "routes": [r.url_prefix + r.strip_option for r in running.routes if r.backend == backend.name],
             "slots": len(backend.servers),
-            "servers": [
+            "servers": dns_servers(backend.name, [s.slot for s in backend.servers], live) if backend.settings.by_dns else [
                 {"slot": s.slot, "instance": s.instance_key, "address": s.address, "port": s.port, "weight": s.weight,
                  "state": s.state, "haproxy_status": live.get((backend.name, s.slot), {}).get("status")}
                 for s in backend.servers if s.occupied
@@ -49,6 +56,21 @@ def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str
         "catalog": dict(catalog),
         "guard": {"holding": guard_reason is not None, "reason": guard_reason},
     }
+
+
+def status_key(service: str, environment: str) -> str:
+    """A backend's key in /status `services`: the service name for prod (as before environments), else service@env."""
+    return service if environment == DEFAULT_ENVIRONMENT else f"{service}@{environment}"
+def dns_servers(backend: str, slots: list[str], live: Mapping[tuple[str, str], Mapping[str, str]]) -> list[dict]:
+    """A DNS-mode backend's servers as HAProxy's resolver filled them (`show stat`): slots it left in MAINT are empty."""
+    found = []
+    for slot in slots:
+        row = live.get((backend, slot), {})
+        if row and not row.get("status", "").startswith("MAINT"):
+            address, _, port = row.get("addr", "").rpartition(":")
+            found.append({"slot": slot, "address": address, "port": int(port) if port.isdigit() else None,
+                          "haproxy_status": row.get("status")})
+    return found
 
 
 class StatusServer:

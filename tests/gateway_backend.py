@@ -3,7 +3,7 @@
     python tests/gateway_backend.py --service products --consul URL [--port 0] [--tags a,b]
 
 GET /health answers 200 (or 500 after POST /fail), any other path answers JSON naming this
-instance, `?sleep=0.5` delays the answer. SIGUSR1 registers it again (after a catalog wipe). On SIGTERM it deregisters first, keeps serving for
+instance (and the request's X-Forwarded-For), `?sleep=0.5` delays the answer. SIGUSR1 registers it again (after a catalog wipe). On SIGTERM it deregisters first, keeps serving for
 --drain seconds (the gateway moves traffic away meanwhile), then exits: a well-behaved instance.
 """
 
@@ -47,7 +47,8 @@ def main() -> int:
             delay = float(parse_qs(url.query).get("sleep", ["0"])[0])
             if delay:
                 time.sleep(delay)
-            self._answer(200, {"service": args.service, "port": port, "path": self.path, "host": self.headers.get("Host")})
+            self._answer(200, {"service": args.service, "port": port, "path": self.path, "host": self.headers.get("Host"),
+                                "forwarded_for": self.headers.get("X-Forwarded-For")})
 
         def do_POST(self) -> None:
             if self.path == "/fail":

@@ -60,6 +60,7 @@ class Gateway:
     process: ManagedProcess | None = None
     haproxy_pids: set[int] = field(default_factory=set)
     env: dict[str, str] | None = None
+    args: tuple[str, ...] = ()          # further `shopgate gateway` flags, e.g. ("--accept-proxy",)
 
     @property
     def url(self) -> str:
@@ -71,11 +72,11 @@ class Gateway:
 
     @property
     def templates(self) -> Path:
-        return self.tmp_path / "templates"
+        return self.tmp_path / f"templates-{self.listen}"      # one per gateway: a test may run several
 
     @property
     def state_dir(self) -> Path:
-        return self.tmp_path / "gateway-state"
+        return self.tmp_path / f"gateway-state-{self.listen}"
 
     def start(self) -> "Gateway":
         shutil.copytree(TEMPLATES_DIR, self.templates, dirs_exist_ok=True)
@@ -83,7 +84,8 @@ class Gateway:
             "gateway", "--consul", self.catalog.url, "--listen", f"127.0.0.1:{self.listen}",
             "--stats", f"127.0.0.1:{self.stats}", "--status", f"127.0.0.1:{self.status_port}",
             "--state-dir", str(self.state_dir), "--templates", str(self.templates),
-            "--guard-hold", str(self.guard_hold), "--drain-timeout", "5",
+            "--guard-hold", str(self.guard_hold), "--drain-timeout", "5", *self.args,
+            "--consul-dns", f"127.0.0.1:{self.catalog.dns_port}",
         )
         self.process = self.start_process("gateway", argv, env=self.env)
         wait_for_http(f"http://127.0.0.1:{self.status_port}/status", timeout=30, process=self.process,
@@ -105,9 +107,14 @@ class Gateway:
         return 0.0
 
     def servers_up(self, service: str) -> set[int]:
-        """Ports of `service`'s servers that are wanted ready and UP in HAProxy."""
+        """Ports of `service`'s servers that are wanted ready and UP in HAProxy (`service@env` outside prod)."""
         servers = self.status()["services"].get(service, {}).get("servers", [])
         return {s["port"] for s in servers if s["state"] == "ready" and str(s["haproxy_status"]).startswith("UP")}
+
+    def resolved(self, service: str, up: bool = True) -> set[int]:
+        """Ports of a DNS-mode service's servers that HAProxy's resolver filled (and, with `up`, that are UP)."""
+        servers = self.status()["services"].get(service, {}).get("servers", [])
+        return {s["port"] for s in servers if not up or str(s["haproxy_status"]).startswith("UP")}
 
     def routed(self, service: str, ports: set[int]) -> bool:
         """True once exactly `ports` serve `service` (HAProxy UP and wanted ready)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.kv_settings import parse_settings, settings_from_env
-from gateway.model import BackendSettings, GatewaySettings
+from gateway.model import BackendSettings, EnvironmentSettings, GatewaySettings
 
 
 def test_no_keys_means_defaults_and_no_errors():
@@ -21,11 +21,17 @@ def test_every_gateway_key():
         "shopgate/gateway/timeout_connect": b"500ms",
         "shopgate/gateway/retries": b"0",
         "shopgate/gateway/hard_stop_after": b"2h",
+        "shopgate/gateway/accept_proxy": b"true",
+        "shopgate/gateway/environments/staging/bind": b"127.0.0.1:8081",
+        "shopgate/gateway/environments/staging/hosts": b"Staging.example, staging.local",
+        "shopgate/gateway/environments/qa/hosts": b'["qa.example"]',
     })
     assert errors == [] and services == {}
     assert gateway == GatewaySettings(
         stats_user="admin", stats_password="s3cr:et", maxconn=20000, timeout_client_ms=60_000,
-        timeout_server_ms=45_000, timeout_connect_ms=500, retries=0, hard_stop_after_ms=7_200_000,
+        timeout_server_ms=45_000, timeout_connect_ms=500, retries=0, hard_stop_after_ms=7_200_000, accept_proxy=True,
+        environments=(EnvironmentSettings("qa", hosts=("qa.example",)),
+                      EnvironmentSettings("staging", bind="127.0.0.1:8081", hosts=("staging.example", "staging.local"))),
     )
 
 
@@ -38,12 +44,16 @@ def test_every_service_key():
         "shopgate/services/products/weights": b'{"stable": 100, "canary": 0}',
         "shopgate/services/products/maintenance": b"TRUE",
         "shopgate/services/products/slots": b"64",
+        "shopgate/services/products/discovery": b"dns",
+        "shopgate/services/products/sticky": b"cookie",
+        "shopgate/services/products/sticky_cookie": b"shop.session",
         "shopgate/services/users/balance": b"source",
     })
     assert errors == []
     assert services == {
         "products": BackendSettings(balance="leastconn", maxconn=50, timeout_connect_ms=1000, timeout_server_ms=90_000,
-                                    tag_weights=(("canary", 0), ("stable", 100)), maintenance=True, min_slots=64),
+                                    tag_weights=(("canary", 0), ("stable", 100)), maintenance=True, min_slots=64,
+                                    sticky=True, sticky_cookie="shop.session", discovery="dns"),
         "users": BackendSettings(balance="source"),
     }
 
@@ -62,7 +72,23 @@ def test_every_service_key():
     ("shopgate/services/products/weights", b'{"canary": true}', "not a whole number"),
     ("shopgate/services/products/maintenance", b"maybe", "'maybe' is not true or false"),
     ("shopgate/services/products/slots", b"100000", "not a whole number in 1..1024"),
-    ("shopgate/services/products/colour", b"blue", "unknown key 'colour' (known: balance, maintenance, maxconn, slots, timeout_connect, timeout_server, weights)"),
+    ("shopgate/services/products/colour", b"blue", "unknown key 'colour' (known: balance, discovery, maintenance, maxconn, slots, sticky, sticky_cookie, timeout_connect, timeout_server, weights)"),
+    ("shopgate/services/products/discovery", b"srv", "'srv' is not one of runtime, dns"),
+    ("shopgate/services/cart.v2/discovery", b"dns", "service 'cart.v2' cannot be found over DNS (_cart.v2._tcp.service.consul"),
+    ("shopgate/services/cart_v2/discovery", b"dns", "a dot or underscore is not a DNS label character); its servers stay with the runtime API"),
+    ("shopgate/services/products/sticky", b"source", "'source' is not cookie or off"),
+    ("shopgate/services/products/sticky_cookie", b"a b", "is not a cookie name"),
+    ("shopgate/services/products/sticky_cookie", b"sid;Domain=evil", "is not a cookie name"),
+    ("shopgate/gateway/accept_proxy", b"v2", "'v2' is not true or false"),
+    ("shopgate/gateway/environments/staging/bind", b"8081", "is not host:port"),
+    ("shopgate/gateway/environments/staging/bind", b"127.0.0.1:99999", "is not host:port"),
+    ("shopgate/gateway/environments/staging/bind", b"127.0.0.1:8081 ssl crt /x", "is not host:port"),
+    ("shopgate/gateway/environments/staging/hosts", b"a.example, b_c", "'b_c' is not a host name"),
+    ("shopgate/gateway/environments/staging/hosts", b'["a.example", 7]', "7 is not a host name"),
+    ("shopgate/gateway/environments/staging/hosts", b",", "no host names"),
+    ("shopgate/gateway/environments/staging/port", b"1", "unknown key 'port' (known: bind, hosts)"),
+    ("shopgate/gateway/environments/Staging/bind", b"127.0.0.1:8081", "environment name 'Staging' is not"),
+    ("shopgate/gateway/environments/prod/bind", b"127.0.0.1:8081", "prod is served on the gateway entry point"),
     ("shopgate/services/bad name/balance", b"leastconn", "service name 'bad name' is not a valid service name"),
     ("shopgate/gateway/stats_auth", b"admin", "expected user:password"),
     ("shopgate/gateway/stats_auth", b"admin:pass word", "user and password may use only"),
@@ -70,7 +96,7 @@ def test_every_service_key():
     ("shopgate/gateway/retries", b"11", "not a whole number in 0..10"),
     ("shopgate/gateway/timeout_client", b"\xff\xfe", "value is not UTF-8 text"),
     ("shopgate/gateway/colour", b"blue", "unknown key 'colour'"),
-    ("shopgate/other/thing", b"x", "unknown key (expected shopgate/gateway/<key> or shopgate/services/<name>/<key>)"),
+    ("shopgate/other/thing", b"x", "unknown key (expected shopgate/gateway/<key>, shopgate/gateway/environments/<env>/<key> or shopgate/services/<name>/<key>)"),
 ])
 def test_an_invalid_value_is_reported_with_key_and_reason_and_the_default_stays(key, value, reason):
     gateway, services, errors = parse_settings({key: value})
@@ -79,6 +105,12 @@ def test_an_invalid_value_is_reported_with_key_and_reason_and_the_default_stays(
     assert "\n" not in errors[0]
     assert gateway == GatewaySettings()
     assert all(settings == BackendSettings() for settings in services.values())
+
+
+def test_dns_mode_takes_any_name_that_is_one_dns_label():
+    _, services, errors = parse_settings({"shopgate/services/Cart-V2/discovery": b"dns", "shopgate/services/cart_v2/discovery": b"runtime"})
+    assert errors == []
+    assert services == {"Cart-V2": BackendSettings(discovery="dns"), "cart_v2": BackendSettings()}
 
 
 def test_an_error_in_one_key_keeps_the_valid_keys_of_the_same_service():
@@ -96,7 +128,24 @@ def test_consul_folders_and_other_prefixes_are_ignored():
 
 def test_a_hostile_key_is_shown_escaped_on_one_line():
     _, _, errors = parse_settings({"shopgate/gateway/x\nbackend evil": b"1"})
-    assert errors == ["shopgate/gateway/x\\nbackend evil: unknown key 'x\\nbackend evil' (known: hard_stop_after, maxconn, retries, stats_auth, timeout_client, timeout_connect, timeout_server)"]
+    assert errors == ["shopgate/gateway/x\\nbackend evil: unknown key 'x\\nbackend evil' (known: accept_proxy, hard_stop_after, maxconn, retries, stats_auth, timeout_client, timeout_connect, timeout_server)"]
+
+
+def test_environments_sharing_a_bind_or_an_entry_point_host_are_dropped_whole_and_reported():
+    gateway, _, errors = parse_settings({
+        "shopgate/gateway/environments/a/bind": b"127.0.0.1:8081",
+        "shopgate/gateway/environments/b/bind": b"127.0.0.1:8081",
+        "shopgate/gateway/environments/b/hosts": b"b.example",
+        "shopgate/gateway/environments/c/hosts": b"shared.example",
+        "shopgate/gateway/environments/d/hosts": b"shared.example, d.example",
+        "shopgate/gateway/environments/e/bind": b"127.0.0.1:8082",
+        "shopgate/gateway/environments/e/hosts": b"shared.example",   # on its own bind: no clash
+    })
+    assert [e.name for e in gateway.environments] == ["a", "c", "e"]
+    assert errors == [
+        "shopgate/gateway/environments/b/bind: 127.0.0.1:8081 is already environment a's bind; b is not served",
+        "shopgate/gateway/environments/d/hosts: shared.example (environment c) already served on the entry point; d is not served",
+    ]
 
 
 def test_environment_gives_gateway_settings_that_kv_overrides():
