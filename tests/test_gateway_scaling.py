@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import requests
 
-from gateway_harness import eventually, gateway, gateway_factory, server_limits  # noqa: F401  (gateway, gateway_factory: fixtures)
+from gateway_harness import eventually, gateway, gateway_factory, server_limits, stats_column  # noqa: F401  (gateway, gateway_factory: fixtures)
 from shopgate.tool.load import Load, Target, summarize
 
 
@@ -98,11 +98,8 @@ def test_a_burst_of_new_services_costs_few_reloads(gateway):
 
 
 def check_statuses(gateway, backend: str) -> dict[str, str]:
-    """Server name -> the result of HAProxy's own last health check (`check_status`), from the stats CSV."""
-    text = requests.get(f"{gateway.stats_url}/;csv", timeout=5).text.lstrip("# ")
-    header, *rows = [line.split(",") for line in text.splitlines() if line]
-    column = header.index("check_status")
-    return {row[1]: row[column] for row in rows if row[0] == backend and row[1] not in ("FRONTEND", "BACKEND")}
+    """Server name -> the result of HAProxy's own last health check (`check_status`)."""
+    return stats_column(gateway, backend, "check_status")
 
 
 def test_an_instance_added_at_runtime_keeps_the_health_check_and_the_backend_limits(gateway):
