@@ -19,6 +19,7 @@ from gateway.haproxy_syntax import (BIND_ADDRESS, UnsafeValue, check_dns_label, 
                                     network_problem)
 from gateway.model import RouteTable, RuntimePaths, Server
 from gateway.routing import default_cookie, frontends
+from shopgate.settings import HEALTH_CHECK
 
 ENTRY_TEMPLATE = "haproxy.cfg.j2"
 #: Bytes an SRV answer needs per server slot: the SRV record and its target's A record in ADDITIONAL
@@ -55,6 +56,7 @@ def render_config(table: RouteTable, templates_dir: Path, runtime: RuntimePaths)
         dns_backends=[b for b in table.backends if b.settings.by_dns],
         dns_payload_size=dns_payload_size(table),
         default_cookie=default_cookie,
+        health_check=HEALTH_CHECK,
     )
 
 

@@ -100,6 +100,13 @@ GATEWAY_WATCH_WAIT_SECONDS = 30.0
 GATEWAY_DRAIN_TIMEOUT_SECONDS = 30.0
 GATEWAY_GUARD_HOLD_SECONDS = 30.0
 
+#: HAProxy's own health check of every server: the config's `default-server` and the servers the controller
+#: (re)creates at runtime, which do not inherit `default-server`. A server that is up is checked every `inter`;
+#: one that is down every `downinter`, so a new instance's first check runs ~50 ms after it is added (measured
+#: on 2.6: a config slot leaving maint keeps its `inter` phase, 0-1 s; a server created by `add server` starts
+#: its checks after `downinter`).
+HEALTH_CHECK = "check inter 1s downinter 50ms fall 2 rise 1"
+
 #: Catalog reads and HAProxy restarts that failed are retried after pauses that double from the first to the last.
 RETRY_BACKOFF_SECONDS = (0.2, 5.0)
 

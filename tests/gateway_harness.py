@@ -159,9 +159,14 @@ def gateway(gateway_factory) -> Gateway:
     return gateway_factory()
 
 
-def server_limits(gateway: Gateway, backend: str) -> set[str]:
-    """The session limits (`slim`) of `backend`'s servers, as HAProxy's stats page (CSV) reports them."""
+def stats_column(gateway: Gateway, backend: str, column: str) -> dict[str, str]:
+    """Server name -> one column of HAProxy's stats page (CSV) for `backend`'s servers."""
     text = requests.get(f"{gateway.stats_url}/;csv", timeout=5).text.lstrip("# ")
     header, *rows = [line.split(",") for line in text.splitlines() if line]
-    column = header.index("slim")
-    return {row[column] for row in rows if row[0] == backend and row[1] not in ("FRONTEND", "BACKEND")}
+    index = header.index(column)
+    return {row[1]: row[index] for row in rows if row[0] == backend and row[1] not in ("FRONTEND", "BACKEND")}
+
+
+def server_limits(gateway: Gateway, backend: str) -> set[str]:
+    """The session limits (`slim`) of `backend`'s servers, as HAProxy's stats page reports them."""
+    return set(stats_column(gateway, backend, "slim").values())
