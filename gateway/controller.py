@@ -242,6 +242,7 @@ class Controller:
             return
         held = self._observe_flaps(snapshot, now)
         wanted = self._route_table(snapshot, self.applier.running, held)
+        self.metrics.services_rebuilt.inc(len(rebuilt_services(wanted)))
         self._wanted = wanted
         self._held = held
         plan = plan_changes(self.applier.running, wanted)
