@@ -167,6 +167,14 @@ def process_rss_kib(pid: int) -> int | None:
     return next((int(line.split()[1]) for line in lines if line.startswith("VmRSS:")), None)
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU time a process has used so far, user + system, all its threads (/proc/<pid>/stat); None when it is gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_model() -> str | None:
     """The machine's CPU model name as the kernel reports it (None where /proc/cpuinfo has none)."""
     try:
