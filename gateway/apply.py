@@ -6,6 +6,9 @@ Membership (a slot gets, changes or loses an instance) goes through the runtime 
             own checks must `rise` before the server takes traffic)
     remove  state drain now; `state maint` once the server's sessions reach 0 (or after a bound)
 
+Certificates (HTTPS on) always go through the runtime API, reload or not (gateway.tls_store), first:
+a refused one is reported in `tls_refused` and the certificate HAProxy had keeps serving.
+
 Structure (routes, backends, slot counts, settings, templates) goes through:
 
     render -> haproxy -c -> atomic swap (tmp + rename, last good kept) -> master `reload`
@@ -25,7 +28,7 @@ import shutil
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jinja2
@@ -33,8 +36,10 @@ import jinja2
 from gateway.haproxy import HAProxyError, HAProxyProcess, check_config
 from gateway.haproxy_syntax import UnsafeValue, check_token
 from gateway.metrics import GatewayMetrics
-from gateway.model import ApplyPlan, MembershipChange, RouteTable, RuntimePaths
+from gateway.model import ApplyPlan, CertChange, MembershipChange, RouteTable, RuntimePaths
 from gateway.render import render_config
+from gateway.tls import CertEntry
+from gateway.tls_store import CertificateStore
 from shopgate import settings
 
 log = logging.getLogger("shopgate.gateway.apply")
@@ -110,6 +115,9 @@ class Applier:
         self.rejected_configs: deque[str] = deque(maxlen=20)
         self._refused: tuple[RouteTable, str, str | None] | None = None   # the last refused table, why, its text
         self._draining: dict[tuple[str, str], float] = {}     # (backend, slot) -> give-up time
+        self.certificates = CertificateStore(runtime.tls_dir) if runtime.tls_dir is not None else None
+        self.certs_held: tuple[CertEntry, ...] = ()   # what HAProxy serves and the files hold
+        self.tls_refused: dict[str, tuple[str, str]] = {}   # id -> (fingerprint, "source: HAProxy refused it: ...")
         self._next_drain_check = 0.0
 
     # ---- entry points
@@ -125,6 +133,9 @@ class Applier:
                 plan = ApplyPlan(structural_reasons=(force_reason,))
         if plan.empty:
             return plan
+        if plan.certificates:
+            self._certificates(plan.certificates, wanted.certificates)
+        wanted = replace(wanted, certificates=self.certs_held)
         if plan.needs_reload:
             if force_reason is None and self._refused is not None and self._refused[0] == wanted:
                 raise ConfigRejected(self._refused[1])  # same input, same answer: do not re-run haproxy -c
@@ -146,7 +157,7 @@ class Applier:
         """HAProxy died: start it again on the last good config file, then the caller re-plans."""
         self._draining.clear()
         self.haproxy.start()
-        self.running = self.file_table
+        self.running = replace(self.file_table, certificates=self.certs_held) if self.file_table else None
         self.metrics.haproxy_restarts.inc()
 
     def finish_drains(self) -> None:
@@ -181,6 +192,38 @@ class Applier:
                 self._draining.pop(key, None)
         self.runtime_updates += len(changes)
         self.metrics.runtime_updates.inc(len(changes))
+
+    # ---- certificates: runtime API, then the files
+
+    def _certificates(self, changes: tuple[CertChange, ...], wanted: tuple[CertEntry, ...]) -> None:
+        """Apply certificate changes one by one; what HAProxy accepted is written to the files."""
+        if self.certificates is None:
+            return
+        held = {entry.id: entry for entry in self.certs_held}
+        live = self.haproxy.alive() and self.running is not None
+        for change in changes:
+            entry = change.entry
+            if not live:
+                pass   # HAProxy loads the files when it starts
+            elif change.action != "remove" and self.tls_refused.get(entry.id, ("",))[0] == entry.fingerprint:
+                continue   # refused before, unchanged since: the old one keeps serving
+            else:
+                try:
+                    self.certificates.runtime(self.haproxy.cli, change)
+                except HAProxyError as error:
+                    self.tls_refused[entry.id] = (entry.fingerprint, f"{entry.source}: HAProxy refused it: {error}")
+                    log.error("certificate %s not applied, the one serving stays: %s", entry.source, error)
+                    self.metrics.certificate_updates.labels("rejected").inc()
+                    continue
+                self.metrics.certificate_updates.labels("applied").inc()
+            self.tls_refused.pop(entry.id, None)
+            if change.action == "remove":
+                held.pop(entry.id, None)
+            else:
+                held[entry.id] = entry
+        order = {entry.id: index for index, entry in enumerate(wanted)}
+        self.certs_held = tuple(sorted(held.values(), key=lambda e: (order.get(e.id, len(order)), e.id)))
+        self.certificates.write(self.certs_held)
 
     # ---- structure: render, validate, swap, reload, verify
 

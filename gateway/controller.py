@@ -2,12 +2,13 @@
 
     shopgate gateway [--consul URL] [--haproxy-bin haproxy] [--listen 127.0.0.1:8080]
                      [--stats 127.0.0.1:8404] [--status 127.0.0.1:9180] [--state-dir DIR]
-                     [--templates DIR]
+                     [--templates DIR] [--https 127.0.0.1:8443 [--certs DIR] [--default-cert PEM]]
 
 One loop owns HAProxy; everything else only wakes it:
 
     watcher (catalog + KV) ──snapshot──┐
-    template watcher ──────"edited"────┼──▶ debounce ─▶ guard ─▶ build_route_table ─▶ plan_changes ─▶ Applier
+    template watcher ──────"edited"────┤
+    certificate dir watcher ─"files"───┼──▶ debounce ─▶ guard ─▶ build_route_table ─▶ plan_changes ─▶ Applier
     HAProxy exited ────────"restart"───┘
 
 The plan is made once, here: it decides whether a reload must wait for RELOAD_INTERVAL, and the
@@ -39,8 +40,9 @@ from gateway.kv_settings import settings_from_env
 from gateway.metrics import GatewayMetrics
 from gateway.model import ApplyPlan, RouteTable, RuntimePaths, Snapshot
 from gateway.routing import build_route_table
-from gateway.status import StatusServer, status_view
+from gateway.status import StatusServer, status_view, tls_view
 from gateway.template_watch import TemplateWatcher
+from gateway.tls import BadCertificate, certificate_entry
 from gateway.watch import CatalogWatcher
 from shopgate import settings
 from shopgate.consul_client import ConsulAddress
@@ -68,6 +70,10 @@ class ControllerConfig:
     guard_hold: float = settings.GATEWAY_GUARD_HOLD_SECONDS
     slot_headroom: int = settings.SLOT_HEADROOM
     kv_defaults: Mapping[str, bytes] = field(default_factory=dict)   # from SHOPGATE_GATEWAY_* (KV wins)
+    https: str | None = None              # HTTPS entry point host:port; off when None
+    certs_dir: Path | None = None         # PEM bundles watched live, beside KV shopgate/tls/certs/
+    default_cert: Path | None = None      # the certificate for clients without a known SNI name
+    expiring_days: float = settings.CERT_EXPIRING_DAYS
 
 
 class Controller:
@@ -79,11 +85,16 @@ class Controller:
         self.files = GatewayFiles(config.state_dir)
         self.metrics = GatewayMetrics()
         self.haproxy = HAProxyProcess(config.haproxy_bin, self.files.config, self.files.master_socket, self.files.haproxy_log)
-        runtime = RuntimePaths(admin_socket=self.files.admin_socket, listen=config.listen, stats=config.stats)
+        runtime = RuntimePaths(admin_socket=self.files.admin_socket, listen=config.listen, stats=config.stats,
+                               https=config.https, tls_dir=config.state_dir / "tls" if config.https else None)
         self.applier = Applier(self.haproxy, self.files, config.templates_dir, runtime, self.metrics, config.drain_timeout)
+        if self.applier.certificates is not None:
+            self.applier.certificates.prepare(config.default_cert)
         self.guard = EmptyCatalogGuard(hold=config.guard_hold)
         self.watcher = CatalogWatcher(config.consul, self._on_snapshot, wait_seconds=config.wait_seconds)
         self.templates = TemplateWatcher(config.templates_dir, self._on_template)
+        self.cert_watcher = TemplateWatcher(config.certs_dir, self._on_cert_files, suffix=".pem") if config.certs_dir and config.https else None
+        self._cert_files: dict[str, bytes] = {}
         self.status_server = StatusServer(config.status, self.status, self.metrics.registry)
         self.metrics.long_polls.set_function(lambda: self.watcher.long_polls_in_flight)
         self._wake = threading.Event()
@@ -118,6 +129,14 @@ class Controller:
             self._seen_at = self._seen_at or time.monotonic()
             self._note_event()
 
+    def _on_cert_files(self, _name: str = "") -> None:
+        files = read_cert_files(self.config.certs_dir)
+        with self._lock:
+            if files != self._cert_files:
+                self._cert_files = files
+                self._seen_at = self._seen_at or time.monotonic()
+                self._note_event()
+
     def _note_event(self) -> None:
         now = time.monotonic()
         self._last_event = now
@@ -131,6 +150,9 @@ class Controller:
         self._supervise()
         self.watcher.start()
         self.templates.start()
+        if self.cert_watcher is not None:
+            self._on_cert_files()
+            self.cert_watcher.start()
         log.info("gateway: entry point %s, stats %s, status http://%s/status, catalog %s",
                  self.config.listen, self.config.stats, self.config.status, self.config.consul.url)
         try:
@@ -160,7 +182,10 @@ class Controller:
     def _route_table(self, snapshot: Snapshot, previous: RouteTable | None) -> RouteTable:
         if self.config.kv_defaults:
             snapshot = replace(snapshot, kv={**self.config.kv_defaults, **snapshot.kv})
-        return build_route_table(snapshot, previous, headroom=self.config.slot_headroom)
+        if self._cert_files:
+            snapshot = replace(snapshot, cert_files=self._cert_files)
+        table = build_route_table(snapshot, previous, headroom=self.config.slot_headroom, now=time.time())
+        return table if self.config.https else replace(table, certificates=())
 
     def _start_haproxy(self) -> bool:
         """Serve at once, with no routes (503) until the catalog's first view arrives."""
@@ -243,6 +268,7 @@ class Controller:
             return
         elapsed = time.monotonic() - seen_at
         self._applied_snapshot = snapshot
+        self._certificate_metrics(wanted)
         self.last_error = None
         if not done.empty:
             kind = "reload" if done.needs_reload else "runtime"
@@ -261,6 +287,13 @@ class Controller:
             # Frozen objects are still freed by reference counting; the structures here hold no cycles.
             gc.freeze()
 
+    def _certificate_metrics(self, wanted: RouteTable) -> None:
+        self.metrics.certificates_rejected.set(len(wanted.tls_rejected) + len(self.applier.tls_refused))
+        self.metrics.certificate_expiry.clear()
+        now = time.time()
+        for entry in self.applier.certs_held:
+            self.metrics.certificate_expiry.labels(entry.id).set(round(entry.not_after - now))
+
     def _error(self, stage: str, message: str) -> None:
         log.error("%s", message)
         self.metrics.errors.labels(stage).inc()
@@ -268,6 +301,8 @@ class Controller:
 
     def _shutdown(self) -> None:
         self.templates.stop()
+        if self.cert_watcher is not None:
+            self.cert_watcher.stop()
         self.watcher.stop()
         self.haproxy.stop()
         self.status_server.stop()
@@ -291,6 +326,8 @@ class Controller:
             catalog={"reachable": self.watcher.reachable, "last_error": self.watcher.last_error,
                      "long_polls": self.watcher.long_polls_in_flight},
             guard_reason=self.guard.reason, now=time.time(),
+            tls=tls_view(self.config.https, self.applier.certs_held, (self._wanted or running).tls_rejected,
+                         [reason for _, reason in self.applier.tls_refused.values()], time.time(), self.config.expiring_days),
         )
 
 
@@ -307,20 +344,58 @@ def parse_args(argv: list[str]) -> ControllerConfig:
     parser.add_argument("--guard-hold", type=float, default=ControllerConfig.guard_hold, help="seconds the empty-catalog guard may hold a view (default %(default)s)")
     parser.add_argument("--slot-headroom", type=int, default=ControllerConfig.slot_headroom,
                         help="server slots per instance, rounded up to a power of two (default %(default)s); HAProxy reserves a file descriptor per slot")
+    parser.add_argument("--https", default=None, help="HTTPS entry point host:port, e.g. 127.0.0.1:8443 (default: off)")
+    parser.add_argument("--certs", type=Path, default=None, help="directory of PEM bundles (<name>.pem: chain + key), watched live; KV shopgate/tls/certs/<name> too")
+    parser.add_argument("--default-cert", type=Path, default=None, help="PEM bundle for clients without a known SNI name (default: self-signed, kept in the state dir)")
+    parser.add_argument("--expiring-days", type=float, default=ControllerConfig.expiring_days, help="report certificates expiring within this many days (default %(default)s)")
     args = parser.parse_args(argv)
     try:
         consul = ConsulAddress.parse(args.consul)
     except ValueError as error:
         parser.error(str(error))
-    for flag, value in (("--listen", args.listen), ("--stats", args.stats), ("--status", args.status)):
+    for flag, value in (("--listen", args.listen), ("--stats", args.stats), ("--status", args.status), ("--https", args.https or "x:1")):
         if not BIND_ADDRESS.fullmatch(value):
             parser.error(f"{flag}: expected host:port, got {value!r}")
     if not args.templates.is_dir():
         parser.error(f"--templates: {args.templates} is not a directory")
+    if (args.certs or args.default_cert) and not args.https:
+        parser.error("--certs and --default-cert need --https")
+    if args.certs is not None and not args.certs.is_dir():
+        parser.error(f"--certs: {args.certs} is not a directory")
+    if args.default_cert is not None:
+        problem = default_cert_problem(args.default_cert)
+        if problem:
+            parser.error(f"--default-cert: {problem}")
     return ControllerConfig(consul=consul, haproxy_bin=args.haproxy_bin, listen=args.listen, stats=args.stats, status=args.status,
                             state_dir=args.state_dir.resolve(), templates_dir=args.templates.resolve(),
                             drain_timeout=args.drain_timeout, guard_hold=args.guard_hold, slot_headroom=max(1, args.slot_headroom),
-                            kv_defaults=settings_from_env(os.environ))
+                            kv_defaults=settings_from_env(os.environ), https=args.https,
+                            certs_dir=args.certs.resolve() if args.certs else None,
+                            default_cert=args.default_cert.resolve() if args.default_cert else None, expiring_days=args.expiring_days)
+
+
+def read_cert_files(directory: Path) -> dict[str, bytes]:
+    """Every `*.pem` directly in `directory` (path -> bytes); unreadable ones are left out until they are readable."""
+    files = {}
+    for path in sorted(directory.glob("*.pem")):
+        try:
+            files[str(path)] = path.read_bytes()
+        except OSError as error:
+            log.warning("certificate file %s unreadable: %s", path, error)
+    return files
+
+
+def default_cert_problem(path: Path) -> str | None:
+    """Why the --default-cert bundle cannot serve (gateway.tls's checks, SAN apart), or None."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return f"{path}: {error}"
+    try:
+        certificate_entry("default", str(path), data, None, time.time())
+    except BadCertificate as error:
+        return None if "SAN" in str(error) or "SNI" in str(error) else f"{path}: {error}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

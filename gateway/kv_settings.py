@@ -2,6 +2,7 @@
 
     shopgate/gateway/<key>            gateway-wide settings  -> GatewaySettings
     shopgate/services/<name>/<key>    per-service settings   -> BackendSettings
+    shopgate/tls/...                  certificates: validated by gateway.tls, skipped here
 
 An invalid value is skipped (the default stays in force) and reported as "<full key>: <reason>";
 it never reaches haproxy.cfg. Unknown keys are reported too, so a typo does not fail silently.
@@ -119,6 +120,8 @@ SERVICE_KEYS: dict[str, tuple[Callable[[str], Any], Fields]] = {
     "weights": (tag_weights, "tag_weights"),
     "maintenance": (boolean, "maintenance"),
     "slots": (integer(1, 1024), "min_slots"),
+    "https_redirect": (boolean, "https_redirect"),
+    "hsts": (integer(0, 2 * 365 * 86400), "hsts_seconds"),
 }
 
 
@@ -145,6 +148,8 @@ def parse_settings(kv: dict[str, bytes]) -> tuple[GatewaySettings, dict[str, Bac
         if not key.startswith(KV_PREFIX) or key.endswith("/"):
             continue  # outside our prefix, or a Consul "folder"
         parts = key[len(KV_PREFIX):].split("/")
+        if parts[0] == "tls":
+            continue  # certificates: gateway.tls
         try:
             if parts[0] == "gateway" and len(parts) == 2:
                 _apply(GATEWAY_KEYS, parts[1], kv[key], gateway)
@@ -153,7 +158,7 @@ def parse_settings(kv: dict[str, bytes]) -> tuple[GatewaySettings, dict[str, Bac
                     raise InvalidSetting(f"service name {display(parts[1])} is not a valid service name")
                 _apply(SERVICE_KEYS, parts[2], kv[key], services.setdefault(parts[1], {}))
             else:
-                raise InvalidSetting(f"unknown key (expected {KV_PREFIX}gateway/<key> or {KV_PREFIX}services/<name>/<key>)")
+                raise InvalidSetting(f"unknown key (expected {KV_PREFIX}gateway/<key>, {KV_PREFIX}services/<name>/<key> or {KV_PREFIX}tls/...)")
         except InvalidSetting as error:
             errors.append(f"{display(key, 120)[1:-1]}: {error}")
     backend_settings = {name: replace(BackendSettings(), **fields) for name, fields in services.items()}

@@ -23,7 +23,7 @@ ENTRY_TEMPLATE = "haproxy.cfg.j2"
 
 def render_config(table: RouteTable, templates_dir: Path, runtime: RuntimePaths) -> str:
     """The full haproxy.cfg for `table`: every backend with every slot, so a reload loses nothing."""
-    for bind in (runtime.listen, runtime.stats):
+    for bind in (runtime.listen, runtime.stats, *([runtime.https] if runtime.https else [])):
         if not BIND_ADDRESS.fullmatch(bind):
             raise UnsafeValue(f"bind address {display(bind)} is not host:port")
     template = _environment(str(Path(templates_dir).resolve())).get_template(ENTRY_TEMPLATE)
@@ -33,6 +33,8 @@ def render_config(table: RouteTable, templates_dir: Path, runtime: RuntimePaths)
         runtime=runtime,
         routes=list(enumerate(table.routes, start=1)),
         backends=table.backends,
+        backend_settings={b.name: b.settings for b in table.backends},
+        https_port=int(runtime.https.rpartition(":")[2]) if runtime.https else None,
     )
 
 

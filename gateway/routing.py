@@ -19,12 +19,14 @@ host or address; what fails is skipped and reported in `RouteTable.rejected` as 
 from __future__ import annotations
 
 import operator
+import time
 from functools import lru_cache
 from typing import Iterable, NamedTuple
 
 from gateway.haproxy_syntax import HOSTNAME, SERVICE_NAME, address_problem, display, path_problem, port_problem
 from gateway.kv_settings import parse_settings
 from gateway.model import Backend, BackendSettings, Instance, Route, RouteTable, Server, Snapshot
+from gateway.tls import certificates
 from shopgate.settings import MIN_SLOTS, SLOT_HEADROOM
 
 #: A backend shrinks only when its slot count is at least this many times what it needs.
@@ -50,8 +52,10 @@ def build_route_table(
     previous: RouteTable | None = None,
     min_slots: int = MIN_SLOTS,
     headroom: int = SLOT_HEADROOM,
+    now: float | None = None,
 ) -> RouteTable:
-    """The RouteTable for `snapshot`, keeping slots and contested routes as they were in `previous`."""
+    """The RouteTable for `snapshot`, keeping slots and contested routes as they were in `previous`;
+    certificates are judged valid or not at `now` (unix time, default: the clock)."""
     gateway_settings, service_settings, rejected = parse_settings(snapshot.kv)
     previous_services = previous.memo.get("services", {}) if previous else {}
     previous_backends = {b.service: b for b in previous.backends} if previous and not previous_services else {}
@@ -70,11 +74,14 @@ def build_route_table(
         rejected.extend(result.rejected)
     route_inputs = tuple(result.routes for result in services.values())
     routes, conflicts = _routes(route_inputs, previous)
+    certs, tls_rejected = certificates(snapshot.kv, snapshot.cert_files, time.time() if now is None else now)
     return RouteTable(
         routes=routes,
         backends=tuple(result.backend for result in services.values()),
         settings=gateway_settings,
         rejected=tuple(rejected + conflicts),
+        certificates=certs,
+        tls_rejected=tls_rejected,
         memo={"services": services, "routes": (route_inputs, routes, conflicts)},
     )
 

@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Mapping
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway.model import RouteTable
+from gateway.tls import CertEntry
 
 log = logging.getLogger("shopgate.gateway.status")
 
@@ -22,7 +23,7 @@ log = logging.getLogger("shopgate.gateway.status")
 def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str, str], Mapping[str, str]], *,
                 last_apply: float | None, last_error: str | None, reloads: int, runtime_updates: int,
                 rejected_configs: Iterable[str], last_good_at: float | None, haproxy_pid: int | None,
-                catalog: Mapping[str, object], guard_reason: str | None, now: float) -> dict:
+                catalog: Mapping[str, object], guard_reason: str | None, now: float, tls: dict | None = None) -> dict:
     """The /status document: per service what HAProxy runs (`live`: (backend, slot) -> `show stat` row),
     then what was applied, refused (by routing in `wanted`, or by HAProxy) and held back."""
     services = {}
@@ -48,6 +49,21 @@ def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str
         "haproxy_pid": haproxy_pid,
         "catalog": dict(catalog),
         "guard": {"holding": guard_reason is not None, "reason": guard_reason},
+        "tls": tls or {"https": None},
+    }
+
+
+def tls_view(https: str | None, held: Iterable[CertEntry], rejected: Iterable[str], refused: Iterable[str],
+             now: float, expiring_days: float) -> dict:
+    """The /status `tls` section: the certificates served (names, SANs, dates; never a key) and the skipped ones."""
+    if not https:
+        return {"https": None}
+    certificates = [entry.summary(now, expiring_days) for entry in held]
+    return {
+        "https": https,
+        "certificates": certificates,
+        "expiring": [c["id"] for c in certificates if c["expiring"]],
+        "rejected": list(rejected) + list(refused),
     }
 
 

@@ -80,6 +80,11 @@ GATEWAY_WATCH_WAIT_SECONDS = 30.0
 GATEWAY_DRAIN_TIMEOUT_SECONDS = 30.0
 GATEWAY_GUARD_HOLD_SECONDS = 30.0
 
+#: HTTPS entry point (`shopgate gateway --https`, `shopgate up --https-port`): certificates expiring within
+#: CERT_EXPIRING_DAYS are reported in /status.
+HTTPS_PORT = 8443
+CERT_EXPIRING_DAYS = 14.0
+
 #: Catalog reads and HAProxy restarts that failed are retried after pauses that double from the first to the last.
 RETRY_BACKOFF_SECONDS = (0.2, 5.0)
 
