@@ -386,7 +386,7 @@ def read_cert_files(directory: Path) -> dict[str, bytes]:
 
 
 def default_cert_problem(path: Path) -> str | None:
-    """Why the --default-cert bundle cannot serve (gateway.tls's checks, SAN apart), or None."""
+    """Why the --default-cert bundle cannot serve (gateway.tls's checks), or None."""
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -394,7 +394,7 @@ def default_cert_problem(path: Path) -> str | None:
     try:
         certificate_entry("default", str(path), data, None, time.time())
     except BadCertificate as error:
-        return None if "SAN" in str(error) or "SNI" in str(error) else f"{path}: {error}"
+        return f"{path}: {error}"
     return None
 
 

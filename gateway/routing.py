@@ -74,7 +74,8 @@ def build_route_table(
         rejected.extend(result.rejected)
     route_inputs = tuple(result.routes for result in services.values())
     routes, conflicts = _routes(route_inputs, previous)
-    certs, tls_rejected = certificates(snapshot.kv, snapshot.cert_files, time.time() if now is None else now)
+    certs, tls_rejected = certificates(snapshot.kv, snapshot.cert_files, time.time() if now is None else now,
+                                       previous.certificates if previous else ())
     return RouteTable(
         routes=routes,
         backends=tuple(result.backend for result in services.values()),

@@ -160,8 +160,13 @@ def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def certificates(kv: Mapping[str, bytes], files: Mapping[str, bytes], now: float) -> tuple[tuple[CertEntry, ...], tuple[str, ...]]:
-    """Every accepted certificate (KV first, then files, each by name) and every rejection as "source: why"."""
+def certificates(kv: Mapping[str, bytes], files: Mapping[str, bytes], now: float,
+                 previous: tuple[CertEntry, ...] = ()) -> tuple[tuple[CertEntry, ...], tuple[str, ...]]:
+    """Every accepted certificate (KV first, then files, each by name) and every rejection as "source: why".
+
+    A bad replacement of a certificate in `previous` (the one serving) keeps the previous one while
+    it is still valid: a bad certificate never replaces a good one."""
+    serving = {entry.id: entry for entry in previous}
     entries: list[CertEntry] = []
     rejected: list[str] = []
     narrowing = {key[len(SNI_PREFIX):]: value for key, value in kv.items() if key.startswith(SNI_PREFIX)}
@@ -179,6 +184,10 @@ def certificates(kv: Mapping[str, bytes], files: Mapping[str, bytes], now: float
                 raise BadCertificate(f"{SNI_PREFIX}{name} is not UTF-8 text") from None
             entries.append(certificate_entry(cert_id, source, data, sni_text, now))
         except BadCertificate as error:
+            kept = serving.get(cert_id)
+            if kept is not None and kept.source == source and kept.not_before <= now < kept.not_after:
+                entries.append(kept)
+                error = BadCertificate(f"{error}; the previous certificate keeps serving")
             rejected.append(f"{display(source, 200)[1:-1]}: {error}")
     rejected += [f"{SNI_PREFIX}{name}: no certificate {CERTS_PREFIX}{name} to narrow" for name in sorted(narrowing)]
     return tuple(entries), tuple(rejected)

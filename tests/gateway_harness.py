@@ -60,6 +60,7 @@ class Gateway:
     process: ManagedProcess | None = None
     haproxy_pids: set[int] = field(default_factory=set)
     env: dict[str, str] | None = None
+    extra_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -83,7 +84,7 @@ class Gateway:
             "gateway", "--consul", self.catalog.url, "--listen", f"127.0.0.1:{self.listen}",
             "--stats", f"127.0.0.1:{self.stats}", "--status", f"127.0.0.1:{self.status_port}",
             "--state-dir", str(self.state_dir), "--templates", str(self.templates),
-            "--guard-hold", str(self.guard_hold), "--drain-timeout", "5",
+            "--guard-hold", str(self.guard_hold), "--drain-timeout", "5", *self.extra_args,
         )
         self.process = self.start_process("gateway", argv, env=self.env)
         wait_for_http(f"http://127.0.0.1:{self.status_port}/status", timeout=30, process=self.process,
