@@ -181,7 +181,7 @@ def certificates(kv: Mapping[str, bytes], files: Mapping[str, bytes], now: float
             try:
                 sni_text = sni_raw.decode("utf-8") if sni_raw is not None else None
             except UnicodeDecodeError:
-                raise BadCertificate(f"{SNI_PREFIX}{name} is not UTF-8 text") from None
+                raise BadCertificate("its SNI narrowing is not UTF-8 text") from None
             entries.append(certificate_entry(cert_id, source, data, sni_text, now))
         except BadCertificate as error:
             kept = serving.get(cert_id)
@@ -189,7 +189,7 @@ def certificates(kv: Mapping[str, bytes], files: Mapping[str, bytes], now: float
                 entries.append(kept)
                 error = BadCertificate(f"{error}; the previous certificate keeps serving")
             rejected.append(f"{display(source, 200)[1:-1]}: {error}")
-    rejected += [f"{SNI_PREFIX}{name}: no certificate {CERTS_PREFIX}{name} to narrow" for name in sorted(narrowing)]
+    rejected += [f"{display(SNI_PREFIX + name, 200)[1:-1]}: no certificate {display(CERTS_PREFIX + name, 200)[1:-1]} to narrow" for name in sorted(narrowing)]
     return tuple(entries), tuple(rejected)
 
 

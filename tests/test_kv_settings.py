@@ -39,12 +39,14 @@ def test_every_service_key():
         "shopgate/services/products/maintenance": b"TRUE",
         "shopgate/services/products/slots": b"64",
         "shopgate/services/users/balance": b"source",
+        "shopgate/services/users/https_redirect": b"yes",
+        "shopgate/services/users/hsts": b"31536000",
     })
     assert errors == []
     assert services == {
         "products": BackendSettings(balance="leastconn", maxconn=50, timeout_connect_ms=1000, timeout_server_ms=90_000,
                                     tag_weights=(("canary", 0), ("stable", 100)), maintenance=True, min_slots=64),
-        "users": BackendSettings(balance="source"),
+        "users": BackendSettings(balance="source", https_redirect=True, hsts_seconds=31_536_000),
     }
 
 
@@ -62,7 +64,9 @@ def test_every_service_key():
     ("shopgate/services/products/weights", b'{"canary": true}', "not a whole number"),
     ("shopgate/services/products/maintenance", b"maybe", "'maybe' is not true or false"),
     ("shopgate/services/products/slots", b"100000", "not a whole number in 1..1024"),
-    ("shopgate/services/products/colour", b"blue", "unknown key 'colour' (known: balance, maintenance, maxconn, slots, timeout_connect, timeout_server, weights)"),
+    ("shopgate/services/products/https_redirect", b"always", "'always' is not true or false"),
+    ("shopgate/services/products/hsts", b"1y", "not a whole number in 0..63072000"),
+    ("shopgate/services/products/colour", b"blue", "unknown key 'colour' (known: balance, hsts, https_redirect, maintenance, maxconn, slots, timeout_connect, timeout_server, weights)"),
     ("shopgate/services/bad name/balance", b"leastconn", "service name 'bad name' is not a valid service name"),
     ("shopgate/gateway/stats_auth", b"admin", "expected user:password"),
     ("shopgate/gateway/stats_auth", b"admin:pass word", "user and password may use only"),
@@ -70,7 +74,7 @@ def test_every_service_key():
     ("shopgate/gateway/retries", b"11", "not a whole number in 0..10"),
     ("shopgate/gateway/timeout_client", b"\xff\xfe", "value is not UTF-8 text"),
     ("shopgate/gateway/colour", b"blue", "unknown key 'colour'"),
-    ("shopgate/other/thing", b"x", "unknown key (expected shopgate/gateway/<key> or shopgate/services/<name>/<key>)"),
+    ("shopgate/other/thing", b"x", "unknown key (expected shopgate/gateway/<key>, shopgate/services/<name>/<key> or shopgate/tls/...)"),
 ])
 def test_an_invalid_value_is_reported_with_key_and_reason_and_the_default_stays(key, value, reason):
     gateway, services, errors = parse_settings({key: value})

@@ -21,6 +21,7 @@ from gateway.haproxy_syntax import UnsafeValue
 from gateway.model import Backend, BackendSettings, Instance, Route, RouteTable, RuntimePaths, Server, Snapshot
 from gateway.render import render_config
 from gateway.routing import build_route_table
+from gateway.tls_store import CertificateStore
 from shopgate.settings import TEMPLATES_DIR
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -97,7 +98,9 @@ def test_every_slot_is_written_with_its_instance_or_as_a_disabled_spare(tmp_path
 def test_routes_become_acls_in_match_order_with_strip(tmp_path):
     _, config = render(SHOP, tmp_path)
     frontend = config.split("frontend shopgate\n")[1].split("\n\n")[0].splitlines()
-    assert frontend[3:] == [
+    assert frontend[1:3] == ["    http-request set-header X-Forwarded-Proto https if { ssl_fc }",
+                             "    http-request set-header X-Forwarded-Proto http unless { ssl_fc }"]
+    assert frontend[5:] == [
         "    acl r1_host req.hdr(host),field(1,:),lower -m str shop.example",
         "    acl r1_path path /shop/users",
         "    acl r1_path path_beg /shop/users/",
@@ -135,6 +138,22 @@ def test_kv_settings_are_rendered(tmp_path):
                  "    timeout server 90000ms", "    timeout connect 500ms", "    server s3 127.0.0.3:9003 weight 10"):
         assert line in lines, line
     assert lines.count("    balance roundrobin") == 1       # users keeps the default
+
+
+def test_https_listener_redirect_and_hsts_render_only_with_https(tmp_path):
+    kv = {"shopgate/services/products/https_redirect": b"true", "shopgate/services/products/hsts": b"600"}
+    table = build_route_table(Snapshot(services=SHOP.services, kv=kv))
+    plain = render_config(table, TEMPLATES_DIR, runtime(tmp_path))
+    assert " ssl " not in plain and "redirect location" not in plain and "Strict-Transport-Security" not in plain
+    config = render_config(table, TEMPLATES_DIR, https_runtime(tmp_path))
+    product_route = next(i for i, r in enumerate(table.routes, 1) if r.backend == "be_products")
+    assert f"    bind 127.0.0.1:18443 ssl crt-list {tmp_path}/tls/crt-list alpn h2,http/1.1" in config
+    assert ("    http-request redirect location https://%[req.hdr(host),field(1,:)]:18443%[capture.req.uri] code 308"
+            f" if !{{ ssl_fc }} {{ var(txn.route) -m int {product_route} }}") in config
+    assert f"    http-response set-header Strict-Transport-Security max-age=600 if {{ ssl_fc }} {{ var(txn.route) -m int {product_route} }}" in config
+    assert config.count("redirect location") == 1   # users has no redirect
+    check = haproxy_check(config, tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_invalid_kv_values_are_reported_and_not_rendered(tmp_path):
@@ -192,8 +211,10 @@ addresses = st.one_of(st.ip_addresses().map(str), st.just("localhost"), hostile_
 
 kv_keys = st.one_of(
     st.sampled_from(["maxconn", "timeout_client", "timeout_server", "timeout_connect", "retries", "hard_stop_after", "stats_auth", "bogus"]).map(lambda k: f"shopgate/gateway/{k}"),
-    st.tuples(service_names, st.sampled_from(["balance", "maxconn", "timeout_connect", "timeout_server", "weights", "maintenance", "slots", "x"])).map(lambda t: f"shopgate/services/{t[0]}/{t[1]}"),
+    st.tuples(service_names, st.sampled_from(["balance", "maxconn", "timeout_connect", "timeout_server", "weights", "maintenance", "slots", "https_redirect", "hsts", "x"])).map(lambda t: f"shopgate/services/{t[0]}/{t[1]}"),
     hostile.map(lambda t: "shopgate/" + t),
+    hostile.map(lambda t: "shopgate/tls/certs/" + t),
+    hostile.map(lambda t: "shopgate/tls/sni/" + t),
 )
 plausible_values = st.sampled_from([b"leastconn", b"random", b"5s", b"250ms", b"100", b"2", b"true", b'{"canary": 10}', b"admin:pw", b"16"])
 kv_values = st.one_of(plausible_values, hostile.map(str.encode), st.binary(max_size=8))
@@ -242,12 +263,20 @@ DATA_LINE_SHAPES = [re.compile(shape) for shape in (
     r"    http-request set-var\(txn\.route\) int\(\d+\) if !\{ var\(txn\.route\) -m found \}( r\d+_host)? r\d+_path",
     r"    http-request replace-path \^[A-Za-z0-9_/~\[\].-]+/\?\(\.\*\)\$ /\\1 if \{ var\(txn\.route\) -m int \d+ \}",
     rf"    use_backend be_{_NAME} if \{{ var\(txn\.route\) -m int \d+ \}}",
+    r"    http-request redirect location https://%\[req\.hdr\(host\),field\(1,:\)\]:18443%\[capture\.req\.uri\] code 308 if !\{ ssl_fc \} \{ var\(txn\.route\) -m int \d+ \}",
+    r"    http-response set-header Strict-Transport-Security max-age=\d+ if \{ ssl_fc \} \{ var\(txn\.route\) -m int \d+ \}",
 )]
+
+
+def https_runtime(directory: Path) -> RuntimePaths:
+    """The HTTPS listener on, with a crt-list holding the default certificate (what the controller prepares)."""
+    CertificateStore(directory / "tls").prepare()
+    return runtime(directory, https="127.0.0.1:18443", tls_dir=directory / "tls")
 
 
 def fixed_template_lines(directory: Path) -> set[str]:
     """Lines of a config rendered from nothing: text the template writes whatever the catalog says."""
-    return set(render_config(RouteTable(), TEMPLATES_DIR, runtime(directory)).splitlines())
+    return set(render_config(RouteTable(), TEMPLATES_DIR, https_runtime(directory)).splitlines())
 
 
 def assert_safe_valid_and_complete(snapshot: Snapshot) -> None:
@@ -255,14 +284,14 @@ def assert_safe_valid_and_complete(snapshot: Snapshot) -> None:
     with tempfile.TemporaryDirectory(prefix="shopgate-render-") as tmp:
         directory = Path(tmp)
         table = build_route_table(snapshot)
-        config = render_config(table, TEMPLATES_DIR, runtime(directory))
+        config = render_config(table, TEMPLATES_DIR, https_runtime(directory))
         event(f"ready servers: {min(3, sum(s.state == 'ready' for b in table.backends for s in b.servers))}+")
         event(f"routes with host/strip: {any(r.host for r in table.routes)}/{any(r.strip for r in table.routes)}")
         event(f"rejected inputs: {bool(table.rejected)}")
         fixed = fixed_template_lines(directory)
         for line in config.splitlines():
             assert line in fixed or any(shape.fullmatch(line) for shape in DATA_LINE_SHAPES), f"unexpected line {line!r}"
-        assert all("\n" not in message and "\r" not in message for message in table.rejected)
+        assert all("\n" not in message and "\r" not in message for message in table.rejected + table.tls_rejected)
         for backend in table.backends:
             for server in backend.servers:
                 if server.occupied:
