@@ -16,14 +16,17 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from catalog.definitions import check_bodies, parse_agent_check, parse_service, require_name, sidecar_for
+from catalog.definitions import (check_bodies, parse_agent_check, parse_catalog_registration, parse_service,
+                                 require_name, sidecar_for)
 from catalog.parsing import BadRequest, Fields, NotFound
 from catalog.persist import Journal
-from catalog.records import (CRITICAL, NODE_MAINTENANCE_ID, PASSING, SERF_CHECK_ID, SERVICE_MAINTENANCE_PREFIX,
-                             STATUSES, Check, Node, Service)
+from catalog.records import Check, Node, Service
 from catalog.sessions import SessionKeeper
 from catalog.state import Store
+from catalog.thresholds import Streak, expired_streak, first_streak, judge
 from catalog.watch import Watchers
+from shopgate.consul_client.protocol import (CRITICAL, NODE_MAINTENANCE_ID, PASSING, SERF_CHECK_ID,
+                                             SERVICE_MAINTENANCE_PREFIX, STATUSES, service_maintenance_id)
 
 if TYPE_CHECKING:
     from catalog.checks import CheckRunner
@@ -50,8 +53,8 @@ class Agent:
         self.store = Store(config.datacenter)
         self.watchers = Watchers()
         self.runner: CheckRunner | None = None
-        self.sessions = SessionKeeper(self)
         self._reapers: dict[str, asyncio.TimerHandle] = {}
+        self._streaks: dict[str, Streak] = {}     # flap damping per agent check, in memory as in Consul
         identity = {"id": str(uuid.uuid4()), "name": config.node_name or default_node_name()}
         if journal is not None:
             index, records = journal.load()
@@ -64,6 +67,7 @@ class Agent:
             journal.write([("meta", "node", identity)])
         self.node_id = identity["id"]
         self.node = identity["name"]
+        self.sessions = SessionKeeper(self.store, self.node, self.commit)
         self._ensure_self()
 
     # ------------------------------------------------------------ plumbing
@@ -159,7 +163,7 @@ class Agent:
     def service_maintenance(self, service_id: str, enable: bool, reason: str) -> bool:
         if self.local_service(service_id) is None:
             return False
-        self._maintenance(Check(self.node, SERVICE_MAINTENANCE_PREFIX + service_id, "Service Maintenance Mode",
+        self._maintenance(Check(self.node, service_maintenance_id(service_id), "Service Maintenance Mode",
                                 CRITICAL, service_id=service_id), "service", enable, reason)
         return True
 
@@ -206,12 +210,29 @@ class Agent:
             raise BadRequest(f"CheckID {check_id!r} does not have associated TTL")
         if status not in STATUSES:
             raise BadRequest(f"Invalid check status {status!r}: must be one of passing, warning, critical")
-        self.record_result(check_id, status, output)
+        self._store_result(check_id, *self._damped(check, status, output))
         if self.runner is not None:
             self.runner.ttl_reset(check)
 
     def record_result(self, check_id: str, status: str, output: str) -> None:
-        """A check's outcome, from the runner or a TTL update."""
+        """A check's outcome from the runner: a probe result (damped), or a TTL expiry (critical at once, as in Consul)."""
+        check = self.local_check(check_id)
+        if check is None:
+            return
+        if check.definition.kind == "ttl":
+            self._streaks[check_id] = expired_streak()
+        else:
+            status, output = self._damped(check, status, output)
+        self._store_result(check_id, status, output)
+
+    def _damped(self, check: Check, status: str, output: str) -> tuple[str, str]:
+        """The status and output to record after SuccessBeforePassing/FailuresBefore* (catalog.thresholds)."""
+        thresholds = check.definition.thresholds
+        streak = self._streaks.get(check.check_id) or first_streak(thresholds)
+        self._streaks[check.check_id], status, output = judge(thresholds, streak, check.status, status, output)
+        return status, output
+
+    def _store_result(self, check_id: str, status: str, output: str) -> None:
         check = self.store.set_check_status(self.node, check_id, status, output[:MAX_OUTPUT])
         if check is None:
             return
@@ -224,6 +245,8 @@ class Agent:
         if existing is not None and not check.status_given:
             # Re-registering (a registrar keeping itself registered) must not flap the check.
             check.status, check.output = existing.status, existing.output
+        if existing is None or existing.definition != check.definition:
+            self._streaks.pop(check.check_id, None)     # a new definition counts afresh, as in Consul
         stored = self.store.put_check(check.to_record())
         if self.runner is not None:
             self.runner.sync(stored)
@@ -235,6 +258,7 @@ class Agent:
         self.sessions.check_removed(self.node, check_id)
 
     def _forget_check(self, check_id: str) -> None:
+        self._streaks.pop(check_id, None)
         if self.runner is not None:
             self.runner.stop(check_id)
         handle = self._reapers.pop(check_id, None)
@@ -270,34 +294,14 @@ class Agent:
     def catalog_register(self, body: Fields) -> None:
         """Register a node with an optional service and checks — all of it or, on bad input, nothing."""
         name = self._foreign_node(body, "register services")
-        address = body.text("Address")
-        if not address:
-            raise BadRequest("Must provide address")
-        existing = self.store.nodes.get(name)
-        node = None
-        if existing is None or not body.flag("SkipNodeUpdate"):
-            node = Node(name, body.text("ID") or (existing.id if existing else ""), address, self.config.datacenter,
-                        body.string_map("TaggedAddresses"), body.string_map("NodeMeta"))
-        service = parse_service(body.obj("Service"), name) if body.has("Service") else None
-        known_services = {sid for (node_name, sid) in self.store.services if node_name == name}
-        if service is not None:
-            known_services.add(service.id)
-        checks = []
-        for fields in check_bodies(body):
-            check_id = require_name(fields.text("CheckID", "ID") or fields.text("Name"), "check ID")
-            status = fields.text("Status") or CRITICAL
-            if status not in STATUSES:
-                raise BadRequest(f"{fields.where}: Status must be one of passing, warning, critical, got {status!r}")
-            service_id = fields.text("ServiceID")
-            if service_id and service_id not in known_services:
-                raise BadRequest(f"{fields.where}: ServiceID {service_id!r} is not registered on node {name!r}")
-            checks.append(Check(name, check_id, fields.text("Name") or check_id, status, fields.text("Notes"),
-                                fields.text("Output"), service_id))
-        if node is not None:
-            self.store.ensure_node(node)
-        if service is not None:
-            self.store.put_service(service)
-        for check in checks:
+        registration = parse_catalog_registration(
+            body, name, self.config.datacenter, self.store.nodes.get(name),
+            {sid for (node_name, sid) in self.store.services if node_name == name})
+        if registration.node is not None:
+            self.store.ensure_node(registration.node)
+        if registration.service is not None:
+            self.store.put_service(registration.service)
+        for check in registration.checks:
             self.store.put_check(check)
         self.commit()
 

@@ -1,4 +1,4 @@
-"""Consul service and check definitions, as clients send them, turned into validated records.
+"""Consul service and check definitions and catalog registrations, as clients send them, turned into validated records.
 
 Pure functions over `Fields` (Consul's case-insensitive JSON): what a
 definition may say, its defaults (check IDs `service:<id>[:n]`, 10s
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from catalog.parsing import BadRequest, Fields, is_decimal
-from catalog.records import CRITICAL, STATUSES, Check, CheckDefinition, Service
+from catalog.records import Check, CheckDefinition, Node, Service
+from shopgate.consul_client.protocol import CRITICAL, STATUSES
 
 SIDECAR_MIN_PORT, SIDECAR_MAX_PORT = 21000, 21255
 DEFAULT_CHECK_TIMEOUT = 10.0
@@ -84,6 +85,41 @@ def parse_service(body: Fields, node: str) -> Service:
                    if body.has("Locality") else None)
 
 
+@dataclass
+class CatalogRegistration:
+    """A parsed `PUT /v1/catalog/register`, validated whole so that bad input writes nothing."""
+
+    node: Node | None           # None: SkipNodeUpdate on a node already in the catalog
+    service: Service | None
+    checks: list[Check]
+
+
+def parse_catalog_registration(body: Fields, node: str, datacenter: str, existing: Node | None,
+                               service_ids: set[str]) -> CatalogRegistration:
+    """A node with an optional service and checks; `existing` is the node as stored, `service_ids` its services."""
+    address = body.text("Address")
+    if not address:
+        raise BadRequest("Must provide address")
+    record = None
+    if existing is None or not body.flag("SkipNodeUpdate"):
+        record = Node(node, body.text("ID") or (existing.id if existing else ""), address, datacenter,
+                      body.string_map("TaggedAddresses"), body.string_map("NodeMeta"))
+    service = parse_service(body.obj("Service"), node) if body.has("Service") else None
+    known_services = service_ids | ({service.id} if service is not None else set())
+    checks = []
+    for fields in check_bodies(body):
+        check_id = require_name(fields.text("CheckID", "ID") or fields.text("Name"), "check ID")
+        status = fields.text("Status") or CRITICAL
+        if status not in STATUSES:
+            raise BadRequest(f"{fields.where}: Status must be one of passing, warning, critical, got {status!r}")
+        service_id = fields.text("ServiceID")
+        if service_id and service_id not in known_services:
+            raise BadRequest(f"{fields.where}: ServiceID {service_id!r} is not registered on node {node!r}")
+        checks.append(Check(node, check_id, fields.text("Name") or check_id, status, fields.text("Notes"),
+                            fields.text("Output"), service_id))
+    return CatalogRegistration(record, service, checks)
+
+
 def sidecar_for(service: Service, body: Fields, taken_ports: Callable[[], set[int]]) -> Service | None:
     """Connect.SidecarService: Consul registers `<id>-sidecar-proxy` next to the service, on a port from 21000."""
     connect = body.obj("Connect")
@@ -118,6 +154,9 @@ def parse_agent_check(body: Fields, node: str, default_id: str, default_name: st
         tcp=body.text("TCP"),
         args=body.strings("Args", "ScriptArgs") or ([body.text("Script")] if body.text("Script") else []),
         deregister_after=body.duration("DeregisterCriticalServiceAfter"),
+        success_before_passing=_count(body, "SuccessBeforePassing"),
+        failures_before_warning=_count(body, "FailuresBeforeWarning"),
+        failures_before_critical=_count(body, "FailuresBeforeCritical"),
     )
     kind = definition.kind
     if not kind:
@@ -132,6 +171,8 @@ def parse_agent_check(body: Fields, node: str, default_id: str, default_name: st
         raise BadRequest(f"{body.where}: HTTP must be an http:// or https:// URL, got {definition.http!r}")
     if kind == "tcp" and not _host_port(definition.tcp):
         raise BadRequest(f"{body.where}: TCP must be host:port, got {definition.tcp!r}")
+    if definition.failures_before_warning > definition.failures_before_critical:
+        raise BadRequest(f"{body.where}: FailuresBeforeWarning can't be higher than FailuresBeforeCritical")
     if definition.interval is not None:
         definition.interval = max(definition.interval, MIN_CHECK_INTERVAL)
     if kind in ("http", "tcp", "script") and definition.timeout is None:
@@ -143,6 +184,14 @@ def parse_agent_check(body: Fields, node: str, default_id: str, default_name: st
     require_name(check_id, "check ID")
     return CheckRequest(node, check_id, body.text("Name") or default_name, status or CRITICAL,
                         body.text("Notes"), body.text("Output"), definition, bool(status))
+
+
+def _count(body: Fields, name: str) -> int:
+    """A flap-damping threshold: a whole number of consecutive results, 0 (the default) for none."""
+    value = body.integer(name)
+    if value < 0:
+        raise BadRequest(f"{body.where}: {name} must be 0 or more, got {value}")
+    return value
 
 
 def _header(body: Fields) -> dict[str, list[str]]:

@@ -36,7 +36,7 @@ def ca():
 def https_gateway(gateway_factory, tmp_path, ca):
     certs = tmp_path / "certs"
     certs.mkdir()
-    gateway = gateway_factory(extra_args=("--https", f"127.0.0.1:{free_port()}", "--certs", str(certs)))
+    gateway = gateway_factory(args=("--https", f"127.0.0.1:{free_port()}", "--certs", str(certs)))
     gateway.https_port = int(gateway.status()["tls"]["https"].rpartition(":")[2])
     gateway.certs_dir = certs
     gateway.ca_file = tmp_path / "ca.pem"
