@@ -41,6 +41,7 @@ def https_gateway(gateway_factory, tmp_path, ca):
     gateway.certs_dir = certs
     gateway.ca_file = tmp_path / "ca.pem"
     gateway.ca_file.write_bytes(ca.pem)
+    gateway.ca = ca
     gateway.start_backend("products")
     eventually("products routed", lambda: requests.get(f"{gateway.url}/api/v1/products", timeout=5).status_code == 200)
     return gateway
@@ -62,6 +63,14 @@ def serial(port: int, server_name: str | None) -> int:
 
 def serial_of(bundle: bytes) -> int:
     return x509.load_pem_x509_certificates(bundle)[0].serial_number
+
+
+def serve(gateway, name: str, server_name: str) -> bytes:
+    """Put a fresh certificate for `server_name` under KV name `name` and wait until HAProxy presents it."""
+    bundle = issue(gateway.ca, (server_name,))
+    put_kv(gateway, f"shopgate/tls/certs/{name}", bundle)
+    eventually(f"{name} served for {server_name}", lambda: serial(gateway.https_port, server_name) == serial_of(bundle), timeout=10, interval=0.02)
+    return bundle
 
 
 def put_kv(gateway, key: str, value: bytes | None) -> None:
@@ -140,9 +149,7 @@ def _bad_bundles(ca) -> dict[str, tuple[bytes, str]]:
 
 def test_bad_certificates_never_replace_a_good_one(https_gateway, ca):
     gateway = https_gateway
-    good = issue(ca, ("bad.test",))
-    put_kv(gateway, "shopgate/tls/certs/good", good)
-    eventually("good served", lambda: serial(gateway.https_port, "bad.test") == serial_of(good), timeout=10)
+    good = serve(gateway, "good", "bad.test")
     reloads = gateway.status()["reloads"]
     bad = _bad_bundles(ca)
     for name, (bundle, _) in bad.items():
@@ -203,9 +210,7 @@ def test_https_redirect_and_hsts_per_service(https_gateway, ca):
 def test_rotation_under_https_load_fails_nothing(https_gateway, ca):
     """New TLS connection per request (a handshake each) while the certificate is replaced 10 times."""
     gateway = https_gateway
-    first = issue(ca, ("shop.test",))
-    put_kv(gateway, "shopgate/tls/certs/shop", first)
-    eventually("served", lambda: serial(gateway.https_port, "shop.test") == serial_of(first), timeout=10)
+    first = serve(gateway, "shop", "shop.test")
     reloads = gateway.status()["reloads"]
     stop = threading.Event()
     results = {"ok": 0, "failed": []}
@@ -227,10 +232,7 @@ def test_rotation_under_https_load_fails_nothing(https_gateway, ca):
     seen = {serial_of(first)}
     try:
         for _ in range(10):
-            bundle = issue(ca, ("shop.test",))
-            put_kv(gateway, "shopgate/tls/certs/shop", bundle)
-            eventually("rotated", lambda: serial(gateway.https_port, "shop.test") == serial_of(bundle), timeout=10, interval=0.02)
-            seen.add(serial_of(bundle))
+            seen.add(serial_of(serve(gateway, "shop", "shop.test")))
             time.sleep(0.2)
     finally:
         stop.set()
