@@ -54,6 +54,7 @@ def test_short_demo_reports_zero_failed_requests(tmp_path):
     assert checks["staging requests"] == checks["sticky requests"] == 40, checks
     assert checks["staging requests failed"] == checks["answered by the wrong environment"] == 0, checks
     assert checks["sticky requests failed"] == checks["sticky client moved"] == 0, checks
+    assert checks["instances 10 new clients reached"] == 2, "after the scale-up new clients reach both instances"
     for step in report["steps"]:
         assert step["measures"] and all(m["gateway"] is not None and m["gateway"] >= 0 for m in step["measures"]), step
     # live progress went to stderr while it ran

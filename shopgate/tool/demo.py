@@ -276,8 +276,9 @@ class Demo:
 
     # -- configuration
 
-    def _measure_reload(self, step: StepResult, change: str, before: int) -> None:
-        gateway = self.watcher.wait_for(f"{change} (reload)", lambda s: s.reloads > before, step.started)
+    def _measure_reload(self, step: StepResult, change: str, before: int, since: float | None = None) -> None:
+        """From `since` (the step's start unless given) until the gateway's next reload."""
+        gateway = self.watcher.wait_for(f"{change} (reload)", lambda s: s.reloads > before, step.started if since is None else since)
         error = gateway_status(self.manifest.ports).get("last_error")
         if error:
             raise DemoError(f"{change}: the gateway reports an error: {error}")
@@ -297,10 +298,10 @@ class Demo:
 
     def _put_kv(self, step: StepResult, consul_url: str, key: str, value: bytes | str | None, change: str) -> None:
         """Write (None: delete) a KV key the gateway renders, and measure the reload it makes."""
-        before = self.watcher.reloads()
+        before, since = self.watcher.reloads(), self.load.now()
         url = f"{consul_url}/v1/kv/{key}"
         (requests.put(url, data=value, timeout=5) if value is not None else requests.delete(url, timeout=5)).raise_for_status()
-        self._measure_reload(step, change, before)
+        self._measure_reload(step, change, before, since)
 
     def stop_staged(self) -> None:
         """The staging step's instances, whatever became of the step."""
@@ -358,10 +359,13 @@ class Demo:
             later, later_failed = probe(url, requests_count - requests_count // 2, client)
         answers, failed = answers + later, failed + later_failed
         moved = sum(1 for instance in answers if instance != home)
+        fresh, fresh_failed = probe(url, 10)   # new clients: the balancer still spreads them
         self.count("sticky requests", len(answers) + failed)
-        self.count("sticky requests failed", failed)
+        self.count("sticky requests failed", failed + fresh_failed)
         self.count("sticky client moved", moved)
-        self.say(f"    cookie-jar client: {len(answers) + failed} requests, {failed} failed, {moved} answered by another instance than {home}")
+        self.count("instances 10 new clients reached", len(set(fresh)))
+        self.say(f"    cookie-jar client: {len(answers) + failed} requests, {failed} failed, {moved} answered by another instance than {home}; "
+                 f"10 clients without a cookie reached {len(set(fresh))} instances")
         if saved != b"cookie":
             self._put_kv(step, consul_url, KV_STICKY_KEY, saved, "HAProxy reloaded with the sticky key put back")
         self.end(step)
@@ -370,9 +374,7 @@ class Demo:
         """A KV change that must reload: leastconn, or back to roundrobin where leastconn is already set."""
         value = "roundrobin" if kv_value(consul_url, KV_BALANCE_KEY) == b"leastconn" else "leastconn"
         step = self.begin(f"KV {KV_BALANCE_KEY} = {value}")
-        before = self.watcher.reloads()
-        requests.put(f"{consul_url}/v1/kv/{KV_BALANCE_KEY}", data=value, timeout=5).raise_for_status()
-        self._measure_reload(step, f"HAProxy reloaded with balance {value}", before)
+        self._put_kv(step, consul_url, KV_BALANCE_KEY, value, f"HAProxy reloaded with balance {value}")
         self.end(step)
 
 
@@ -408,20 +410,19 @@ class TemplateEdit:
 
 
 def probe(url: str, count: int, session: requests.Session | None = None) -> tuple[list[str], int]:
-    """`count` GETs, each on a new connection (a session keeps only its cookies): the X-Instance of
-    every 200 answer, and how many got none."""
+    """`count` GETs, each on a new connection (`session` keeps only its cookies; without one, every
+    request is a new client): the X-Instance of every 200 answer, and how many got none."""
     answers, failed = [], 0
-    with contextlib.ExitStack() as stack:
-        client = session or stack.enter_context(requests.Session())
-        for _ in range(count):
-            try:
-                response = client.get(url, headers={"Connection": "close"}, timeout=10)
-                if response.status_code == 200 and response.headers.get("X-Instance"):
-                    answers.append(response.headers["X-Instance"])
-                else:
-                    failed += 1
-            except requests.RequestException:
+    get = session.get if session is not None else requests.get   # without a session: no cookie is kept
+    for _ in range(count):
+        try:
+            response = get(url, headers={"Connection": "close"}, timeout=10)
+            if response.status_code == 200 and response.headers.get("X-Instance"):
+                answers.append(response.headers["X-Instance"])
+            else:
                 failed += 1
+        except requests.RequestException:
+            failed += 1
     return answers, failed
 
 
