@@ -59,12 +59,8 @@ class ServiceInstance:
 
     def __init__(self, spec: ServiceSpec, store: Store, consul: ConsulAddress, advertise: str | None, tags: tuple[str, ...],
                  environment: str = settings.DEFAULT_ENVIRONMENT):
-        self.spec = spec
-        self.environment = environment
-        self.store = store
-        self.consul = consul
-        self.advertise = advertise
-        self.tags = tags
+        self.spec, self.store, self.consul, self.advertise = spec, store, consul, advertise
+        self.tags, self.environment = tags, environment   # the environment: whose peers it calls
         self.instance_id = spec.name
         self.keeper: SelfRegistration | None = None
 
