@@ -7,8 +7,9 @@
 One loop owns HAProxy; everything else only wakes it:
 
     watcher (catalog + KV) ──snapshot──┐
-    template watcher ──────"edited"────┼──▶ debounce ─▶ guard ─▶ build_route_table ─▶ plan_changes ─▶ Applier
-    HAProxy exited ────────"restart"───┘
+    template watcher ──────"edited"────┤
+    HAProxy exited ────────"restart"───┼──▶ debounce ─▶ guard ─▶ flap.observe ─▶ build_route_table ─▶ plan_changes ─▶ Applier
+    a flap hold runs out ──"expired"───┘
 
 The plan is made once, here: it decides whether a reload must wait for RELOAD_INTERVAL, and the
 Applier carries out that same plan.
@@ -31,11 +32,12 @@ from pathlib import Path
 from typing import Mapping
 
 from gateway.apply import Applier, ConfigRejected, GatewayFiles
-from gateway.diff import plan_changes
+from gateway.diff import as_reload, plan_changes
+from gateway.flap import FlapState, observe
 from gateway.guard import EmptyCatalogGuard
 from gateway.haproxy import HAProxyError, HAProxyProcess
 from gateway.haproxy_syntax import BIND_ADDRESS
-from gateway.kv_settings import settings_from_env
+from gateway.kv_settings import parse_settings, settings_from_env
 from gateway.metrics import GatewayMetrics
 from gateway.model import ApplyPlan, RouteTable, RuntimePaths, Snapshot
 from gateway.routing import build_route_table
@@ -69,6 +71,8 @@ class ControllerConfig:
     slot_headroom: int = settings.SLOT_HEADROOM
     accept_proxy: bool = False                                       # entry binds take the PROXY protocol
     kv_defaults: Mapping[str, bytes] = field(default_factory=dict)   # from SHOPGATE_GATEWAY_* (KV wins)
+    consul_dns: str = settings.DEFAULT_CONSUL_DNS_ADDR                # asked by backends in DNS mode
+    always_reload: bool = False    # membership too by render + reload (consul-template's way; bench/discovery.py compares)
 
 
 class Controller:
@@ -81,7 +85,7 @@ class Controller:
         self.metrics = GatewayMetrics()
         self.haproxy = HAProxyProcess(config.haproxy_bin, self.files.config, self.files.master_socket, self.files.haproxy_log)
         runtime = RuntimePaths(admin_socket=self.files.admin_socket, listen=config.listen, stats=config.stats,
-                               accept_proxy=config.accept_proxy)
+                               consul_dns=config.consul_dns, accept_proxy=config.accept_proxy)
         self.applier = Applier(self.haproxy, self.files, config.templates_dir, runtime, self.metrics, config.drain_timeout)
         self.guard = EmptyCatalogGuard(hold=config.guard_hold)
         self.watcher = CatalogWatcher(config.consul, self._on_snapshot, wait_seconds=config.wait_seconds)
@@ -99,6 +103,8 @@ class Controller:
         self._templates_edited: str | None = None
         # owned by the loop
         self._applied_snapshot: Snapshot | None = None
+        self._flap = FlapState()
+        self._held: frozenset[str] = frozenset()   # the instances the last planned table holds out
         self._wanted: RouteTable | None = None
         self._last_reload = 0.0
         self._not_before = 0.0
@@ -143,6 +149,7 @@ class Controller:
                     break
                 self._supervise()
                 self.applier.finish_drains()
+                self._flap_expired()
                 self._step()
         finally:
             self._shutdown()
@@ -153,18 +160,38 @@ class Controller:
 
     def _next_timeout(self) -> float:
         with self._lock:
-            if self._first_event is None:
-                return 0.25
             now = time.monotonic()
+            expiry = self._flap.next_expiry(now)
+            timeout = 0.25 if expiry is None else min(0.25, expiry - now)
+            if self._first_event is None:
+                return timeout
             due = max(min(self._last_event + MIN_QUIET, self._first_event + MAX_WAIT), self._not_before)
-            return min(0.25, max(0.0, due - now))
+            return min(timeout, max(0.0, due - now))
 
-    def _route_table(self, snapshot: Snapshot, previous: RouteTable | None) -> RouteTable:
+    def _flap_expired(self) -> None:
+        """A flap hold ran out: re-plan the last view, so the instance comes back without a catalog change."""
+        now = time.monotonic()
+        if self._applied_snapshot is None or not self._flap.held(now) < self._held:
+            return
+        with self._lock:
+            self._snapshot = self._snapshot or self._applied_snapshot
+            self._seen_at = self._seen_at or now
+            self._note_event()
+
+    def _route_table(self, snapshot: Snapshot, previous: RouteTable | None, held: frozenset[str] = frozenset()) -> RouteTable:
         if self.config.kv_defaults:
             snapshot = replace(snapshot, kv={**self.config.kv_defaults, **snapshot.kv})
-        return build_route_table(snapshot, previous, headroom=self.config.slot_headroom,
+        return build_route_table(snapshot, previous, headroom=self.config.slot_headroom, held=held,
                                  taken_binds={self.config.listen: "the entry point", self.config.stats: "the stats page",
                                               self.config.status: "the controller's /status"})
+
+    def _observe_flaps(self, snapshot: Snapshot, now: float) -> frozenset[str]:
+        """Count the health flips in `snapshot` (gateway.flap) and return the instance keys held out now."""
+        running = self.applier.running
+        last_good = {b.service: b.settings for b in running.backends} if running else None
+        _, service_settings, _ = parse_settings(snapshot.kv, last_good)   # routing reports the errors (kv_defaults: gateway-wide only)
+        self._flap = observe(self._flap, snapshot.services, service_settings, now)
+        return self._flap.held(now)
 
     def _start_haproxy(self) -> bool:
         """Serve at once, with no routes (503) until the catalog's first view arrives."""
@@ -215,9 +242,13 @@ class Controller:
             self.metrics.guard_holds.inc()
             self._not_before = now + 1.0   # look again in a second (or on news)
             return
-        wanted = self._route_table(snapshot, self.applier.running)
+        held = self._observe_flaps(snapshot, now)
+        wanted = self._route_table(snapshot, self.applier.running, held)
         self._wanted = wanted
+        self._held = held
         plan = plan_changes(self.applier.running, wanted)
+        if self.config.always_reload:
+            plan = as_reload(plan, "--always-reload")
         if not edited and plan.needs_reload and now - self._last_reload < RELOAD_INTERVAL:
             self._not_before = self._last_reload + RELOAD_INTERVAL
             return
@@ -294,7 +325,7 @@ class Controller:
             haproxy_pid=self.haproxy.pid if alive else None,
             catalog={"reachable": self.watcher.reachable, "last_error": self.watcher.last_error,
                      "long_polls": self.watcher.long_polls_in_flight},
-            guard_reason=self.guard.reason, now=time.time(),
+            guard_reason=self.guard.reason, flap_held=self._flap.report(time.monotonic()), now=time.time(),
         )
 
 
@@ -311,9 +342,18 @@ def parse_args(argv: list[str]) -> ControllerConfig:
     parser.add_argument("--guard-hold", type=float, default=ControllerConfig.guard_hold, help="seconds the empty-catalog guard may hold a view (default %(default)s)")
     parser.add_argument("--slot-headroom", type=int, default=ControllerConfig.slot_headroom,
                         help="server slots per instance, rounded up to a power of two (default %(default)s); HAProxy reserves a file descriptor per slot")
+    parser.add_argument("--consul-dns", default=None,
+                        help="Consul DNS host:port that backends in DNS mode (KV discovery = dns) resolve through "
+                             f"(default: {settings.CONSUL_DNS_ENV} or {settings.DEFAULT_CONSUL_DNS_ADDR})")
+    parser.add_argument("--always-reload", action="store_true",
+                        help="apply membership changes by a full render + reload too, as consul-template does, instead of the runtime API "
+                             "(for comparison: bench/discovery.py)")
     parser.add_argument("--accept-proxy", action="store_true",
                         help="entry binds take the PROXY protocol v1/v2 from an outer load balancer (as KV shopgate/gateway/accept_proxy)")
     args = parser.parse_args(argv)
+    consul_dns = args.consul_dns or settings.consul_dns_from_env()
+    if not BIND_ADDRESS.fullmatch(consul_dns):
+        parser.error(f"--consul-dns / {settings.CONSUL_DNS_ENV}: expected host:port, got {consul_dns!r}")
     try:
         consul = ConsulAddress.parse(args.consul)
     except ValueError as error:
@@ -326,7 +366,7 @@ def parse_args(argv: list[str]) -> ControllerConfig:
     return ControllerConfig(consul=consul, haproxy_bin=args.haproxy_bin, listen=args.listen, stats=args.stats, status=args.status,
                             state_dir=args.state_dir.resolve(), templates_dir=args.templates.resolve(),
                             drain_timeout=args.drain_timeout, guard_hold=args.guard_hold, slot_headroom=max(1, args.slot_headroom), accept_proxy=args.accept_proxy,
-                            kv_defaults=settings_from_env(os.environ))
+                            kv_defaults=settings_from_env(os.environ), consul_dns=consul_dns, always_reload=args.always_reload)
 
 
 def main(argv: list[str] | None = None) -> int:

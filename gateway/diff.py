@@ -22,7 +22,8 @@ from dataclasses import fields, replace
 from gateway.model import ApplyPlan, Backend, BackendSettings, GatewaySettings, MembershipChange, Route, RouteTable, Server
 
 #: BackendSettings fields that only change server states/weights, never the rendered backend section.
-_MEMBERSHIP_ONLY_SETTINGS = {"maintenance": False, "tag_weights": ()}
+_MEMBERSHIP_ONLY_SETTINGS = {"maintenance": False, "tag_weights": (), "flap_limit": None,
+                             "flap_window_ms": BackendSettings.flap_window_ms, "flap_hold_ms": BackendSettings.flap_hold_ms}
 
 
 def plan_changes(running: RouteTable | None, wanted: RouteTable) -> ApplyPlan:
@@ -52,6 +53,13 @@ def plan_changes(running: RouteTable | None, wanted: RouteTable) -> ApplyPlan:
     if reasons:
         return ApplyPlan(structural_reasons=tuple(reasons))
     return ApplyPlan(membership=tuple(membership))
+
+
+def as_reload(plan: ApplyPlan, why: str) -> ApplyPlan:
+    """`plan` carried out by render + reload even where the runtime API could do it (consul-template's way)."""
+    if plan.needs_reload or plan.empty:
+        return plan
+    return ApplyPlan(structural_reasons=(f"{why}: {len(plan.membership)} slot change(s)",))
 
 
 def _is_ip(address: str) -> bool:

@@ -6,20 +6,27 @@
 
 An invalid value is skipped (the default stays in force) and reported as "<full key>: <reason>";
 it never reaches haproxy.cfg. Unknown keys are reported too, so a typo does not fail silently.
+A route guard (`GUARD_KEYS`: rate limit, allow/deny lists, auth) is different: dropping one opens the
+route, so a bad guard value keeps the service's last good guard (`last_good`, the running table's
+settings). After a controller restart there is no last good value: the bad key is reported and the
+guard is off until it is fixed.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from dataclasses import replace
 from typing import Any, Callable, Mapping
 
-from gateway.haproxy_syntax import BIND_ADDRESS, COOKIE_NAME, ENVIRONMENT_NAME, HOSTNAME, MAX_WEIGHT, SERVICE_NAME, TOKEN, display
+from gateway.haproxy_syntax import (BIND_ADDRESS, COOKIE_NAME, DNS_SERVICE_NAME, ENVIRONMENT_NAME, HOSTNAME, MAX_WEIGHT, PASSWORD_HASH,
+                                    SERVICE_NAME, TOKEN, USER_NAME, display, network_problem)
 from gateway.model import BackendSettings, EnvironmentSettings, GatewaySettings
 from shopgate.settings import DEFAULT_ENVIRONMENT, KV_PREFIX
 
 BALANCE_ALGORITHMS = ("roundrobin", "leastconn", "source", "first", "random")
+DISCOVERY_MODES = ("runtime", "dns")
 
 _DURATION = re.compile(r"([0-9]{1,9})(ms|s|m|h)")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
@@ -60,6 +67,13 @@ def integer(low: int, high: int) -> Callable[[str], int]:
 def balance(text: str) -> str:
     if text not in BALANCE_ALGORITHMS:
         raise InvalidSetting(f"{display(text)} is not one of {', '.join(BALANCE_ALGORITHMS)}")
+    return text
+
+
+def discovery(text: str) -> str:
+    """Who fills a backend's servers: the controller through the runtime API, or HAProxy's DNS resolver."""
+    if text not in DISCOVERY_MODES:
+        raise InvalidSetting(f"{display(text)} is not one of {', '.join(DISCOVERY_MODES)}")
     return text
 
 
@@ -133,6 +147,38 @@ def stats_auth(text: str) -> tuple[str, str]:
     return user, password
 
 
+def networks(text: str) -> tuple[str, ...]:
+    """Comma-separated addresses or CIDR networks, e.g. `10.0.0.0/8, 192.168.1.7, ::1` (written canonical)."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise InvalidSetting("expected one or more addresses or CIDR networks, comma-separated")
+    for item in items:
+        problem = network_problem(item)
+        if problem:
+            raise InvalidSetting(problem)
+    return tuple(sorted({str(ipaddress.ip_network(item)) for item in items}))
+
+
+def users(text: str) -> tuple[tuple[str, str], ...]:
+    """htpasswd lines `user:crypt-hash` (one per line or comma-separated); $5$, $6$ or $2y$ hashes only."""
+    entries = [line.strip() for line in re.split(r"[,\n]", text) if line.strip()]
+    if not entries:
+        raise InvalidSetting("expected user:hash entries such as alice:$6$salt$hash (htpasswd -B or openssl passwd -6)")
+    found: dict[str, str] = {}
+    for entry in entries:
+        user, colon, hashed = entry.partition(":")
+        if not colon or not USER_NAME.fullmatch(user):
+            raise InvalidSetting(f"{display(entry[:20] + '...' if len(entry) > 20 else entry)}: expected user:hash, "
+                                 "user made of A-Z a-z 0-9 _ . -")
+        if not PASSWORD_HASH.fullmatch(hashed):
+            raise InvalidSetting(f"user {user}: the password is not a $5$, $6$ or $2y$ crypt(3) hash "
+                                 "(plain passwords are refused: make one with openssl passwd -6 or htpasswd -nB)")
+        if user in found:
+            raise InvalidSetting(f"user {user} is listed twice")
+        found[user] = hashed
+    return tuple(sorted(found.items()))
+
+
 #: The settings field a parsed value sets, or the fields a tuple-valued parser sets in order (stats_auth).
 Fields = str | tuple[str, ...]
 
@@ -163,7 +209,22 @@ SERVICE_KEYS: dict[str, tuple[Callable[[str], Any], Fields]] = {
     "slots": (integer(1, 1024), "min_slots"),
     "sticky": (sticky, "sticky"),
     "sticky_cookie": (cookie_name, "sticky_cookie"),
+    "discovery": (discovery, "discovery"),
+    "route_warning": (boolean, "route_warning"),
+    # route guards (GUARD_KEYS)
+    "rate_limit": (integer(1, 1_000_000), "rate_limit"),
+    "rate_burst": (integer(1, 10_000_000), "rate_burst"),
+    "allow": (networks, "allow"),
+    "deny": (networks, "deny"),
+    "auth": (users, "auth"),
+    # flap hold-down (gateway.flap)
+    "flap_limit": (integer(1, 10_000), "flap_limit"),
+    "flap_window": (duration_ms, "flap_window_ms"),
+    "flap_hold": (duration_ms, "flap_hold_ms"),
 }
+
+#: Per-service keys whose last good value stays when a new value is bad (dropping them would open the route).
+GUARD_KEYS = ("rate_limit", "rate_burst", "allow", "deny", "auth")
 
 
 #: `SHOPGATE_GATEWAY_<KEY>` gives a gateway-wide setting where KV has none (e.g. SHOPGATE_GATEWAY_STATS_AUTH).
@@ -180,9 +241,13 @@ def settings_from_env(environ: Mapping[str, str]) -> dict[str, bytes]:
             for key in GATEWAY_KEYS if ENV_PREFIX + key.upper() in environ}
 
 
-def parse_settings(kv: dict[str, bytes], taken_binds: Mapping[str, str] = {}) -> tuple[GatewaySettings, dict[str, BackendSettings], list[str]]:
+def parse_settings(kv: dict[str, bytes], last_good: Mapping[str, BackendSettings] | None = None,
+                   taken_binds: Mapping[str, str] = {}) -> tuple[GatewaySettings, dict[str, BackendSettings], list[str]]:
     """Validate raw KV (full key -> value) into gateway settings, per-service settings and errors.
-    `taken_binds` (host:port -> what listens there) are binds no environment may have."""
+
+    `last_good`: the settings each service runs with now; a bad guard value keeps its field from there.
+    `taken_binds` (host:port -> what listens there) are binds no environment may have.
+    """
     gateway: dict[str, Any] = {}
     environments: dict[str, dict[str, Any]] = {}
     services: dict[str, dict[str, Any]] = {}
@@ -199,13 +264,28 @@ def parse_settings(kv: dict[str, bytes], taken_binds: Mapping[str, str] = {}) ->
             elif parts[0] == "services" and len(parts) == 3:
                 if not SERVICE_NAME.fullmatch(parts[1]):
                     raise InvalidSetting(f"service name {display(parts[1])} is not a valid service name")
-                _apply(SERVICE_KEYS, parts[2], kv[key], services.setdefault(parts[1], {}))
+                into = services.setdefault(parts[1], {})
+                try:
+                    _apply(SERVICE_KEYS, parts[2], kv[key], into)
+                except InvalidSetting as error:
+                    kept = (last_good or {}).get(parts[1])
+                    if parts[2] in GUARD_KEYS and kept is not None:
+                        field = SERVICE_KEYS[parts[2]][1]
+                        into[field] = getattr(kept, field)
+                        raise InvalidSetting(f"{error}; the last good value stays") from None
+                    raise
             else:
                 raise InvalidSetting(f"unknown key (expected {KV_PREFIX}gateway/<key>, {KV_PREFIX}gateway/environments/<env>/<key> "
                                      f"or {KV_PREFIX}services/<name>/<key>)")
         except InvalidSetting as error:
             errors.append(_error(key, error))
     gateway["environments"] = _distinct_frontends(environments, taken_binds, errors)
+    for name, fields in services.items():
+        if fields.get("discovery") == "dns" and not DNS_SERVICE_NAME.fullmatch(name):
+            del fields["discovery"]   # the runtime API keeps serving it
+            errors.append(f"{KV_PREFIX}services/{name}/discovery: service {display(name)} cannot be found over DNS "
+                          f"(_{name}._tcp.service.consul: a dot or underscore is not a DNS label character); "
+                          "its servers stay with the runtime API")
     backend_settings = {name: replace(BackendSettings(), **fields) for name, fields in services.items()}
     return replace(GatewaySettings(), **gateway), backend_settings, errors
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shopgate.consul_client.health import HealthEntry
+from shopgate.settings import DEFAULT_CONSUL_DNS_ADDR, FLAP_HOLD_MS, FLAP_WINDOW_MS
 
 # ---------------------------------------------------------------- input: the catalog's view
 
@@ -83,8 +84,35 @@ class BackendSettings:
     tag_weights: tuple[tuple[str, int], ...] = ()   # canary releases: tag -> weight
     maintenance: bool = False
     min_slots: int | None = None                    # KV `slots`: pre-render at least this many server slots
+    route_warning: bool = False                     # route instances whose worst check is `warning`
+    # route guards, rendered in the backend (config_templates/backend.cfg.j2)
+    rate_limit: int | None = None                   # requests/s per client address, then 429
+    rate_burst: int | None = None                   # requests a client may send at once (default rate_limit)
+    allow: tuple[str, ...] = ()                     # CIDR networks; others get 403
+    deny: tuple[str, ...] = ()                      # CIDR networks that get 403
+    auth: tuple[tuple[str, str], ...] = ()          # (user, crypt hash): others get 401
+    # flap hold-down (gateway.flap): more than flap_limit flips within the window -> held out for flap_hold
+    flap_limit: int | None = None                   # None: off
+    flap_window_ms: int = FLAP_WINDOW_MS
+    flap_hold_ms: int = FLAP_HOLD_MS
     sticky: bool = False                            # KV `sticky = cookie`: a client keeps its instance
     sticky_cookie: str | None = None                # KV `sticky_cookie`: the cookie's name (default routing.default_cookie)
+    discovery: str = "runtime"                      # KV `discovery`: "runtime" (controller, runtime API) | "dns"
+
+    @property
+    def by_dns(self) -> bool:
+        """HAProxy's resolver finds this backend's servers (SRV on the catalog's DNS), not the controller."""
+        return self.discovery == "dns"
+
+    @property
+    def rate_window_ms(self) -> int:
+        """Requests are counted over burst/rate seconds: on average `rate_limit`/s, at once up to the burst."""
+        return max(1000, -(-1000 * (self.rate_burst or self.rate_limit or 1) // (self.rate_limit or 1)))
+
+    @property
+    def rate_window_seconds(self) -> int:
+        """Retry-After: whole seconds until the window has passed."""
+        return -(-self.rate_window_ms // 1000)
 
 
 @dataclass(frozen=True)
@@ -187,6 +215,7 @@ class RuntimePaths:
     # 2.6, a state file's address/port and up-state override the rendered server lines on reload, so
     # a file not dumped right before the reload brings back stale servers.
     server_state_file: Path | None = None
+    consul_dns: str = DEFAULT_CONSUL_DNS_ADDR  # "host:port" of the Consul DNS that backends in DNS mode ask
 
 
 # ---------------------------------------------------------------- the difference between two tables

@@ -12,6 +12,9 @@ for running HAProxy without reloads:
   and shrinks only when eight times that size would still fit, so flapping does not reload
   (spare slots are disabled servers: they cost a config line, not a check or a connection).
 
+Instances the flap hold-down holds out (gateway.flap, computed by the controller) come in as a
+set of instance keys and are routed like unhealthy ones: they keep their slot, in `maint`.
+
 Environments: an instance belongs to the environment of its `env=<name>` tag, else its `env` meta,
 else prod. Each (service, environment) gets its own backend (`be_<service>` for prod,
 `be_<service>:<env>` otherwise: ':' cannot occur in a service name, so names never collide) and its
@@ -29,13 +32,15 @@ from __future__ import annotations
 
 import hashlib
 import operator
+from dataclasses import replace
 from functools import lru_cache
 from typing import Iterable, Mapping, NamedTuple
 
 from gateway.haproxy_syntax import ENVIRONMENT_NAME, HOSTNAME, SERVICE_NAME, address_problem, display, path_problem, port_problem
 from gateway.kv_settings import parse_settings
 from gateway.model import Backend, BackendSettings, Frontend, Instance, Route, RouteTable, Server, Snapshot
-from shopgate.settings import DEFAULT_ENVIRONMENT, KV_PREFIX, MIN_SLOTS, SLOT_HEADROOM
+from shopgate.consul_client.protocol import WARNING
+from shopgate.settings import DEFAULT_ENVIRONMENT, DNS_SLOTS, KV_PREFIX, MIN_SLOTS, SLOT_HEADROOM
 
 #: A backend shrinks only when its slot count is at least this many times what it needs.
 SHRINK_FACTOR = 8
@@ -85,23 +90,29 @@ def build_route_table(
     min_slots: int = MIN_SLOTS,
     headroom: int = SLOT_HEADROOM,
     taken_binds: Mapping[str, str] = {},
+    held: frozenset[str] = frozenset(),
 ) -> RouteTable:
     """The RouteTable for `snapshot`, keeping slots and contested routes as they were in `previous`.
-    `taken_binds` (host:port -> what): the controller's own listeners, which no environment may bind."""
-    gateway_settings, service_settings, rejected = parse_settings(snapshot.kv, taken_binds)
+
+    `taken_binds` (host:port -> what): the controller's own listeners, which no environment may bind.
+    `held`: instance keys the flap hold-down (gateway.flap) keeps out, routed as if unhealthy.
+    """
+    last_good = {b.service: b.settings for b in previous.backends} if previous else None
+    gateway_settings, service_settings, rejected = parse_settings(snapshot.kv, last_good, taken_binds)
     previous_services = previous.memo.get("services", {}) if previous else {}
     previous_backends = {b.name: b for b in previous.backends} if previous and not previous_services else {}
     services: dict[str, _ServiceResult] = {}
     for service in sorted(snapshot.services):
         instances = snapshot.services[service]
         settings = service_settings.get(service, _DEFAULT_SETTINGS)
+        service_held = frozenset(i.key for i in instances if i.key in held) if held else frozenset()
         result = previous_services.get(service)
-        if result is None or not result.built_from(instances, settings, min_slots, headroom):
+        if result is None or not result.built_from(instances, settings, service_held, min_slots, headroom):
             if not isinstance(service, str) or not SERVICE_NAME.fullmatch(service):
                 rejected.append(f"service {display(service)}: name must be 1-63 of A-Z a-z 0-9 _ . - starting with a letter or digit")
                 continue
             previous_named = {b.name: b for b in result.backends} if result else previous_backends
-            result = _build_service(service, instances, settings, previous_named, min_slots, headroom)
+            result = _build_service(service, instances, settings, service_held, previous_named, min_slots, headroom)
         services[service] = result
         rejected.extend(result.rejected)
     route_inputs = tuple(result.routes for result in services.values())
@@ -137,28 +148,36 @@ class _ServiceResult(NamedTuple):
 
     instances: tuple[Instance, ...]
     settings: BackendSettings
+    held: frozenset[str]
     sizing: tuple[int, int]
     backends: tuple[Backend, ...]    # one per environment with instances (prod when there are none)
     routes: list["_Candidate"]
     rejected: list[str]
 
-    def built_from(self, instances: tuple[Instance, ...], settings: BackendSettings, min_slots: int, headroom: int) -> bool:
-        return (self.instances is instances or self.instances == instances) and self.settings == settings and self.sizing == (min_slots, headroom)
+    def built_from(self, instances: tuple[Instance, ...], settings: BackendSettings, held: frozenset[str], min_slots: int, headroom: int) -> bool:
+        return ((self.instances is instances or self.instances == instances) and self.settings == settings
+                and self.held == held and self.sizing == (min_slots, headroom))
 
 
-def _build_service(service: str, instances: tuple[Instance, ...], settings: BackendSettings, previous: Mapping[str, Backend],
-                   min_slots: int, headroom: int) -> _ServiceResult:
+def _build_service(service: str, instances: tuple[Instance, ...], settings: BackendSettings, held: frozenset[str],
+                   previous: Mapping[str, Backend], min_slots: int, headroom: int) -> _ServiceResult:
     rejected: list[str] = []
     by_environment: dict[str, list[Instance]] = {}
     for environment, instance in _valid_instances(service, instances, rejected):
         by_environment.setdefault(environment, []).append(instance)
     backends, routes = [], []
+    others = sorted(set(by_environment) - {DEFAULT_ENVIRONMENT})
+    effective = settings
+    if settings.by_dns and others:   # one SRV name answers every environment's instances: it would mix them
+        effective = replace(settings, discovery="runtime")
+        rejected.append(f"{KV_PREFIX}services/{service}/discovery: instances in environment(s) {', '.join(others)}; Consul's DNS "
+                        "answers every environment's instances under one name, so the runtime API keeps serving this service")
     for environment in sorted(by_environment or {DEFAULT_ENVIRONMENT: []}):
         members = by_environment.get(environment, [])
         name = backend_name(service, environment)
-        backends.append(_backend(service, environment, members, settings, previous.get(name), min_slots, headroom))
+        backends.append(_backend(service, environment, members, effective, held, previous.get(name), min_slots, headroom))
         routes += _service_routes(service, environment, members, rejected)
-    return _ServiceResult(tuple(instances), settings, (min_slots, headroom), tuple(backends), routes, rejected)
+    return _ServiceResult(tuple(instances), settings, held, (min_slots, headroom), tuple(backends), routes, rejected)
 
 
 # ---------------------------------------------------------------- instances and slots
@@ -198,11 +217,17 @@ def _spare(slot: str) -> Server:
     return Server(slot=slot, instance_key=None)
 
 
-def _state(instance: Instance, settings: BackendSettings) -> str:
-    """ready: passing. drain: leaving gracefully (in-flight requests finish). maint: failing its checks."""
-    if instance.status == "maintenance" or (settings.maintenance and instance.healthy):
+def routable(instance: Instance, settings: BackendSettings) -> bool:
+    """Passing; or warning too where the service's KV `route_warning` says so."""
+    return instance.healthy or (settings.route_warning and instance.status == WARNING)
+
+
+def _state(instance: Instance, settings: BackendSettings, held: frozenset[str]) -> str:
+    """ready: routable. drain: leaving gracefully (in-flight requests finish). maint: failing its checks, or held."""
+    healthy = routable(instance, settings) and instance.key not in held
+    if instance.status == "maintenance" or (settings.maintenance and healthy):
         return "drain"
-    return "ready" if instance.healthy else "maint"
+    return "ready" if healthy else "maint"
 
 
 def _weight(instance: Instance, settings: BackendSettings) -> int:
@@ -211,8 +236,14 @@ def _weight(instance: Instance, settings: BackendSettings) -> int:
     return min(weights) if weights else DEFAULT_WEIGHT
 
 
-def _backend(service: str, environment: str, instances: list[Instance], settings: BackendSettings, previous: Backend | None, min_slots: int, headroom: int) -> Backend:
+def _backend(service: str, environment: str, instances: list[Instance], settings: BackendSettings, held: frozenset[str],
+             previous: Backend | None, min_slots: int, headroom: int) -> Backend:
     floor = max(min_slots, settings.min_slots or 0)
+    if settings.by_dns:  # HAProxy's resolver fills a fixed server-template: the controller places no instance
+        servers = tuple(_spare(slot_name(i)) for i in range(max(floor, DNS_SLOTS)))
+        if previous is not None and previous.settings == settings and previous.servers == servers:
+            return previous
+        return Backend(name=backend_name(service), service=service, settings=settings, servers=servers)
     count = slot_count(len(instances), len(previous.servers) if previous else None, floor, headroom)
     old_servers = previous.servers if previous else ()
     old_slot = {s.instance_key: i for i, s in enumerate(old_servers) if s.occupied}
@@ -238,7 +269,7 @@ def _backend(service: str, environment: str, instances: list[Instance], settings
         if instance is None:
             servers.append(_spare(name))
             continue
-        weight, state = _weight(instance, settings), _state(instance, settings)
+        weight, state = _weight(instance, settings), _state(instance, settings, held)
         cookie = cookie_value(instance.key) if settings.sticky else None
         if (old is not None and old.instance_key == instance.key and old.address == instance.address and old.port == instance.port
                 and old.weight == weight and old.state == state and old.cookie == cookie):

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway.model import RouteTable
+from gateway.model import BackendSettings, RouteTable
 from shopgate.settings import DEFAULT_ENVIRONMENT
 
 log = logging.getLogger("shopgate.gateway.status")
@@ -26,18 +26,27 @@ log = logging.getLogger("shopgate.gateway.status")
 def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str, str], Mapping[str, str]], *,
                 last_apply: float | None, last_error: str | None, reloads: int, runtime_updates: int,
                 rejected_configs: Iterable[str], last_good_at: float | None, haproxy_pid: int | None,
-                catalog: Mapping[str, object], guard_reason: str | None, now: float) -> dict:
+                catalog: Mapping[str, object], guard_reason: str | None, now: float,
+                flap_held: Mapping[str, list[dict]] | None = None) -> dict:
     """The /status document: per service what HAProxy runs (`live`: (backend, slot) -> `show stat` row),
-    then what was applied, refused (by routing in `wanted`, or by HAProxy) and held back."""
+    then what was applied, refused (by routing in `wanted`, or by HAProxy) and held back.
+
+    `flap_held`: gateway.flap's report (service -> held instances with `held_for_seconds`); shown per
+    service as `flap_held` with `held_until` in wall-clock seconds."""
     services = {}
     for backend in running.backends:
         services[status_key(backend.service, backend.environment)] = {
             "service": backend.service,
             "environment": backend.environment,
             "backend": backend.name,
+            "discovery": backend.settings.discovery,
             "routes": [r.url_prefix + r.strip_option for r in running.routes if r.backend == backend.name],
             "slots": len(backend.servers),
-            "servers": [
+            "guards": guards_view(backend.settings),
+            "flap_held": [{**held, "held_until": round(now + held["held_for_seconds"], 3)}
+                          for held in (flap_held or {}).get(backend.service, [])
+                          if any(s.instance_key == held["instance"] for s in backend.servers)],   # this environment's
+            "servers": dns_servers(backend.name, [s.slot for s in backend.servers], live) if backend.settings.by_dns else [
                 {"slot": s.slot, "instance": s.instance_key, "address": s.address, "port": s.port, "weight": s.weight,
                  "state": s.state, "haproxy_status": live.get((backend.name, s.slot), {}).get("status")}
                 for s in backend.servers if s.occupied
@@ -57,9 +66,27 @@ def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str
     }
 
 
+def guards_view(settings: BackendSettings) -> dict:
+    """The route guards and routing choices a service runs with (user names only, never their hashes)."""
+    return {"rate_limit": settings.rate_limit, "rate_burst": settings.rate_burst or settings.rate_limit,
+            "allow": list(settings.allow), "deny": list(settings.deny), "auth_users": [u for u, _ in settings.auth],
+            "route_warning": settings.route_warning, "flap_limit": settings.flap_limit,
+            "flap_window_seconds": settings.flap_window_ms / 1000, "flap_hold_seconds": settings.flap_hold_ms / 1000}
+
+
 def status_key(service: str, environment: str) -> str:
     """A backend's key in /status `services`: the service name for prod (as before environments), else service@env."""
     return service if environment == DEFAULT_ENVIRONMENT else f"{service}@{environment}"
+def dns_servers(backend: str, slots: list[str], live: Mapping[tuple[str, str], Mapping[str, str]]) -> list[dict]:
+    """A DNS-mode backend's servers as HAProxy's resolver filled them (`show stat`): slots it left in MAINT are empty."""
+    found = []
+    for slot in slots:
+        row = live.get((backend, slot), {})
+        if row and not row.get("status", "").startswith("MAINT"):
+            address, _, port = row.get("addr", "").rpartition(":")
+            found.append({"slot": slot, "address": address, "port": int(port) if port.isdigit() else None,
+                          "haproxy_status": row.get("status")})
+    return found
 
 
 class StatusServer:

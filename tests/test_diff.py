@@ -7,7 +7,7 @@ from dataclasses import replace
 from hypothesis import given, settings, strategies as st
 
 from gateway.apply import membership_commands
-from gateway.diff import plan_changes
+from gateway.diff import as_reload, plan_changes
 from gateway.model import Instance, MembershipChange, Snapshot
 from gateway.routing import build_route_table
 
@@ -42,6 +42,16 @@ def test_a_new_instance_is_added_to_a_spare_slot_without_reload():
     plan = plan_between((inst(1),), (inst(1), inst(2)))
     assert not plan.needs_reload
     assert plan.membership == (MembershipChange("be_p", "s2", "add", "10.0.0.2", 9002, 100),)
+
+
+def test_always_reload_turns_a_membership_change_into_a_reload_and_leaves_the_rest():
+    membership = plan_between((inst(1),), (inst(1), inst(2)))
+    assert as_reload(membership, "--always-reload").structural_reasons == ("--always-reload: 1 slot change(s)",)
+    assert as_reload(membership, "--always-reload").membership == ()
+    running = table(inst(1))
+    assert as_reload(plan_changes(running, table(inst(1), previous=running)), "--always-reload").empty
+    structural = plan_changes(None, running)
+    assert as_reload(structural, "--always-reload") == structural
 
 
 def test_a_vanished_instance_is_removed_through_drain():

@@ -17,7 +17,7 @@ import jinja2
 import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from gateway.haproxy_syntax import UnsafeValue
+from gateway.haproxy_syntax import DNS_SERVICE_NAME, SERVICE_NAME, UnsafeValue
 from gateway.model import Backend, BackendSettings, Instance, Route, RouteTable, RuntimePaths, Server, Snapshot
 from gateway.render import render_config
 from gateway.routing import build_route_table
@@ -68,7 +68,7 @@ def test_the_shop_config_is_valid_and_carries_the_zero_failure_defaults(tmp_path
         "    retry-on conn-failure empty-response",
         "    http-request disable-l7-retry unless replay_safe",
         "    option httpchk GET /health",
-        "    default-server check inter 1s fall 2 rise 1 init-addr libc,none",
+        "    default-server check inter 1s downinter 50ms fall 2 rise 1 init-addr libc,none",
         "    bind 127.0.0.1:18080",
         "    bind 127.0.0.1:18404",
         "    http-request use-service prometheus-exporter if { path /metrics }",
@@ -162,6 +162,46 @@ def test_ipv6_and_hostname_servers_and_the_optional_state_file(tmp_path):
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+def test_dns_mode_renders_resolvers_on_the_consul_dns_and_a_server_template_on_the_srv_name(tmp_path):
+    snapshot = Snapshot(services=SHOP.services, kv={"shopgate/services/products/discovery": b"dns",
+                                                      "shopgate/services/products/slots": b"200"})
+    table, config = render(snapshot, tmp_path, consul_dns="127.0.0.1:18600")
+    lines = config.splitlines()
+    assert "resolvers consul" in lines and "    nameserver catalog 127.0.0.1:18600" in lines
+    assert ("    server-template s 1-200 _products._tcp.service.consul resolvers consul resolve-prefer ipv4 "
+            "init-addr none resolve-opts allow-dup-ip check") in lines
+    assert "    accepted_payload_size 26112" in lines  # 200 slots: HAProxy's default 512 would hold 3 or 4
+    assert not any(line.startswith("    server s") for line in lines[lines.index("backend be_products"):
+                                                                     lines.index("backend be_users")])
+    assert "    server s1 127.0.0.1:9001 weight 100" in lines  # users stays with the runtime API
+    check = haproxy_check(config, tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    _, runtime_only = render(SHOP, tmp_path)
+    assert "resolvers consul" not in runtime_only
+    with pytest.raises(UnsafeValue, match="bind address"):
+        render(snapshot, tmp_path, consul_dns="127.0.0.1:53\n    nameserver evil 6.6.6.6:53")
+
+
+def test_dns_mode_on_a_name_dns_cannot_carry_is_reported_and_the_runtime_api_keeps_serving_it(tmp_path):
+    snapshot = Snapshot(services={"cart_v2": (inst("cart_v2", 1),)}, kv={"shopgate/services/cart_v2/discovery": b"dns"})
+    table, config = render(snapshot, tmp_path)
+    assert [r for r in table.rejected if r.startswith("shopgate/services/cart_v2/discovery: ")]
+    assert "server-template" not in config and "resolvers consul" not in config
+    assert "    server s1 127.0.0.1:9001 weight 100" in config
+    forged = RouteTable(backends=(Backend("be_a.b", "a.b", BackendSettings(discovery="dns"), (Server("s1", None),)),))
+    with pytest.raises(UnsafeValue, match="SRV name"):   # the template's own check, should a table bypass the KV check
+        render_config(forged, TEMPLATES_DIR, runtime(tmp_path))
+
+
+def test_dns_mode_with_instances_in_another_environment_is_reported_and_keeps_environments_apart(tmp_path):
+    snapshot = Snapshot(services={"products": (inst("products", 1), inst("products", 2, tags=("env=staging",)))},
+                        kv={"shopgate/services/products/discovery": b"dns"})
+    table, config = render(snapshot, tmp_path)
+    assert [r for r in table.rejected if r.startswith("shopgate/services/products/discovery: instances in environment(s) staging")]
+    assert "server-template" not in config   # an SRV name would hand staging's instance to prod and back
+    assert {b.settings.discovery for b in table.backends} == {"runtime"} and len(table.backends) == 2
+
+
 def test_a_value_that_bypassed_validation_fails_the_render_instead_of_injecting(tmp_path):
     forged = RouteTable(backends=(Backend("be_x", "x", BackendSettings(), (Server("s1", "k", "10.0.0.1\n    server evil 6.6.6.6:80", 80, 100, "ready"),)),))
     with pytest.raises(UnsafeValue, match="refusing to write"):
@@ -194,12 +234,19 @@ addresses = st.one_of(st.ip_addresses().map(str), st.just("localhost"), hostile_
 kv_keys = st.one_of(
     st.sampled_from(["maxconn", "timeout_client", "timeout_server", "timeout_connect", "retries", "hard_stop_after", "stats_auth", "accept_proxy", "bogus"]).map(lambda k: f"shopgate/gateway/{k}"),
     st.tuples(st.one_of(st.sampled_from(["staging", "qa", "prod", "Staging"]), hostile), st.sampled_from(["bind", "hosts", "x"])).map(lambda t: f"shopgate/gateway/environments/{t[0]}/{t[1]}"),
-    st.tuples(service_names, st.sampled_from(["balance", "maxconn", "timeout_connect", "timeout_server", "weights", "maintenance", "slots", "sticky", "sticky_cookie", "x"])).map(lambda t: f"shopgate/services/{t[0]}/{t[1]}"),
+    st.tuples(service_names, st.sampled_from(["balance", "maxconn", "timeout_connect", "timeout_server", "weights", "maintenance", "slots", "sticky", "sticky_cookie", "discovery", "x",
+                                              "rate_limit", "rate_burst", "allow", "deny", "auth", "route_warning",
+                                              "flap_limit", "flap_window", "flap_hold"])).map(lambda t: f"shopgate/services/{t[0]}/{t[1]}"),
     hostile.map(lambda t: "shopgate/" + t),
 )
+_SHA512 = b"$6$abc$IdWKNKTJEb8LxY7CGg8YBXlvtfZzFw7Mp/r6niK9YB2mdvgY..TKjv1T..8RadRt2qvUHYRLr/TsVArtr91iR1"
+_BCRYPT = b"$2y$05$" + b"a" * 53
 plausible_values = st.sampled_from([b"leastconn", b"random", b"5s", b"250ms", b"100", b"2", b"true", b'{"canary": 10}', b"admin:pw", b"16",
                                     b"cookie", b"sid", b"127.0.0.1:18081", b"127.0.0.1:18082", b"127.0.0.1:18404", b"127.0.0.1:18080",
-                                    b"staging.example", b'["qa.example", "staging.example"]', b"a.example\nbind :80"])
+                                    b"staging.example", b'["qa.example", "staging.example"]', b"a.example\nbind :80", b"dns", b"runtime",
+                                    b"10.0.0.0/8, 127.0.0.1", b"::1, 192.168.0.0/16", b"10.0.0.1/8", b"127.0.0.1 #x", b"alice:" + _SHA512,
+                                    b"alice:" + _SHA512 + b"\nbob:" + _BCRYPT, b"alice:plain", b"alice:" + _SHA512 + b" x",
+                                    b"alice:$6$a$b\nlisten x", b"1000000", b"0", b"-1", b"30s\nlisten x", b"3 #x", b"10001"])
 kv_values = st.one_of(plausible_values, hostile.map(str.encode), st.binary(max_size=8))
 
 
@@ -247,25 +294,43 @@ DATA_LINE_SHAPES = [re.compile(shape) for shape in (
     r"    balance (roundrobin|leastconn|source|first|random)",
     r"    default-server maxconn \d+",
     r"    server s\d+ (\[[0-9a-f:.]+\]|[0-9.]+|localhost):\d+ weight \d+( cookie [0-9a-f]{12})?( disabled)?",
+    r"    server-template s 1-\d+ _[A-Za-z0-9-]+\._tcp\.service\.consul resolvers consul resolve-prefer ipv4 init-addr none "
+    r"resolve-opts allow-dup-ip check",
+    r"    accepted_payload_size \d+",
     r"    acl r\d+_host req\.hdr\(host\),field\(1,:\),lower -m str [a-z0-9.-]+",
     rf"    acl r\d+_path path(_beg)? {_PATH}",
     r"    http-request set-var\(txn\.route\) int\(\d+\) if !\{ var\(txn\.route\) -m found \} \{ var\(txn\.env\) -m str [a-z0-9_-]+ \}( r\d+_host)? r\d+_path",
     r"    http-request replace-path \^[A-Za-z0-9_/~\[\].-]+/\?\(\.\*\)\$ /\\1 if \{ var\(txn\.route\) -m int \d+ \}",
     rf"    use_backend be_{_NAME}(:{_ENV})? if \{{ var\(txn\.route\) -m int \d+ \}}",
+    # route guards (backend.cfg.j2)
+    rf"userlist ul_be_{_NAME}(:{_ENV})?",
+    r"    user [A-Za-z0-9_.-]+ password \$(5|6|2[aby])\$[./0-9A-Za-z$=]+",
+    r'    http-request return status 403 content-type application/json string "\{\\"error\\": \\"forbidden\\"\}" '
+    r"(if|unless) \{ src( [0-9a-f.:]+/\d+)+ \}",
+    r"    stick-table type ipv6 size 100k expire \d+ms store http_req_rate\(\d+ms\)",
+    r'    http-request return status 429 content-type application/json string "\{\\"error\\": \\"too many requests\\"\}" '
+    r"hdr Retry-After \d+ if \{ sc_http_req_rate\(0\) gt \d+ \}",
+    rf"    http-request auth realm {_NAME} unless \{{ http_auth\(ul_be_{_NAME}(:{_ENV})?\) \}}",
 )]
 
 
 def fixed_template_lines(directory: Path) -> set[str]:
-    """Lines of a config rendered from nothing: text the template writes whatever the catalog says."""
-    return set(render_config(RouteTable(), TEMPLATES_DIR, runtime(directory)).splitlines())
+    """Lines of a config rendered from nothing (and one empty DNS-mode backend, for the resolvers section):
+    text the template writes whatever the catalog says."""
+    dns_only = RouteTable(backends=(Backend("be_x", "x", BackendSettings(discovery="dns"), ()),))
+    return set(render_config(RouteTable(), TEMPLATES_DIR, runtime(directory)).splitlines()) | \
+        set(render_config(dns_only, TEMPLATES_DIR, runtime(directory)).splitlines())
 
 
-def assert_safe_valid_and_complete(snapshot: Snapshot) -> None:
-    """Only template lines, one-line error messages, every usable instance written, and `haproxy -c` passes."""
+def assert_safe_valid_and_complete(snapshot: Snapshot, held: frozenset[str] = frozenset()) -> None:
+    """Only template lines, one-line error messages, every usable instance written, and `haproxy -c` passes.
+
+    `held`: instances the flap hold-down keeps out (gateway.flap): written like the others, never ready."""
     with tempfile.TemporaryDirectory(prefix="shopgate-render-") as tmp:
         directory = Path(tmp)
         paths = runtime(directory)
-        table = build_route_table(snapshot, taken_binds={paths.listen: "the entry point", paths.stats: "the stats page"})
+        table = build_route_table(snapshot, taken_binds={paths.listen: "the entry point", paths.stats: "the stats page"}, held=held)
+        assert not any(s.state == "ready" and s.instance_key in held for b in table.backends for s in b.servers)
         config = render_config(table, TEMPLATES_DIR, paths)
         event(f"ready servers: {min(3, sum(s.state == 'ready' for b in table.backends for s in b.servers))}+")
         event(f"routes with host/strip: {any(r.host for r in table.routes)}/{any(r.strip for r in table.routes)}")
@@ -276,6 +341,11 @@ def assert_safe_valid_and_complete(snapshot: Snapshot) -> None:
         for line in config.splitlines():
             assert line in fixed or any(shape.fullmatch(line) for shape in DATA_LINE_SHAPES), f"unexpected line {line!r}"
         assert all("\n" not in message and "\r" not in message for message in table.rejected)
+        for key, value in snapshot.kv.items():   # DNS mode asked for a name DNS cannot carry: reported by its key
+            parts = key.split("/")
+            service = parts[2] if len(parts) == 4 and parts[:2] == ["shopgate", "services"] and parts[3] == "discovery" else None
+            if value == b"dns" and service and SERVICE_NAME.fullmatch(service) and not DNS_SERVICE_NAME.fullmatch(service):
+                assert any(r.startswith(f"{key}: ") for r in table.rejected), table.rejected
         for backend in table.backends:
             for server in backend.servers:
                 if server.occupied:
@@ -286,9 +356,10 @@ def assert_safe_valid_and_complete(snapshot: Snapshot) -> None:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(snapshot=catalogs())
-def test_any_catalog_renders_a_valid_config_made_only_of_template_lines(snapshot):
-    assert_safe_valid_and_complete(snapshot)
+@given(snapshot=catalogs(), held_picks=st.sets(st.integers(0, 15), max_size=4))
+def test_any_catalog_renders_a_valid_config_made_only_of_template_lines(snapshot, held_picks):
+    keys = sorted({i.key for instances in snapshot.services.values() for i in instances})
+    assert_safe_valid_and_complete(snapshot, frozenset(keys[n] for n in held_picks if n < len(keys)))
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
