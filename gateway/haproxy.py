@@ -34,6 +34,8 @@ class HAProxyError(RuntimeError):
 
 _ALERT_PREFIX = re.compile(r"^\[ALERT\]\s*\(\d+\)\s*:\s*")
 _PARSING_AT = re.compile(r"parsing \[[^\]]*:(\d+)\]")
+# How much of the log a refused reload reads for its alerts: request lines (one per request) come between.
+_LOG_READ_LIMIT = 4 * 1024 * 1024
 
 
 def check_config(haproxy_bin: str, cfg_path: Path, timeout: float = 60.0) -> str | None:
@@ -274,10 +276,11 @@ class HAProxyProcess:
             raise HAProxyError(f"{error}: {' | '.join(alerts)[:800]}" if alerts else str(error)) from error
 
     def _log_since(self, offset: int) -> str:
+        """The log written since `offset` (capped): request lines interleave with the alerts under load."""
         try:
             with open(self.log_path, "rb") as log_file:
                 log_file.seek(offset)
-                return log_file.read(65536).decode(errors="replace")
+                return log_file.read(_LOG_READ_LIMIT).decode(errors="replace")
         except OSError:
             return ""
 

@@ -49,7 +49,6 @@ SHRINK_FACTOR = 8
 
 DEFAULT_ROUTE_PREFIX = "/api/v1/"
 ROUTE_TAG = "urlprefix-"
-ENV_TAG = "env="
 DEFAULT_WEIGHT = 100
 KV_ENVIRONMENTS = f"{KV_PREFIX}gateway/environments/"
 #: The frontend of the gateway entry point (prod, and environments selected by host name only).
@@ -63,10 +62,10 @@ def backend_name(service: str, environment: str = DEFAULT_ENVIRONMENT) -> str:
 
 def instance_environment(instance: Instance) -> tuple[str | None, str | None]:
     """(environment, None) from the `env=` tag, else the `env` meta, else prod; (None, problem) when unreadable."""
-    tagged = {t[len(ENV_TAG):] for t in instance.tags if isinstance(t, str) and t.startswith(ENV_TAG)}
-    if len(tagged) > 1:
-        return None, f"tags name several environments ({', '.join(sorted(map(display, tagged)))})"
-    name = tagged.pop() if tagged else dict(instance.meta).get("env", DEFAULT_ENVIRONMENT)
+    claimed = instance.environments
+    if len(claimed) > 1:
+        return None, f"tags name several environments ({', '.join(sorted(map(display, claimed)))})"
+    (name,) = claimed
     if not ENVIRONMENT_NAME.fullmatch(name):
         return None, f"environment {display(name)} is not 1-32 of a-z 0-9 _ - starting with a letter or digit"
     return name, None
