@@ -2,7 +2,7 @@
 
     shopgate gateway [--consul URL] [--haproxy-bin haproxy] [--listen 127.0.0.1:8080]
                      [--stats 127.0.0.1:8404] [--status 127.0.0.1:9180] [--state-dir DIR]
-                     [--templates DIR]
+                     [--templates DIR] [--keep-haproxy]
 
 One loop owns HAProxy; everything else only wakes it:
 
@@ -15,6 +15,17 @@ Applier carries out that same plan.
 
 Debounce: a burst is applied once it has been quiet for MIN_QUIET or has lasted MAX_WAIT.
 Reloads are further spaced by RELOAD_INTERVAL; runtime-API changes are not.
+
+HAProxy's life, one per state dir (it runs in a session of its own, so it outlives the controller):
+
+    start    an HAProxy left by a previous controller of this state dir (pid file, command line,
+             master socket all agree) is adopted; none is started until the first full catalog
+             view, which it then serves from its first connection (no empty-config window).
+    adopt    on the first view: slots keep the instances HAProxy has in them (gateway.adopt); the
+             runtime API brings it up to date, or one validated reload when its config differs.
+    SIGTERM  /ready turns 503, then HAProxy's soft stop (in-flight requests finish, bounded by
+             hard_stop_after); with --keep-haproxy it keeps serving for the next controller.
+    SIGKILL  HAProxy keeps serving the last view; the next controller adopts it.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
+from gateway.adopt import running_table, seed_table
 from gateway.apply import Applier, ConfigRejected, GatewayFiles
 from gateway.diff import plan_changes
 from gateway.guard import EmptyCatalogGuard
@@ -68,6 +80,7 @@ class ControllerConfig:
     guard_hold: float = settings.GATEWAY_GUARD_HOLD_SECONDS
     slot_headroom: int = settings.SLOT_HEADROOM
     kv_defaults: Mapping[str, bytes] = field(default_factory=dict)   # from SHOPGATE_GATEWAY_* (KV wins)
+    keep_haproxy: bool = False    # on SIGTERM leave HAProxy serving for the next controller
 
 
 class Controller:
@@ -78,13 +91,15 @@ class Controller:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.files = GatewayFiles(config.state_dir)
         self.metrics = GatewayMetrics()
-        self.haproxy = HAProxyProcess(config.haproxy_bin, self.files.config, self.files.master_socket, self.files.haproxy_log)
+        self.haproxy = HAProxyProcess(config.haproxy_bin, self.files.config, self.files.master_socket,
+                                      self.files.haproxy_log, self.files.pidfile)
         runtime = RuntimePaths(admin_socket=self.files.admin_socket, listen=config.listen, stats=config.stats)
         self.applier = Applier(self.haproxy, self.files, config.templates_dir, runtime, self.metrics, config.drain_timeout)
         self.guard = EmptyCatalogGuard(hold=config.guard_hold)
         self.watcher = CatalogWatcher(config.consul, self._on_snapshot, wait_seconds=config.wait_seconds)
         self.templates = TemplateWatcher(config.templates_dir, self._on_template)
-        self.status_server = StatusServer(config.status, self.status, self.metrics.registry)
+        self.status_server = StatusServer(config.status, self.status, self.metrics.registry, self.ready)
+        self.metrics.watch_config_hash(self.applier.config_hash)
         self.metrics.long_polls.set_function(lambda: self.watcher.long_polls_in_flight)
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -102,6 +117,7 @@ class Controller:
         self._not_before = 0.0
         self._restart_at = 0.0
         self._restart_delay = settings.RETRY_BACKOFF_SECONDS[0]
+        self._adopting = False   # an adopted HAProxy not yet brought up to date
         self.last_error: str | None = None
 
     # ---- events (any thread)
@@ -128,7 +144,7 @@ class Controller:
 
     def run(self) -> None:
         self.status_server.start()
-        self._supervise()
+        self._adopting = self.haproxy.adopt() is not None
         self.watcher.start()
         self.templates.start()
         log.info("gateway: entry point %s, stats %s, status http://%s/status, catalog %s",
@@ -162,31 +178,20 @@ class Controller:
             snapshot = replace(snapshot, kv={**self.config.kv_defaults, **snapshot.kv})
         return build_route_table(snapshot, previous, headroom=self.config.slot_headroom)
 
-    def _start_haproxy(self) -> bool:
-        """Serve at once, with no routes (503) until the catalog's first view arrives."""
-        empty = self._route_table(Snapshot(), None)
-        try:
-            self.applier.apply(empty, plan_changes(self.applier.running, empty))
-            return True
-        except (ConfigRejected, HAProxyError) as error:
-            self._error("start", f"HAProxy did not start: {error}")
-            return False
-
     def _supervise(self) -> None:
-        """HAProxy died (or never came up): start it again on the last good config, with backoff."""
-        if self.haproxy.alive() or time.monotonic() < self._restart_at:
+        """HAProxy died: start it again on the config file it ran, with backoff, then re-plan.
+
+        Before its first start (the first full catalog view starts it) there is nothing to supervise."""
+        if self.haproxy.pid is None or self.haproxy.alive() or time.monotonic() < self._restart_at:
             return
-        if self.applier.file_table is None:
-            started = self._start_haproxy()
-        else:
-            code = self.haproxy.popen.returncode if self.haproxy.popen else None
-            self._error("haproxy", f"HAProxy exited with {code}; restarting it on the last good config")
-            try:
-                self.applier.restart_haproxy()
-                started = True
-            except HAProxyError as error:
-                self._error("haproxy", f"restarting HAProxy failed: {error}")
-                started = False
+        self._adopting = False
+        self._error("haproxy", f"HAProxy (pid {self.haproxy.pid}) exited with {self.haproxy.returncode}; restarting it on its last config")
+        try:
+            self.applier.restart_haproxy()
+            started = True
+        except HAProxyError as error:
+            self._error("haproxy", f"restarting HAProxy failed: {error}")
+            started = False
         if not started:
             self._restart_at = time.monotonic() + self._restart_delay
             self._restart_delay = min(self._restart_delay * 2, settings.RETRY_BACKOFF_SECONDS[1])
@@ -211,9 +216,17 @@ class Controller:
             self.metrics.guard_holds.inc()
             self._not_before = now + 1.0   # look again in a second (or on news)
             return
-        wanted = self._route_table(snapshot, self.applier.running)
+        if self._adopting:
+            try:
+                wanted, plan = self._adoption_plan(snapshot)
+            except HAProxyError as error:
+                self._error("adopt", f"reading the adopted HAProxy: {error}")
+                self._not_before = now + 1.0
+                return
+        else:
+            wanted = self._route_table(snapshot, self.applier.running)
+            plan = plan_changes(self.applier.running, wanted)
         self._wanted = wanted
-        plan = plan_changes(self.applier.running, wanted)
         if not edited and plan.needs_reload and now - self._last_reload < RELOAD_INTERVAL:
             self._not_before = self._last_reload + RELOAD_INTERVAL
             return
@@ -224,6 +237,23 @@ class Controller:
                 self._seen_at = self._first_event = None
             self._templates_edited = None
         self._apply(wanted, plan, snapshot, seen_at, f"template {edited} edited" if edited else None)
+
+    def _adoption_plan(self, snapshot: Snapshot) -> tuple[RouteTable, ApplyPlan]:
+        """The first view on an adopted HAProxy: keep its slots, then runtime changes or one reload."""
+        rows = self.haproxy.cli.server_stats()
+        wanted = self._route_table(snapshot, seed_table(rows, snapshot))
+        running = running_table(wanted, rows, snapshot)
+        try:
+            if running is not None and not self.applier.runs_structure_of(wanted):
+                running = None
+        except ConfigRejected:
+            running = None   # the apply reports the render error
+        self.applier.running = running
+        if running is None:
+            return wanted, ApplyPlan(structural_reasons=("the adopted HAProxy runs another configuration",))
+        plan = plan_changes(running, wanted)
+        log.info("adopted HAProxy has the wanted structure: %d slot change(s) through the runtime API", len(plan.membership))
+        return wanted, plan
 
     def _apply(self, wanted: RouteTable, plan: ApplyPlan, snapshot: Snapshot, seen_at: float, force_reason: str | None) -> None:
         try:
@@ -242,6 +272,7 @@ class Controller:
             self._not_before = time.monotonic() + 1.0
             return
         elapsed = time.monotonic() - seen_at
+        self._adopting = False
         self._applied_snapshot = snapshot
         self.last_error = None
         if not done.empty:
@@ -267,10 +298,27 @@ class Controller:
         self.last_error = message
 
     def _shutdown(self) -> None:
+        """Stop watching, then soft-stop HAProxy (or leave it serving with --keep-haproxy); /ready says 503 throughout."""
         self.templates.stop()
         self.watcher.stop()
-        self.haproxy.stop()
+        if self.config.keep_haproxy:
+            log.info("leaving HAProxy (pid %s) serving for the next controller of %s", self.haproxy.pid, self.config.state_dir)
+        else:
+            hard_stop_after = (self.applier.running or RouteTable()).settings.hard_stop_after_ms / 1000
+            self.haproxy.soft_stop(timeout=hard_stop_after + settings.GATEWAY_STOP_MARGIN_SECONDS)
         self.status_server.stop()
+
+    # ---- /ready
+
+    def ready(self) -> str | None:
+        """None when HAProxy serves the latest applied view; else why not (/ready answers 503 with it)."""
+        if self._stopping.is_set():
+            return "stopping"
+        if self.applier.running is None or self._adopting:
+            return "no catalog view applied yet"
+        if not self.haproxy.alive():
+            return "HAProxy is not running"
+        return None
 
     # ---- /status
 
@@ -287,7 +335,7 @@ class Controller:
             last_apply=self.applier.last_apply, last_error=self.last_error or self.applier.last_error,
             reloads=self.applier.reloads, runtime_updates=self.applier.runtime_updates,
             rejected_configs=self.applier.rejected_configs, last_good_at=self.metrics.last_good_at,
-            haproxy_pid=self.haproxy.pid if alive else None,
+            haproxy_pid=self.haproxy.pid if alive else None, config_hash=self.applier.config_hash(), ready=self.ready(),
             catalog={"reachable": self.watcher.reachable, "last_error": self.watcher.last_error,
                      "long_polls": self.watcher.long_polls_in_flight},
             guard_reason=self.guard.reason, now=time.time(),
@@ -305,6 +353,8 @@ def parse_args(argv: list[str]) -> ControllerConfig:
     parser.add_argument("--templates", type=Path, default=ControllerConfig.templates_dir, help="haproxy.cfg templates, watched for edits (default %(default)s)")
     parser.add_argument("--drain-timeout", type=float, default=ControllerConfig.drain_timeout, help="seconds a removed server may drain before maint (default %(default)s)")
     parser.add_argument("--guard-hold", type=float, default=ControllerConfig.guard_hold, help="seconds the empty-catalog guard may hold a view (default %(default)s)")
+    parser.add_argument("--keep-haproxy", action="store_true",
+                        help="on SIGTERM leave HAProxy serving; the next controller with this --state-dir adopts it")
     parser.add_argument("--slot-headroom", type=int, default=ControllerConfig.slot_headroom,
                         help="server slots per instance, rounded up to a power of two (default %(default)s); HAProxy reserves a file descriptor per slot")
     args = parser.parse_args(argv)
@@ -320,6 +370,7 @@ def parse_args(argv: list[str]) -> ControllerConfig:
     return ControllerConfig(consul=consul, haproxy_bin=args.haproxy_bin, listen=args.listen, stats=args.stats, status=args.status,
                             state_dir=args.state_dir.resolve(), templates_dir=args.templates.resolve(),
                             drain_timeout=args.drain_timeout, guard_hold=args.guard_hold, slot_headroom=max(1, args.slot_headroom),
+                            keep_haproxy=args.keep_haproxy,
                             kv_defaults=settings_from_env(os.environ))
 
 

@@ -79,6 +79,8 @@ SLOT_HEADROOM = 2
 GATEWAY_WATCH_WAIT_SECONDS = 30.0
 GATEWAY_DRAIN_TIMEOUT_SECONDS = 30.0
 GATEWAY_GUARD_HOLD_SECONDS = 30.0
+#: A stopping gateway waits for HAProxy's soft stop up to its hard-stop-after plus this margin, then kills it.
+GATEWAY_STOP_MARGIN_SECONDS = 5.0
 
 #: Catalog reads and HAProxy restarts that failed are retried after pauses that double from the first to the last.
 RETRY_BACKOFF_SECONDS = (0.2, 5.0)
