@@ -145,7 +145,9 @@ def _metric_hash(gateway) -> str | None:
     return line.split('hash="', 1)[1].split('"', 1)[0] if line else None
 
 
-def test_two_gateways_on_one_catalog_route_alike(gateway_factory):
+def test_two_gateways_on_one_catalog_route_alike(gateway_factory, catalog):
+    # Slot counts follow each gateway's history (growth hysteresis); a fleet pins them in KV.
+    catalog.client().kv.put("shopgate/services/products/slots", "8")
     first, second = gateway_factory(name="gw1"), gateway_factory(name="gw2")
     products = [first.start_backend("products") for _ in range(3)]
     users = first.start_backend("users", tags="urlprefix-/people strip=/people")
