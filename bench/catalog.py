@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import requests  # noqa: E402
+import uvloop  # noqa: E402
 
 from _harness import percentile  # noqa: E402
 from shopgate.processes import ManagedProcess, free_port, process_rss_kib, shopgate_argv, wait_for_http  # noqa: E402
@@ -188,10 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(f"shopgate catalog benchmark: {args.watchers} watchers, {args.registrations} registrations, "
           f"{args.rounds} rounds per latency figure")
-    # The client runs on uvloop too, so that its own cost stays small next to the server's.
-    from catalog.server import new_event_loop
-
-    loop = new_event_loop()
+    # The client runs on uvloop too (the catalog's loop), so that its own cost stays small next to the server's.
+    loop = uvloop.new_event_loop()
     try:
         loop.run_until_complete(run(args))
     finally:

@@ -16,14 +16,16 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from catalog.definitions import check_bodies, parse_agent_check, parse_service, require_name, sidecar_for
+from catalog.definitions import (check_bodies, parse_agent_check, parse_catalog_registration, parse_service,
+                                 require_name, sidecar_for)
 from catalog.parsing import BadRequest, Fields, NotFound
 from catalog.persist import Journal
-from catalog.records import (CRITICAL, NODE_MAINTENANCE_ID, PASSING, SERF_CHECK_ID, SERVICE_MAINTENANCE_PREFIX,
-                             STATUSES, Check, Node, Service)
+from catalog.records import Check, Node, Service
 from catalog.sessions import SessionKeeper
 from catalog.state import Store
 from catalog.watch import Watchers
+from shopgate.consul_client.protocol import (CRITICAL, NODE_MAINTENANCE_ID, PASSING, SERF_CHECK_ID,
+                                             SERVICE_MAINTENANCE_PREFIX, STATUSES, service_maintenance_id)
 
 if TYPE_CHECKING:
     from catalog.checks import CheckRunner
@@ -50,7 +52,6 @@ class Agent:
         self.store = Store(config.datacenter)
         self.watchers = Watchers()
         self.runner: CheckRunner | None = None
-        self.sessions = SessionKeeper(self)
         self._reapers: dict[str, asyncio.TimerHandle] = {}
         identity = {"id": str(uuid.uuid4()), "name": config.node_name or default_node_name()}
         if journal is not None:
@@ -64,6 +65,7 @@ class Agent:
             journal.write([("meta", "node", identity)])
         self.node_id = identity["id"]
         self.node = identity["name"]
+        self.sessions = SessionKeeper(self.store, self.node, self.commit)
         self._ensure_self()
 
     # ------------------------------------------------------------ plumbing
@@ -159,7 +161,7 @@ class Agent:
     def service_maintenance(self, service_id: str, enable: bool, reason: str) -> bool:
         if self.local_service(service_id) is None:
             return False
-        self._maintenance(Check(self.node, SERVICE_MAINTENANCE_PREFIX + service_id, "Service Maintenance Mode",
+        self._maintenance(Check(self.node, service_maintenance_id(service_id), "Service Maintenance Mode",
                                 CRITICAL, service_id=service_id), "service", enable, reason)
         return True
 
@@ -270,34 +272,14 @@ class Agent:
     def catalog_register(self, body: Fields) -> None:
         """Register a node with an optional service and checks — all of it or, on bad input, nothing."""
         name = self._foreign_node(body, "register services")
-        address = body.text("Address")
-        if not address:
-            raise BadRequest("Must provide address")
-        existing = self.store.nodes.get(name)
-        node = None
-        if existing is None or not body.flag("SkipNodeUpdate"):
-            node = Node(name, body.text("ID") or (existing.id if existing else ""), address, self.config.datacenter,
-                        body.string_map("TaggedAddresses"), body.string_map("NodeMeta"))
-        service = parse_service(body.obj("Service"), name) if body.has("Service") else None
-        known_services = {sid for (node_name, sid) in self.store.services if node_name == name}
-        if service is not None:
-            known_services.add(service.id)
-        checks = []
-        for fields in check_bodies(body):
-            check_id = require_name(fields.text("CheckID", "ID") or fields.text("Name"), "check ID")
-            status = fields.text("Status") or CRITICAL
-            if status not in STATUSES:
-                raise BadRequest(f"{fields.where}: Status must be one of passing, warning, critical, got {status!r}")
-            service_id = fields.text("ServiceID")
-            if service_id and service_id not in known_services:
-                raise BadRequest(f"{fields.where}: ServiceID {service_id!r} is not registered on node {name!r}")
-            checks.append(Check(name, check_id, fields.text("Name") or check_id, status, fields.text("Notes"),
-                                fields.text("Output"), service_id))
-        if node is not None:
-            self.store.ensure_node(node)
-        if service is not None:
-            self.store.put_service(service)
-        for check in checks:
+        registration = parse_catalog_registration(
+            body, name, self.config.datacenter, self.store.nodes.get(name),
+            {sid for (node_name, sid) in self.store.services if node_name == name})
+        if registration.node is not None:
+            self.store.ensure_node(registration.node)
+        if registration.service is not None:
+            self.store.put_service(registration.service)
+        for check in registration.checks:
             self.store.put_check(check)
         self.commit()
 

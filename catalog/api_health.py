@@ -8,11 +8,11 @@ from aiohttp import web
 
 from catalog.filtering import apply_filter
 from catalog.parsing import BadRequest
-from catalog.records import PASSING, STATUSES
 from catalog.records import Check
 from catalog.responses import agent_of, fragments_of, indexed, query_of
 from catalog.shapes import check_json, health_service_json, node_json
 from catalog.state import Store, service_topic
+from shopgate.consul_client.protocol import PASSING, STATUSES
 
 routes = web.RouteTableDef()
 

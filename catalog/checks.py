@@ -1,8 +1,9 @@
 """Run the agent's health checks on the event loop: HTTP, TCP and script probes at their Interval, TTL timers.
 
 One asyncio task per probing check and one timer per TTL check — no thread
-per check. Results go to `Agent.record_result`, which stores them (only a
-changed status or output takes an index) and wakes watchers.
+per check. Results go to the `on_result` callable it is given (the agent's,
+which stores them and wakes watchers), so the runner needs nothing else of
+the agent.
 HTTP: 2xx passing, 429 warning, anything else critical (as in Consul).
 Script: exit 0 passing, 1 warning, else critical.
 """
@@ -11,23 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Callable
 
 import aiohttp
 
-from catalog.records import CRITICAL, PASSING, WARNING, Check, CheckDefinition
-
-if TYPE_CHECKING:
-    from catalog.agent import Agent
+from catalog.records import Check, CheckDefinition
+from shopgate.consul_client.protocol import CRITICAL, PASSING, WARNING
 
 log = logging.getLogger("catalog.checks")
 
 MAX_BODY = 4096
 
+#: Where a check's outcome goes: (check ID, status, output).
+ResultSink = Callable[[str, str, str], None]
+
 
 class CheckRunner:
-    def __init__(self, agent: "Agent"):
-        self.agent = agent
+    def __init__(self, on_result: ResultSink):
+        self._on_result = on_result
         self._probes: dict[str, tuple[asyncio.Task, CheckDefinition]] = {}
         self._ttl_timers: dict[str, asyncio.TimerHandle] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -70,7 +72,7 @@ class CheckRunner:
 
     def _ttl_expired(self, check_id: str) -> None:
         self._ttl_timers.pop(check_id, None)
-        self.agent.record_result(check_id, CRITICAL, "TTL expired")
+        self._on_result(check_id, CRITICAL, "TTL expired")
 
     async def close(self) -> None:
         for check_id in list(self._probes) + list(self._ttl_timers):
@@ -87,7 +89,7 @@ class CheckRunner:
             except Exception as exc:  # a probe must never take the scheduler down
                 log.exception("check %s failed to run", check_id)
                 status, output = CRITICAL, f"check failed to run: {exc}"
-            self.agent.record_result(check_id, status, output)
+            self._on_result(check_id, status, output)
             await asyncio.sleep(definition.interval)
 
     async def probe(self, definition: CheckDefinition) -> tuple[str, str]:

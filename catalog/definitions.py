@@ -1,4 +1,4 @@
-"""Consul service and check definitions, as clients send them, turned into validated records.
+"""Consul service and check definitions and catalog registrations, as clients send them, turned into validated records.
 
 Pure functions over `Fields` (Consul's case-insensitive JSON): what a
 definition may say, its defaults (check IDs `service:<id>[:n]`, 10s
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from catalog.parsing import BadRequest, Fields, is_decimal
-from catalog.records import CRITICAL, STATUSES, Check, CheckDefinition, Service
+from catalog.records import Check, CheckDefinition, Node, Service
+from shopgate.consul_client.protocol import CRITICAL, STATUSES
 
 SIDECAR_MIN_PORT, SIDECAR_MAX_PORT = 21000, 21255
 DEFAULT_CHECK_TIMEOUT = 10.0
@@ -82,6 +83,41 @@ def parse_service(body: Fields, node: str) -> Service:
                    proxy=body.obj("Proxy").as_dict(),
                    locality={"Region": locality.text("Region"), "Zone": locality.text("Zone")}
                    if body.has("Locality") else None)
+
+
+@dataclass
+class CatalogRegistration:
+    """A parsed `PUT /v1/catalog/register`, validated whole so that bad input writes nothing."""
+
+    node: Node | None           # None: SkipNodeUpdate on a node already in the catalog
+    service: Service | None
+    checks: list[Check]
+
+
+def parse_catalog_registration(body: Fields, node: str, datacenter: str, existing: Node | None,
+                               service_ids: set[str]) -> CatalogRegistration:
+    """A node with an optional service and checks; `existing` is the node as stored, `service_ids` its services."""
+    address = body.text("Address")
+    if not address:
+        raise BadRequest("Must provide address")
+    record = None
+    if existing is None or not body.flag("SkipNodeUpdate"):
+        record = Node(node, body.text("ID") or (existing.id if existing else ""), address, datacenter,
+                      body.string_map("TaggedAddresses"), body.string_map("NodeMeta"))
+    service = parse_service(body.obj("Service"), node) if body.has("Service") else None
+    known_services = service_ids | ({service.id} if service is not None else set())
+    checks = []
+    for fields in check_bodies(body):
+        check_id = require_name(fields.text("CheckID", "ID") or fields.text("Name"), "check ID")
+        status = fields.text("Status") or CRITICAL
+        if status not in STATUSES:
+            raise BadRequest(f"{fields.where}: Status must be one of passing, warning, critical, got {status!r}")
+        service_id = fields.text("ServiceID")
+        if service_id and service_id not in known_services:
+            raise BadRequest(f"{fields.where}: ServiceID {service_id!r} is not registered on node {node!r}")
+        checks.append(Check(node, check_id, fields.text("Name") or check_id, status, fields.text("Notes"),
+                            fields.text("Output"), service_id))
+    return CatalogRegistration(record, service, checks)
 
 
 def sidecar_for(service: Service, body: Fields, taken_ports: Callable[[], set[int]]) -> Service | None:

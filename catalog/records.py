@@ -11,12 +11,7 @@ import base64
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-PASSING, WARNING, CRITICAL = "passing", "warning", "critical"
-STATUSES = (PASSING, WARNING, CRITICAL)
-
-SERF_CHECK_ID = "serfHealth"
-NODE_MAINTENANCE_ID = "_node_maintenance"
-SERVICE_MAINTENANCE_PREFIX = "_service_maintenance:"
+from shopgate.consul_client.protocol import CRITICAL, SERF_CHECK_ID
 
 
 class Doc:

@@ -85,7 +85,7 @@ def build_app(agent: Agent, acl_token: str | None = None) -> web.Application:
     app.router.add_get("/ui/{path:.*}", ui_file)
 
     async def start_checks(app: web.Application) -> None:
-        app[RUNNER_KEY] = CheckRunner(agent)
+        app[RUNNER_KEY] = CheckRunner(agent.record_result)
         agent.start_checks(app[RUNNER_KEY])
         settle_garbage_collector()
 

@@ -4,7 +4,8 @@ The store keeps sessions and key locks (pure); this keeper owns the clock:
 a TTL session ends when not renewed within twice its TTL (Consul's grace),
 and a key whose lock holder ended cannot be re-acquired for the session's
 LockDelay, so a new holder does not act while the old one may still think
-it holds the lock.
+it holds the lock. It is given the store, the node name and a `commit`
+callable, and needs nothing else of the agent.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from catalog.parsing import BadRequest, Fields, NotFound
-from catalog.records import CRITICAL, SERF_CHECK_ID, Session
+from catalog.records import Session
+from shopgate.consul_client.protocol import CRITICAL, SERF_CHECK_ID
 
 if TYPE_CHECKING:
-    from catalog.agent import Agent
     from catalog.state import Store
 
 TTL_MULTIPLIER = 2            # Consul invalidates a TTL session after 2x its TTL without a renewal
@@ -28,14 +29,12 @@ MAX_LOCK_DELAY = 60.0
 
 
 class SessionKeeper:
-    def __init__(self, agent: "Agent"):
-        self.agent = agent
+    def __init__(self, store: Store, node: str, commit: Callable[[], None]):
+        self.store = store
+        self._node = node           # where a session lives when its request names no Node
+        self._commit = commit       # write ahead and wake watchers, after every change to the store
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._lock_delays: dict[str, float] = {}   # key -> monotonic time until which it cannot be acquired
-
-    @property
-    def store(self) -> "Store":
-        return self.agent.store
 
     def resume(self) -> None:
         """After a restart, every stored TTL session gets a fresh timer."""
@@ -43,7 +42,7 @@ class SessionKeeper:
             self._arm(session)
 
     def create(self, body: Fields) -> Session:
-        node = body.text("Node") or self.agent.node
+        node = body.text("Node") or self._node
         if node not in self.store.nodes:
             raise BadRequest(f"Missing node registration: node {node!r} is not in the catalog")
         behavior = body.text("Behavior") or "release"
@@ -66,7 +65,7 @@ class SessionKeeper:
                 raise BadRequest(f"Check {check_id!r} is in critical state")
         session = self.store.put_session(Session(str(uuid.uuid4()), body.text("Name"), node, lock_delay, behavior,
                                                  ttl or None, node_checks, service_checks))
-        self.agent.commit()
+        self._commit()
         self._arm(session)
         return session
 
@@ -85,7 +84,7 @@ class SessionKeeper:
         if session is None:
             return
         released = self.store.end_session(session_id)
-        self.agent.commit()
+        self._commit()
         if session.lock_delay:
             until = time.monotonic() + session.lock_delay
             for key in released:

@@ -11,9 +11,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from catalog.records import CRITICAL, PASSING, Check, Node, Service
+from catalog.records import Check, Node, Service
 from catalog.shapes import catalog_service_json, check_json, health_service_json, kv_json
 from catalog.state import Store, key_topic, service_topic
+from shopgate.consul_client.protocol import CRITICAL, PASSING
 
 NAMES = ["web", "api"]
 IDS = ["1", "2", "3"]

@@ -12,7 +12,17 @@ Modelled on consul-template: each Consul read owns its decoding, and one loop ho
 on its index. Built on py-consul, the project's named Consul client, which speaks blocking queries.
 """
 
-from shopgate.consul_client.address import ConsulAddress
-from shopgate.consul_client.client import CATALOG_ERRORS, CatalogUnavailable, QueryResult, connect, read
+import importlib
+from typing import Any
 
-__all__ = ["ConsulAddress", "CATALOG_ERRORS", "CatalogUnavailable", "QueryResult", "connect", "read"]
+#: What `from shopgate.consul_client import X` offers, and the module that defines it. Loaded on first use, so that
+#: the embedded server, which imports only `protocol`, does not load py-consul and requests at start-up.
+_EXPORTS = {"ConsulAddress": "address", "CATALOG_ERRORS": "client", "CatalogUnavailable": "client",
+            "QueryResult": "client", "connect": "client", "read": "client"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from shopgate.consul_client.client import CatalogUnavailable, QueryResult
 from shopgate.settings import RETRY_BACKOFF_SECONDS
 
 
+@dataclass(eq=False)
 class BlockingQuery:
     """One read held open on its index by `run()` until `stop` is set.
 
@@ -28,21 +30,17 @@ class BlockingQuery:
     waited on. `on_error(message)`, `on_success()` and `on_reset(seen_at)` let the owner report
     reachability; they default to doing nothing."""
 
-    def __init__(self, name: str, fetch: Callable[[int], QueryResult], on_change: Callable[[Any, float, int], None],
-                 stop: threading.Event, *, backoff: tuple[float, float] = RETRY_BACKOFF_SECONDS,
-                 on_error: Callable[[str], None] = lambda message: None, on_success: Callable[[], None] = lambda: None,
-                 on_reset: Callable[[float], None] = lambda seen_at: None):
-        self.name = name
-        self.fetch = fetch
-        self.on_change = on_change
-        self.stop = stop
-        self.backoff = backoff
-        self.on_error = on_error
-        self.on_success = on_success
-        self.on_reset = on_reset
-        self.index = 0
-        self.waiting = False     # a read is held open on an index right now
-        self.reads = 0
+    name: str
+    fetch: Callable[[int], QueryResult]
+    on_change: Callable[[Any, float, int], None]
+    stop: threading.Event
+    backoff: tuple[float, float] = RETRY_BACKOFF_SECONDS
+    on_error: Callable[[str], None] = lambda message: None
+    on_success: Callable[[], None] = lambda: None
+    on_reset: Callable[[float], None] = lambda seen_at: None
+    index: int = field(default=0, init=False)
+    waiting: bool = field(default=False, init=False)   # a read is held open on an index right now
+    reads: int = field(default=0, init=False)
 
     def run(self) -> None:
         first_backoff, last_backoff = self.backoff
