@@ -8,6 +8,9 @@ them into:
                      routing keeps every instance in the slot it already has (no reshuffle);
     running_table    the wanted table with each slot as HAProxy serves it now, so the ordinary
                      diff gives the runtime-API changes that bring it up to date;
+    served_snapshot  the instances it serves (every `ready` slot), as the view the empty-catalog guard
+                     compares the first catalog view with: a wiped catalog must not empty an adopted
+                     HAProxy any more than a running one;
     same_structure   whether the running file differs from the wanted render only in server
                      addresses, weights and `disabled` (what runtime changes move); if not, one
                      validated reload.
@@ -60,6 +63,18 @@ def _live_servers(backend: str, service: str, rows: Rows, snapshot: Snapshot) ->
             key = instance.key if instance is not None else f"adopted:{address}:{port}"
             servers.append(Server(slot, key, address, port, weight, state))
     return servers
+
+
+def served_snapshot(rows: Rows) -> Snapshot:
+    """What HAProxy serves, as a Snapshot: one passing instance per `ready` slot of each service backend."""
+    prefix = backend_name("")
+    services: dict[str, list[Instance]] = {}
+    for (backend, slot), row in sorted(rows.items()):
+        if backend.startswith(prefix) and _state(row.get("status", "")) == "ready":
+            service = backend[len(prefix):]
+            address, port = _split_addr(row.get("addr", ""))
+            services.setdefault(service, []).append(Instance(service, slot, "adopted", address, port))
+    return Snapshot(services={name: tuple(instances) for name, instances in services.items()})
 
 
 def seed_table(rows: Rows, snapshot: Snapshot) -> RouteTable:

@@ -21,6 +21,8 @@ HAProxy's life, one per state dir (it runs in a session of its own, so it outliv
     start    an HAProxy left by a previous controller of this state dir (pid file, command line,
              master socket all agree) is adopted; none is started until the first full catalog
              view, which it then serves from its first connection (no empty-config window).
+             For the empty-catalog guard an adoption is a recovery, and what the adopted HAProxy
+             serves is the applied view: a first view after a catalog wipe is held like any other.
     adopt    on the first view: slots keep the instances HAProxy has in them (gateway.adopt); the
              runtime API brings it up to date, or one validated reload when its config differs.
     SIGTERM  /ready turns 503, then HAProxy's soft stop (in-flight requests finish, bounded by
@@ -41,7 +43,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
-from gateway.adopt import running_table, seed_table
+from gateway.adopt import running_table, seed_table, served_snapshot
 from gateway.apply import Applier, ConfigRejected, GatewayFiles
 from gateway.diff import plan_changes
 from gateway.guard import EmptyCatalogGuard
@@ -118,6 +120,8 @@ class Controller:
         self._restart_at = 0.0
         self._restart_delay = settings.RETRY_BACKOFF_SECONDS[0]
         self._adopting = False   # an adopted HAProxy not yet brought up to date
+        self._adopted_view: Snapshot | None = None   # what it served when adopted: the guard's baseline until the first apply
+        self._adopted_at: float | None = None        # an adoption is a recovery for the guard
         self.last_error: str | None = None
 
     # ---- events (any thread)
@@ -145,6 +149,12 @@ class Controller:
     def run(self) -> None:
         self.status_server.start()
         self._adopting = self.haproxy.adopt() is not None
+        if self._adopting:
+            self._adopted_at = time.monotonic()
+            try:
+                self._adopted_view = served_snapshot(self.haproxy.cli.server_stats())
+            except HAProxyError as error:
+                self._error("adopt", f"reading what the adopted HAProxy serves: {error}")
         self.watcher.start()
         self.templates.start()
         log.info("gateway: entry point %s, stats %s, status http://%s/status, catalog %s",
@@ -211,7 +221,8 @@ class Controller:
                 return
             snapshot = self._snapshot or self._applied_snapshot or Snapshot()
             edited, seen_at = self._templates_edited, self._seen_at or now
-        hold = self.guard.check(self._applied_snapshot, snapshot, self.watcher.recovered_at, now)
+        recovered = [t for t in (self.watcher.recovered_at, self._adopted_at) if t is not None]
+        hold = self.guard.check(self._applied_snapshot or self._adopted_view, snapshot, max(recovered, default=None), now)
         if hold:
             self.metrics.guard_holds.inc()
             self._not_before = now + 1.0   # look again in a second (or on news)
@@ -314,6 +325,8 @@ class Controller:
         """None when HAProxy serves the latest applied view; else why not (/ready answers 503 with it)."""
         if self._stopping.is_set():
             return "stopping"
+        if self._adopting and self.guard.reason:
+            return f"the adopted HAProxy serves its last view; the catalog's first is held: {self.guard.reason}"
         if self.applier.running is None or self._adopting:
             return "no catalog view applied yet"
         if not self.haproxy.alive():

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.adopt import running_table, same_structure, seed_table
+from gateway.adopt import running_table, same_structure, seed_table, served_snapshot
 from gateway.diff import plan_changes
+from gateway.guard import EmptyCatalogGuard
 from gateway.haproxy import haproxy_argv, read_pidfile, runs_config
 from gateway.model import Instance, Snapshot
 from gateway.routing import build_route_table
@@ -71,3 +72,15 @@ def test_only_an_haproxy_of_this_state_dir_is_recognised(tmp_path):
         pidfile.write_text(text)
         assert read_pidfile(pidfile) == pid
     assert read_pidfile(tmp_path / "missing.pid") is None
+
+
+def test_the_guard_holds_a_wiped_catalogs_first_view_against_what_the_adopted_haproxy_serves():
+    served = served_snapshot({**LIVE, ("be_users", "s1"): {"addr": "10.0.0.2:7000", "status": "UP", "weight": "100"}})
+    assert {name: [(i.address, i.port) for i in instances] for name, instances in served.services.items()} == {
+        "products": [("10.0.0.1", 9002), ("10.0.0.1", 9001)], "users": [("10.0.0.2", 7000)]}, "ready slots only"
+    guard = EmptyCatalogGuard(hold=30, window=60)
+    adopted_at = 100.0
+    assert guard.check(served, Snapshot(), recovered_at=adopted_at, now=101.0) is not None, "an empty first view is held"
+    assert guard.check(served, Snapshot(services={"products": (inst(1),)}), recovered_at=adopted_at, now=102.0) is not None, \
+        "1 of 3 is much smaller right after the adoption"
+    assert guard.check(served, Snapshot(services={"products": (inst(1), inst(2))}), recovered_at=adopted_at, now=103.0) is None

@@ -27,6 +27,12 @@ def ready(gateway) -> int:
     return requests.get(f"{gateway.status_url}/ready", timeout=5).status_code
 
 
+def answered_by(gateway) -> str:
+    response = requests.get(f"{gateway.url}/api/v1/products/item", timeout=5)
+    assert response.status_code == 200, response.text[:200]
+    return response.headers["X-Instance"]
+
+
 def served_by(load: Load, ports: set[int]) -> bool:
     return {str(p) for p in ports} <= {r.instance for r in load.records[-200:]}
 
@@ -59,6 +65,29 @@ def test_controller_killed_and_restarted_under_load_adopts_its_haproxy(gateway):
     summary = summarize(records)
     assert summary["requests"] > 100, summary
     assert summary["failed"] == 0, summary
+    assert gateway.haproxy_masters() == [haproxy_pid]
+
+
+def test_a_restart_after_a_catalog_wipe_keeps_the_adopted_haproxy_serving(gateway_factory, catalog):
+    gateway = gateway_factory(guard_hold=120)
+    backends = [gateway.start_backend("products") for _ in range(3)]
+    ports = {str(b.port) for b in backends}
+    eventually("3 instances routed", lambda: gateway.routed("products", {b.port for b in backends}))
+    haproxy_pid = gateway.status()["haproxy_pid"]
+    gateway.process.signal(signal.SIGKILL)
+    gateway.process.popen.wait(timeout=10)
+    catalog.stop()
+    catalog.wipe()
+    catalog.start()   # empty: the instances have not registered again yet
+    gateway.start()
+    eventually("the guard holds the wiped catalog's first view", lambda: gateway.status()["guard"]["holding"])
+    assert gateway.status()["haproxy_pid"] == haproxy_pid
+    assert {answered_by(gateway) for _ in range(12)} == ports, "the adopted HAProxy keeps serving all three"
+
+    for backend in backends:
+        backend.process.signal(signal.SIGUSR1)   # register again
+    eventually("released once the instances are back", lambda: gateway.routed("products", {b.port for b in backends}))
+    assert not gateway.status()["guard"]["holding"]
     assert gateway.haproxy_masters() == [haproxy_pid]
 
 
