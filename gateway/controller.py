@@ -2,7 +2,7 @@
 
     shopgate gateway [--consul URL] [--haproxy-bin haproxy] [--listen 127.0.0.1:8080]
                      [--stats 127.0.0.1:8404] [--status 127.0.0.1:9180] [--state-dir DIR]
-                     [--templates DIR] [--keep-haproxy]
+                     [--templates DIR] [--keep-haproxy] [--accept-proxy]
 
 One loop owns HAProxy; everything else only wakes it:
 
@@ -83,6 +83,7 @@ class ControllerConfig:
     slot_headroom: int = settings.SLOT_HEADROOM
     kv_defaults: Mapping[str, bytes] = field(default_factory=dict)   # from SHOPGATE_GATEWAY_* (KV wins)
     keep_haproxy: bool = False    # on SIGTERM leave HAProxy serving for the next controller
+    accept_proxy: bool = False    # the entry bind takes the PROXY protocol (an outer L4 balancer's send-proxy-v2)
 
 
 class Controller:
@@ -95,7 +96,8 @@ class Controller:
         self.metrics = GatewayMetrics()
         self.haproxy = HAProxyProcess(config.haproxy_bin, self.files.config, self.files.master_socket,
                                       self.files.haproxy_log, self.files.pidfile)
-        runtime = RuntimePaths(admin_socket=self.files.admin_socket, listen=config.listen, stats=config.stats)
+        runtime = RuntimePaths(admin_socket=self.files.admin_socket, listen=config.listen, stats=config.stats,
+                               accept_proxy=config.accept_proxy)
         self.applier = Applier(self.haproxy, self.files, config.templates_dir, runtime, self.metrics, config.drain_timeout)
         self.guard = EmptyCatalogGuard(hold=config.guard_hold)
         self.watcher = CatalogWatcher(config.consul, self._on_snapshot, wait_seconds=config.wait_seconds)
@@ -368,6 +370,8 @@ def parse_args(argv: list[str]) -> ControllerConfig:
     parser.add_argument("--guard-hold", type=float, default=ControllerConfig.guard_hold, help="seconds the empty-catalog guard may hold a view (default %(default)s)")
     parser.add_argument("--keep-haproxy", action="store_true",
                         help="on SIGTERM leave HAProxy serving; the next controller with this --state-dir adopts it")
+    parser.add_argument("--accept-proxy", action="store_true",
+                        help="the entry bind takes the PROXY protocol v1/v2 from an outer load balancer")
     parser.add_argument("--slot-headroom", type=int, default=ControllerConfig.slot_headroom,
                         help="server slots per instance, rounded up to a power of two (default %(default)s); HAProxy reserves a file descriptor per slot")
     args = parser.parse_args(argv)
@@ -383,7 +387,7 @@ def parse_args(argv: list[str]) -> ControllerConfig:
     return ControllerConfig(consul=consul, haproxy_bin=args.haproxy_bin, listen=args.listen, stats=args.stats, status=args.status,
                             state_dir=args.state_dir.resolve(), templates_dir=args.templates.resolve(),
                             drain_timeout=args.drain_timeout, guard_hold=args.guard_hold, slot_headroom=max(1, args.slot_headroom),
-                            keep_haproxy=args.keep_haproxy,
+                            keep_haproxy=args.keep_haproxy, accept_proxy=args.accept_proxy,
                             kv_defaults=settings_from_env(os.environ))
 
 

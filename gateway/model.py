@@ -154,6 +154,7 @@ class RuntimePaths:
     admin_socket: Path                       # `stats socket ... level admin` (runtime API)
     listen: str = "127.0.0.1:8080"           # the gateway entry point, "host:port"
     stats: str = "127.0.0.1:8404"            # stats page + /metrics, "host:port"
+    accept_proxy: bool = False               # `--accept-proxy`: the entry bind takes the PROXY protocol (v1/v2)
     pidfile: Path | None = None
     # When set: `server-state-file` + `load-server-state-from-file global`. Off by default: measured on
     # 2.6, a state file's address/port and up-state override the rendered server lines on reload, so

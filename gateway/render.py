@@ -33,6 +33,7 @@ def render_config(table: RouteTable, templates_dir: Path, runtime: RuntimePaths)
         settings=table.settings,
         runtime=runtime,
         routes=list(enumerate(table.routes, start=1)),
+        accept_proxy=runtime.accept_proxy,
         backends=table.backends,
     )
 
