@@ -2,7 +2,7 @@
 
     shopgate gateway [--consul URL] [--haproxy-bin haproxy] [--listen 127.0.0.1:8080]
                      [--stats 127.0.0.1:8404] [--status 127.0.0.1:9180] [--state-dir DIR]
-                     [--templates DIR] [--keep-haproxy] [--accept-proxy]
+                     [--templates DIR] [--keep-haproxy] [--accept-proxy] [--unready-delay S]
 
 One loop owns HAProxy; everything else only wakes it:
 
@@ -25,7 +25,7 @@ HAProxy's life, one per state dir (it runs in a session of its own, so it outliv
              serves is the applied view: a first view after a catalog wipe is held like any other.
     adopt    on the first view: slots keep the instances HAProxy has in them (gateway.adopt); the
              runtime API brings it up to date, or one validated reload when its config differs.
-    SIGTERM  /ready turns 503, then HAProxy's soft stop (in-flight requests finish, bounded by
+    SIGTERM  /ready turns 503 (for --unready-delay seconds first, so an outer balancer drains it), then HAProxy's soft stop (in-flight requests finish, bounded by
              hard_stop_after); with --keep-haproxy it keeps serving for the next controller.
     SIGKILL  HAProxy keeps serving the last view; the next controller adopts it.
 """
@@ -83,6 +83,7 @@ class ControllerConfig:
     slot_headroom: int = settings.SLOT_HEADROOM
     kv_defaults: Mapping[str, bytes] = field(default_factory=dict)   # from SHOPGATE_GATEWAY_* (KV wins)
     keep_haproxy: bool = False    # on SIGTERM leave HAProxy serving for the next controller
+    unready_delay: float = settings.GATEWAY_UNREADY_DELAY_SECONDS   # /ready 503 this long before the soft stop
     accept_proxy: bool = False    # the entry bind takes the PROXY protocol (an outer L4 balancer's send-proxy-v2)
 
 
@@ -317,6 +318,9 @@ class Controller:
         if self.config.keep_haproxy:
             log.info("leaving HAProxy (pid %s) serving for the next controller of %s", self.haproxy.pid, self.config.state_dir)
         else:
+            if self.config.unready_delay > 0:
+                log.info("unready; HAProxy stops accepting in %.1fs (an outer balancer moves new connections away meanwhile)", self.config.unready_delay)
+                time.sleep(self.config.unready_delay)
             hard_stop_after = (self.applier.running or RouteTable()).settings.hard_stop_after_ms / 1000
             self.haproxy.soft_stop(timeout=hard_stop_after + settings.GATEWAY_STOP_MARGIN_SECONDS)
         self.status_server.stop()
@@ -370,6 +374,8 @@ def parse_args(argv: list[str]) -> ControllerConfig:
     parser.add_argument("--guard-hold", type=float, default=ControllerConfig.guard_hold, help="seconds the empty-catalog guard may hold a view (default %(default)s)")
     parser.add_argument("--keep-haproxy", action="store_true",
                         help="on SIGTERM leave HAProxy serving; the next controller with this --state-dir adopts it")
+    parser.add_argument("--unready-delay", type=float, default=ControllerConfig.unready_delay,
+                        help="on SIGTERM answer /ready 503 this many seconds before HAProxy stops accepting (default %(default)s)")
     parser.add_argument("--accept-proxy", action="store_true",
                         help="the entry bind takes the PROXY protocol v1/v2 from an outer load balancer")
     parser.add_argument("--slot-headroom", type=int, default=ControllerConfig.slot_headroom,
@@ -388,6 +394,7 @@ def parse_args(argv: list[str]) -> ControllerConfig:
                             state_dir=args.state_dir.resolve(), templates_dir=args.templates.resolve(),
                             drain_timeout=args.drain_timeout, guard_hold=args.guard_hold, slot_headroom=max(1, args.slot_headroom),
                             keep_haproxy=args.keep_haproxy, accept_proxy=args.accept_proxy,
+                            unready_delay=max(0.0, args.unready_delay),
                             kv_defaults=settings_from_env(os.environ))
 
 

@@ -81,6 +81,9 @@ GATEWAY_DRAIN_TIMEOUT_SECONDS = 30.0
 GATEWAY_GUARD_HOLD_SECONDS = 30.0
 #: A stopping gateway waits for HAProxy's soft stop up to its hard-stop-after plus this margin, then kills it.
 GATEWAY_STOP_MARGIN_SECONDS = 5.0
+#: On SIGTERM the gateway answers /ready 503 this long before HAProxy stops accepting, so an outer
+#: balancer that checks /ready has moved new connections away (0: stop at once, nothing in front).
+GATEWAY_UNREADY_DELAY_SECONDS = 0.0
 
 #: Catalog reads and HAProxy restarts that failed are retried after pauses that double from the first to the last.
 RETRY_BACKOFF_SECONDS = (0.2, 5.0)
