@@ -48,9 +48,12 @@ class ComposeStack:
     project: str = field(default_factory=lambda: f"shopgate-{uuid.uuid4().hex[:6]}")
     ports: dict[str, int] = field(default_factory=lambda: {name: free_port() for name in PORT_VARIABLES})
     docker_env: dict[str, str] = field(default_factory=dict)  # DOCKER_HOST, DOCKER_CONFIG (else the environment's)
+    compose_files: tuple[Path, ...] = ()   # other compose files than docker-compose.yml (+ offline.yml)
 
     @property
     def files(self) -> list[Path]:
+        if self.compose_files:
+            return list(self.compose_files)
         return [REAL_FILE, OFFLINE_FILE] if self.offline else [REAL_FILE]
 
     @property
@@ -154,7 +157,7 @@ class ComposeStack:
                     return seen
             time.sleep(0.5)
         raise TimeoutError(f"{service}: wanted {count} instances routed; catalog has {passing} passing, "
-                           f"gateway reached {sorted(seen)}\n{self.logs('gateway')}")
+                           f"gateway reached {sorted(seen)}\n{self.logs()}")
 
 
 def table(rows: list[tuple], header: tuple) -> str:

@@ -217,3 +217,33 @@ def test_cluster_offline_variant_keeps_the_shape_without_pulling_an_image():
             assert service.get("ports") == real[name].get("ports"), name
     assert offline["consul"]["command"][:1] == ["catalog"] and "8500" in offline["consul"]["command"]
     assert offline["balancer"]["volumes"] == real["balancer"]["volumes"], "the same balancer.cfg"
+
+
+# --- the HA variant, for real -----------------------------------------------------------------------
+
+_ha_spec = importlib.util.spec_from_file_location("ha_demo", COMPOSE_DIR / "ha_demo.py")
+ha_demo = sys.modules.setdefault("ha_demo", importlib.util.module_from_spec(_ha_spec))
+_ha_spec.loader.exec_module(ha_demo)
+
+
+@pytest.mark.compose
+def test_two_gateways_behind_the_balancer_survive_a_stop_a_controller_crash_and_a_killed_container(docker_engine):
+    docker_engine.base_image()
+    stack = scale_demo.ComposeStack(offline=True, compose_files=ha_demo.HA_FILES, project=f"sgha-{uuid.uuid4().hex[:6]}",
+                                    docker_env=docker_engine.env)
+    try:
+        demo = ha_demo.HADemo(stack, rate=20, hold=3, say=lambda _: None)
+        demo.up()
+        # Through the balancer's send-proxy-v2 into the gateways' accept-proxy entry bind (either alone would break it).
+        assert requests.get(f"{stack.gateway_url}/api/v1/products", timeout=5).status_code == 200
+        graceful, crash, killed = demo.run()   # each raises if its own checks fail (one HAProxy, back UP, ...)
+        assert graceful.summary["failed"] == 0, graceful.summary["first_failures"]
+        assert crash.summary["failed"] == 0, crash.summary["first_failures"]
+        assert "one HAProxy in the container" in crash.note
+        assert killed.summary["failed"] <= 16, "only the requests in flight on the killed gateway may fail"
+        assert "gateway-1 0," in killed.note, killed.note
+        for phase in (graceful, crash, killed):
+            assert phase.summary["requests"] > 50, phase.summary
+    finally:
+        stack.down()
+    assert stack.leftovers() == {"containers": [], "networks": [], "volumes": []}
