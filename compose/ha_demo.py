@@ -103,10 +103,27 @@ class HADemo:
         for service in settings.SHOP_SERVICES:
             self.stack.wait_routed(service, 1)
         self.wait_balancer({"gateway-1": "UP", "gateway-2": "UP"})
+        self.wait_both_route()
         # The shop's GETs across the five services: what passes through the gateways. (The order POST
         # fans out service to service through the catalog, not the gateways, so a health flap of a
         # busy replica on a loaded machine would be counted against the wrong part.)
         self.targets = [t for t in shop_mix(self.stack.gateway_url) if t.method == "GET"]
+
+    def wait_both_route(self, timeout: float = 120) -> None:
+        """Until 10 requests in a row to each service answer 200 through the balancer (so through both gateways)."""
+        deadline = time.monotonic() + timeout
+        for service in settings.SHOP_SERVICES:
+            streak = 0
+            while streak < 10:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{service}: not routed by both gateways\n{self.stack.logs()}")
+                try:
+                    ok = requests.get(f"{self.stack.gateway_url}/api/v1/{service}", timeout=5).status_code == 200
+                except requests.RequestException:
+                    ok = False
+                streak = streak + 1 if ok else 0
+                if not ok:
+                    time.sleep(0.3)
 
     def under_load(self, name: str, fault) -> Phase:
         load = Load(self.stack.gateway_url, self.targets, rate=self.rate, concurrency=16,
