@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES_RUN := haproxy
-APT_PACKAGES_TEST := haproxy chromium wrk docker.io debootstrap
+APT_PACKAGES_TEST := haproxy chromium wrk docker.io debootstrap bind9-dnsutils
 
 .PHONY: up demo test bench install system-run system-test engine-up engine-down compose-demo compose-ha-demo clean
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _harness import percentile  # noqa: E402
 from gateway.haproxy import MasterCLI  # noqa: E402
-from shopgate.processes import ManagedProcess, free_port, process_rss_kib, shopgate_argv, wait_for_http  # noqa: E402
+from shopgate.processes import ManagedProcess, free_port, free_udp_tcp_port, process_rss_kib, shopgate_argv, wait_for_http  # noqa: E402
 
 FIRST_PORT = 20000
 #: srv_admin_state flags (HAProxy's SRV_ADMF_FMAINT, SRV_ADMF_FDRAIN): set by `state maint` / `state drain`.
@@ -33,11 +33,13 @@ FORCED_MAINT, FORCED_DRAIN = 0x01, 0x08
 class Rig:
     """Catalog + controller (+ its HAProxy) in a temporary directory; `close()` stops them by pid."""
 
-    def __init__(self, services: int, instances: int, progress=print, gateway_args: tuple[str, ...] = (), kv: dict[str, str] | None = None):
+    def __init__(self, services: int, instances: int, progress=print, gateway_args: tuple[str, ...] = (), kv: dict[str, str] | None = None,
+                 dns: bool = False):
         self.services, self.instances = services, instances
         self.gateway_args, self.kv = gateway_args, kv or {}
         self.dir = Path(tempfile.mkdtemp(prefix="shopgate-bench-"))
         self.catalog_port = free_port()
+        self.dns_port = free_udp_tcp_port() if dns else None   # the catalog's DNS, and the gateway's --consul-dns
         self.status_port, self.listen_port, self.stats_port = free_port(), free_port(), free_port()
         self.http = requests.Session()
         self.http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=16))
@@ -54,11 +56,8 @@ class Rig:
         return MasterCLI(self.dir / "gateway" / "master.sock")
 
     def start(self) -> "Rig":
-        self.catalog = ManagedProcess("catalog", shopgate_argv("catalog", "--bind", "127.0.0.1", "--port", str(self.catalog_port),
-                                                               "--data-dir", str(self.dir / "catalog")), log_path=self.dir / "catalog.log").start()
-        wait_for_http(f"{self.catalog_url}/v1/status/leader", timeout=30, process=self.catalog)
-        for key, value in self.kv.items():
-            self.kv_put(key, value)
+        """The catalog, every instance registered, then the gateway with its first full config."""
+        self.start_catalog()
         started = time.monotonic()
         names = [(f"svc{s:05d}", f"svc{s:05d}-{i}", FIRST_PORT + s * self.instances + i) for s in range(self.services) for i in range(self.instances)]
         with ThreadPoolExecutor(8) as pool:
@@ -67,18 +66,38 @@ class Rig:
                     self.progress(f"  registered {done}/{len(names)} instances")
         self.progress(f"  catalog: {len(names)} instances of {self.services} services registered in {time.monotonic() - started:.1f}s")
         started = time.monotonic()
+        self.start_gateway()
+        self.progress(f"  gateway: first full config of {len(names)} servers running {time.monotonic() - started:.1f}s after start")
+        return self
+
+    def start_catalog(self) -> None:
+        dns_port = str(self.dns_port) if self.dns_port else "-1"
+        self.catalog = ManagedProcess("catalog", shopgate_argv("catalog", "--bind", "127.0.0.1", "--port", str(self.catalog_port),
+                                                               "--data-dir", str(self.dir / "catalog"), "--dns-port", dns_port),
+                                      log_path=self.dir / "catalog.log").start()
+        wait_for_http(f"{self.catalog_url}/v1/status/leader", timeout=30, process=self.catalog)
+        for key, value in self.kv.items():
+            self.kv_put(key, value)
+
+    def start_gateway(self, *extra_args: str) -> None:
+        """A `shopgate gateway` (fresh state dir) on the catalog; returns once HAProxy runs its first full config."""
+        shutil.rmtree(self.dir / "gateway", ignore_errors=True)
+        dns = ("--consul-dns", f"127.0.0.1:{self.dns_port}") if self.dns_port else ()
         self.gateway = ManagedProcess("gateway", shopgate_argv(
             "gateway", "--consul", self.catalog_url, "--listen", f"127.0.0.1:{self.listen_port}",
             "--stats", f"127.0.0.1:{self.stats_port}", "--status", f"127.0.0.1:{self.status_port}",
-            "--state-dir", str(self.dir / "gateway"), *self.gateway_args), log_path=self.dir / "gateway.log").start()
+            "--state-dir", str(self.dir / "gateway"), *dns, *self.gateway_args, *extra_args), log_path=self.dir / "gateway.log").start()
         wait_for_http(f"http://127.0.0.1:{self.status_port}/metrics", timeout=60, process=self.gateway)
         deadline = time.monotonic() + 600
         while self.metric("shopgate_gateway_reloads_total") < 1:
             if time.monotonic() > deadline or not self.gateway.alive() or self.metric("shopgate_gateway_rejected_configs_total") > 0:
                 raise RuntimeError(f"gateway did not load the catalog:\n{self.gateway.log_tail()}")
             time.sleep(0.2)
-        self.progress(f"  gateway: first full config of {len(names)} servers running {time.monotonic() - started:.1f}s after start")
-        return self
+
+    def stop_gateway(self) -> None:
+        if self.gateway is not None:
+            self.gateway.stop(timeout=20)
+            self.gateway = None
 
     def register(self, service: str, service_id: str, port: int | None = None, status: str = "passing") -> int:
         if port is None:

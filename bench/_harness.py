@@ -15,6 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -41,19 +42,34 @@ class LoadResult:
     p99_ms: float
 
 
-def _ms(text: str) -> float:
-    number, unit = re.match(r"([\d.]+)(\w+)", text).groups()
-    return float(number) * UNITS[unit]
+class UnreadableRun(Exception):
+    """A load run whose output the bench cannot read: the message names the field and shows the output."""
+
+
+def _ms(text: str, field: str, output: str) -> float:
+    found = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not found:
+        raise UnreadableRun(f"wrk's {field} {text!r} is not a duration; wrk printed:\n{output}")
+    return float(found.group(1)) * UNITS[found.group(2)]
 
 
 def parse_wrk(output: str, generator: str) -> LoadResult:
-    def grab(pattern: str, default: str = "0") -> str:
-        found = re.search(pattern, output)
-        return found.group(1) if found else default
+    """wrk --latency's summary. The percentiles are read only from the lines that START with one
+    ("  50%   1.20ms"): the "+/- Stdev" column of the Latency line (e.g. "78.50%") is not one."""
+    def grab(pattern: str, field: str, default: str | None = None) -> str:
+        found = re.search(pattern, output, re.MULTILINE)
+        if found:
+            return found.group(1)
+        if default is None:
+            raise UnreadableRun(f"no {field} in wrk's output:\n{output}")
+        return default
 
-    socket_errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", grab(r"Socket errors: (.*)", "")))
-    return LoadResult(generator, int(grab(r"(\d+) requests in")), socket_errors + int(grab(r"Non-2xx or 3xx responses: (\d+)")),
-                      float(grab(r"Requests/sec:\s+([\d.]+)")), _ms(grab(r"50%\s+(\S+)", "0ms")), _ms(grab(r"99%\s+(\S+)", "0ms")))
+    socket_errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", grab(r"Socket errors: (.*)", "socket errors", "")))
+    return LoadResult(generator, int(grab(r"(\d+) requests in", "request count")),
+                      socket_errors + int(grab(r"Non-2xx or 3xx responses: (\d+)", "non-2xx count", "0")),
+                      float(grab(r"Requests/sec:\s+([\d.]+)", "Requests/sec")),
+                      _ms(grab(r"^\s*50%\s+(\S+)", "50% latency"), "50% latency", output),
+                      _ms(grab(r"^\s*99%\s+(\S+)", "99% latency"), "99% latency", output))
 
 
 def drive(url: str, seconds: float, connections: int = 16) -> LoadResult:
@@ -70,10 +86,25 @@ def drive(url: str, seconds: float, connections: int = 16) -> LoadResult:
                       figures["rate"], figures["p50_ms"], figures["p99_ms"])
 
 
+def run(main: Callable[[], int]) -> int:
+    """A bench's main(), except that a run it cannot read ends it with the reason, not a traceback."""
+    try:
+        return main()
+    except UnreadableRun as error:
+        print(f"bench stopped: could not read a load run: {error}", file=sys.stderr)
+        return 2
+
+
 def percentile(values: list[float], fraction: float) -> float:
     """The nearest-rank value at `fraction` (0.99 for p99) of `values`; 0.0 for none."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))] if ordered else 0.0
+
+
+def load_average() -> str:
+    """The machine's load average, for every printed figure (the machine is shared)."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min) on {os.cpu_count()} CPUs"
 
 
 def table(header: tuple[str, ...], rows: list[tuple]) -> str:

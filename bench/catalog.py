@@ -131,7 +131,7 @@ async def run(args: argparse.Namespace) -> None:
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         server = ManagedProcess("catalog", shopgate_argv("catalog", "--port", str(port), "--data-dir", f"{tmp}/data",
-                                                         "--log-level", "WARNING"),
+                                                         "--log-level", "WARNING", "--dns-port", "-1"),
                                 log_path=Path(tmp) / "catalog.log").start()
         try:
             wait_for_http(f"{url}/v1/status/leader", process=server)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from _harness import drive, machine, table
+from _harness import drive, machine, run, table
 
 from shopgate.tool.lifecycle import scratch_stack
 
@@ -47,4 +47,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 
-from _harness import drive, machine, table
+from _harness import drive, machine, run, table
 
 from shopgate.tool.display import Progress
 from shopgate.tool.lifecycle import scale, scratch_stack
@@ -60,4 +60,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

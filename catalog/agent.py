@@ -23,6 +23,7 @@ from catalog.persist import Journal
 from catalog.records import Check, Node, Service
 from catalog.sessions import SessionKeeper
 from catalog.state import Store
+from catalog.thresholds import Streak, expired_streak, first_streak, judge
 from catalog.watch import Watchers
 from shopgate.consul_client.protocol import (CRITICAL, NODE_MAINTENANCE_ID, PASSING, SERF_CHECK_ID,
                                              SERVICE_MAINTENANCE_PREFIX, STATUSES, service_maintenance_id)
@@ -53,6 +54,7 @@ class Agent:
         self.watchers = Watchers()
         self.runner: CheckRunner | None = None
         self._reapers: dict[str, asyncio.TimerHandle] = {}
+        self._streaks: dict[str, Streak] = {}     # flap damping per agent check, in memory as in Consul
         identity = {"id": str(uuid.uuid4()), "name": config.node_name or default_node_name()}
         if journal is not None:
             index, records = journal.load()
@@ -208,12 +210,29 @@ class Agent:
             raise BadRequest(f"CheckID {check_id!r} does not have associated TTL")
         if status not in STATUSES:
             raise BadRequest(f"Invalid check status {status!r}: must be one of passing, warning, critical")
-        self.record_result(check_id, status, output)
+        self._store_result(check_id, *self._damped(check, status, output))
         if self.runner is not None:
             self.runner.ttl_reset(check)
 
     def record_result(self, check_id: str, status: str, output: str) -> None:
-        """A check's outcome, from the runner or a TTL update."""
+        """A check's outcome from the runner: a probe result (damped), or a TTL expiry (critical at once, as in Consul)."""
+        check = self.local_check(check_id)
+        if check is None:
+            return
+        if check.definition.kind == "ttl":
+            self._streaks[check_id] = expired_streak()
+        else:
+            status, output = self._damped(check, status, output)
+        self._store_result(check_id, status, output)
+
+    def _damped(self, check: Check, status: str, output: str) -> tuple[str, str]:
+        """The status and output to record after SuccessBeforePassing/FailuresBefore* (catalog.thresholds)."""
+        thresholds = check.definition.thresholds
+        streak = self._streaks.get(check.check_id) or first_streak(thresholds)
+        self._streaks[check.check_id], status, output = judge(thresholds, streak, check.status, status, output)
+        return status, output
+
+    def _store_result(self, check_id: str, status: str, output: str) -> None:
         check = self.store.set_check_status(self.node, check_id, status, output[:MAX_OUTPUT])
         if check is None:
             return
@@ -226,6 +245,8 @@ class Agent:
         if existing is not None and not check.status_given:
             # Re-registering (a registrar keeping itself registered) must not flap the check.
             check.status, check.output = existing.status, existing.output
+        if existing is None or existing.definition != check.definition:
+            self._streaks.pop(check.check_id, None)     # a new definition counts afresh, as in Consul
         stored = self.store.put_check(check.to_record())
         if self.runner is not None:
             self.runner.sync(stored)
@@ -237,6 +258,7 @@ class Agent:
         self.sessions.check_removed(self.node, check_id)
 
     def _forget_check(self, check_id: str) -> None:
+        self._streaks.pop(check_id, None)
         if self.runner is not None:
             self.runner.stop(check_id)
         handle = self._reapers.pop(check_id, None)

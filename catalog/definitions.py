@@ -154,6 +154,9 @@ def parse_agent_check(body: Fields, node: str, default_id: str, default_name: st
         tcp=body.text("TCP"),
         args=body.strings("Args", "ScriptArgs") or ([body.text("Script")] if body.text("Script") else []),
         deregister_after=body.duration("DeregisterCriticalServiceAfter"),
+        success_before_passing=_count(body, "SuccessBeforePassing"),
+        failures_before_warning=_count(body, "FailuresBeforeWarning"),
+        failures_before_critical=_count(body, "FailuresBeforeCritical"),
     )
     kind = definition.kind
     if not kind:
@@ -168,6 +171,8 @@ def parse_agent_check(body: Fields, node: str, default_id: str, default_name: st
         raise BadRequest(f"{body.where}: HTTP must be an http:// or https:// URL, got {definition.http!r}")
     if kind == "tcp" and not _host_port(definition.tcp):
         raise BadRequest(f"{body.where}: TCP must be host:port, got {definition.tcp!r}")
+    if definition.failures_before_warning > definition.failures_before_critical:
+        raise BadRequest(f"{body.where}: FailuresBeforeWarning can't be higher than FailuresBeforeCritical")
     if definition.interval is not None:
         definition.interval = max(definition.interval, MIN_CHECK_INTERVAL)
     if kind in ("http", "tcp", "script") and definition.timeout is None:
@@ -179,6 +184,14 @@ def parse_agent_check(body: Fields, node: str, default_id: str, default_name: st
     require_name(check_id, "check ID")
     return CheckRequest(node, check_id, body.text("Name") or default_name, status or CRITICAL,
                         body.text("Notes"), body.text("Output"), definition, bool(status))
+
+
+def _count(body: Fields, name: str) -> int:
+    """A flap-damping threshold: a whole number of consecutive results, 0 (the default) for none."""
+    value = body.integer(name)
+    if value < 0:
+        raise BadRequest(f"{body.where}: {name} must be 0 or more, got {value}")
+    return value
 
 
 def _header(body: Fields) -> dict[str, list[str]]:

@@ -11,6 +11,7 @@ import base64
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from catalog.thresholds import Thresholds
 from shopgate.consul_client.protocol import CRITICAL, SERF_CHECK_ID
 
 
@@ -80,6 +81,9 @@ class CheckDefinition(Doc):
     tcp: str = ""
     args: list[str] = field(default_factory=list)
     deregister_after: float | None = None
+    success_before_passing: int = 0
+    failures_before_warning: int = 0
+    failures_before_critical: int = 0
 
     @property
     def kind(self) -> str:
@@ -92,6 +96,10 @@ class CheckDefinition(Doc):
         if self.args:
             return "script"
         return ""
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(self.success_before_passing, self.failures_before_warning, self.failures_before_critical)
 
 
 @dataclass(slots=True)

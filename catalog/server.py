@@ -23,16 +23,23 @@ from aiohttp.typedefs import Handler
 from catalog import acl, api_agent, api_catalog, api_health, api_kv, api_session
 from catalog.agent import Agent, AgentConfig
 from catalog.checks import CheckRunner
+from catalog.dns import DnsServer
+from catalog.dns_answers import DnsConfig
 from catalog.parsing import ClientError
 from catalog.persist import Journal
 from catalog.responses import AGENT_KEY, BODY_CACHE_KEY, FRAGMENTS_KEY, BodyCache
 from catalog.state import Conflict
-from shopgate.settings import CATALOG_PORT, LOOPBACK
+from shopgate.settings import CATALOG_PORT, DNS_NODE_TTL, DNS_PORT, DNS_SERVICE_TTL, LOOPBACK
 
 log = logging.getLogger("catalog")
 
 UI_DIR = Path(__file__).resolve().parent / "ui"
 RUNNER_KEY = web.AppKey("runner", CheckRunner)
+DNS_KEY = web.AppKey("dns", DnsServer)
+
+
+class ListenError(OSError):
+    """A port the catalog was told to listen on is taken or not allowed."""
 
 
 @web.middleware
@@ -72,7 +79,9 @@ async def to_ui(request: web.Request) -> web.Response:
     raise web.HTTPFound("/ui/")
 
 
-def build_app(agent: Agent, acl_token: str | None = None) -> web.Application:
+def build_app(agent: Agent, acl_token: str | None = None, dns: tuple[DnsConfig, str, int] | None = None
+              ) -> web.Application:
+    """The HTTP API and UI; with `dns` = (config, host, port) also the DNS interface, on the same loop."""
     app = web.Application(middlewares=[errors, acl.enforce], client_max_size=2 * 1024 * 1024)
     app[AGENT_KEY] = agent
     app[BODY_CACHE_KEY] = BodyCache()
@@ -94,8 +103,29 @@ def build_app(agent: Agent, acl_token: str | None = None) -> web.Application:
         if agent.journal is not None:
             agent.journal.close()
 
+    async def start_dns(app: web.Application) -> None:
+        config, host, port = dns
+        server = DnsServer(agent.store, config)
+        try:
+            await server.start(host, port)
+        except OSError as exc:
+            raise ListenError(f"cannot serve DNS on {host}:{port} (UDP and TCP): {exc.strerror or exc}; "
+                              "choose another --dns-port, or --dns-port -1 to turn DNS off") from None
+        app[DNS_KEY] = server
+        log.info("DNS on %s:%d (UDP and TCP): <service>.service.%s", host, server.port, config.domain)
+
+    async def stop_dns(app: web.Application) -> None:
+        if DNS_KEY in app:
+            counters = app[DNS_KEY].counters
+            log.info("DNS answered %d UDP and %d TCP queries; %d malformed packets dropped",
+                     counters.udp, counters.tcp, counters.malformed)
+            await app[DNS_KEY].close()
+
     app.on_startup.append(start_checks)
     app.on_cleanup.append(stop_checks)
+    if dns is not None:
+        app.on_startup.append(start_dns)
+        app.on_cleanup.append(stop_dns)
     return app
 
 
@@ -157,8 +187,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="node name (default: the one kept in --data-dir, else the host name)")
     parser.add_argument("--enable-script-checks", action="store_true",
                         help="allow checks that run a command (Args), as Consul's enable_script_checks")
+    parser.add_argument("--dns-port", type=int, default=DNS_PORT,
+                        help=f"Consul DNS interface, UDP and TCP (default {DNS_PORT}; 0 picks a free port, -1 turns DNS off)")
+    parser.add_argument("--dns-bind", default=None, help="address the DNS interface listens on (default: --bind)")
+    parser.add_argument("--dns-service-ttl", type=int, default=DNS_SERVICE_TTL,
+                        help=f"TTL of service answers in seconds (default {DNS_SERVICE_TTL}, as Consul)")
+    parser.add_argument("--dns-node-ttl", type=int, default=DNS_NODE_TTL,
+                        help=f"TTL of node answers and of the SOA minimum (default {DNS_NODE_TTL}, as Consul)")
+    parser.add_argument("--dns-only-passing", action="store_true",
+                        help="leave instances whose worst check is `warning` out of DNS answers (Consul's only_passing)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.dns_port < -1 or args.dns_port > 65535:
+        parser.error(f"--dns-port must be a port number, 0 (a free one) or -1 (off), not {args.dns_port}")
+    if args.dns_service_ttl < 0 or args.dns_node_ttl < 0:
+        parser.error("--dns-service-ttl and --dns-node-ttl must not be negative")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,7 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot use --data-dir %s: %s", args.data_dir, exc)
         return 1
     agent = Agent(AgentConfig(advertise, args.node, enable_script_checks=args.enable_script_checks), journal)
-    app = build_app(agent, args.acl_token)
+    dns = None
+    if args.dns_port >= 0:
+        config = DnsConfig(agent.store.datacenter, agent.node, args.dns_service_ttl, args.dns_node_ttl,
+                           args.dns_only_passing)
+        dns = (config, args.dns_bind or args.bind, args.dns_port)
+    app = build_app(agent, args.acl_token, dns)
     where = f"data in {journal.path}" if journal else "in memory only (no --data-dir)"
 
     def announce(_: str) -> None:  # called by aiohttp once the socket listens
@@ -183,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         web.run_app(app, loop=new_event_loop(), host=args.bind, port=args.port, access_log=None, print=announce,
                     handler_cancellation=True, shutdown_timeout=1.0, backlog=2048)
+    except ListenError as exc:
+        log.error("%s", exc)
+        return 1
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", args.bind, args.port, exc)
         return 1

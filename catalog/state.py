@@ -323,6 +323,20 @@ class Store:
         return [s for s in found if all(t in s.tags for t in tags)
                 and (not node_meta or self.node_has_meta(s.node, node_meta))]
 
+    def service_name_folded(self, name: str) -> str:
+        """The registered spelling of a service name matched case-insensitively (DNS names are), else `name`."""
+        if name in self._instances:
+            return name
+        folded = name.lower()
+        return next((known for known in self._instances if known.lower() == folded), name)
+
+    def node_folded(self, name: str) -> Node | None:
+        """The node of that name, matched case-insensitively (DNS names are)."""
+        if name in self.nodes:
+            return self.nodes[name]
+        folded = name.lower()
+        return next((node for known, node in self.nodes.items() if known.lower() == folded), None)
+
     def node_has_meta(self, node: str, meta: dict[str, str]) -> bool:
         node_meta = self.nodes[node].meta
         return all(node_meta.get(k) == v for k, v in meta.items())

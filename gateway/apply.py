@@ -2,9 +2,20 @@
 
 Membership (a slot gets, changes or loses an instance) goes through the runtime API, no reload:
 
-    add     set server be/s addr A port P; weight W; state ready; health down   (one line; HAProxy's
-            own checks must `rise` before the server takes traffic)
-    remove  state drain now; `state maint` once the server's sessions reach 0 (or after a bound)
+    add     into an idle slot (maint, not draining, dynamic balance): `del server` + `add server` with
+            the health check written out (settings.HEALTH_CHECK) + `enable health`, then state ready +
+            health down. The recreated server's first check runs after `downinter` (~50 ms), where a
+            slot merely leaving maint waits for its old `inter` phase (0-1 s, measured on 2.6).
+            Otherwise (a slot in use or draining, `balance source`, a sticky or DNS backend: `add
+            server` takes no `cookie`): set server be/s addr A port P;
+            weight W; state ready; health down. Either way HAProxy's own check must `rise` before
+            the server takes traffic.
+    remove  state drain now; `state maint` once the server's sessions reach 0 (or after a bound);
+            on a sticky backend `state maint` at once (in-flight requests still finish), since a
+            draining server keeps taking the requests that carry its cookie
+
+Certificates (HTTPS on) always go through the runtime API, reload or not (gateway.tls_store), first:
+a refused one is reported in `tls_refused` and the certificate HAProxy had keeps serving.
 
 Structure (routes, backends, slot counts, settings, templates) goes through:
 
@@ -25,7 +36,7 @@ import shutil
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jinja2
@@ -33,9 +44,11 @@ import jinja2
 from gateway.haproxy import HAProxyError, HAProxyProcess, check_config
 from gateway.haproxy_syntax import UnsafeValue, check_token
 from gateway.metrics import GatewayMetrics
-from gateway.model import ApplyPlan, MembershipChange, RouteTable, RuntimePaths
 from gateway.adopt import same_structure
+from gateway.model import ApplyPlan, Backend, CertChange, MembershipChange, RouteTable, RuntimePaths
 from gateway.render import fleet_hash, render_config
+from gateway.tls import CertEntry
+from gateway.tls_store import CertificateStore
 from shopgate import settings
 
 log = logging.getLogger("shopgate.gateway.apply")
@@ -81,9 +94,23 @@ class ConfigRejected(RuntimeError):
     """A config that was not applied; the message is the render error or HAProxy's own."""
 
 
-def membership_commands(change: MembershipChange) -> list[str]:
-    """Runtime-API commands for one slot change (remove: only the drain; maint follows later)."""
+#: Balance algorithms under which HAProxy 2.6 refuses `add server` ("must use a dynamic load balancing").
+STATIC_BALANCE = frozenset({"source", "static-rr", "uri", "url_param", "hdr", "rdp-cookie"})
+
+
+def membership_commands(change: MembershipChange, recreate_maxconn: int | None | bool = False) -> list[str]:
+    """Runtime-API commands for one slot change (remove: only the drain; maint follows later).
+
+    `recreate_maxconn` other than False: the add recreates the idle slot (`del server` + `add server`,
+    with the backend's maxconn, None for none), so its first health check runs at once."""
     server = f"{check_token(change.backend)}/{check_token(change.slot)}"
+    if change.action == "add" and recreate_maxconn is not False:
+        maxconn = f" maxconn {int(recreate_maxconn)}" if recreate_maxconn else ""
+        return [f"del server {server}",
+                f"add server {server} {check_token(change.address)}:{int(change.port)} weight {int(change.weight)}{maxconn} {settings.HEALTH_CHECK}",
+                f"enable health {server}",
+                f"set server {server} state ready",
+                f"set server {server} health down"]
     if change.action == "add":
         return [f"set server {server} addr {check_token(change.address)} port {int(change.port)}",
                 f"set server {server} weight {int(change.weight)}",
@@ -92,7 +119,7 @@ def membership_commands(change: MembershipChange) -> list[str]:
     if change.action == "weight":
         return [f"set server {server} weight {int(change.weight)}"]
     if change.action in ("drain", "remove"):
-        return [f"set server {server} state drain"]
+        return [f"set server {server} state {'maint' if change.sticky else 'drain'}"]
     raise ValueError(f"unknown membership action {change.action!r}")
 
 
@@ -116,8 +143,13 @@ class Applier:
         self.rejected_configs: deque[str] = deque(maxlen=20)
         self._refused: tuple[RouteTable, str, str | None] | None = None   # the last refused table, why, its text
         self._draining: dict[tuple[str, str], float] = {}     # (backend, slot) -> give-up time
+        self.certificates = CertificateStore(runtime.tls_dir) if runtime.tls_dir is not None else None
+        self.certs_held: tuple[CertEntry, ...] = ()   # what HAProxy serves and the files hold
+        self.tls_refused: dict[str, tuple[str, str]] = {}   # id -> (fingerprint, "source: HAProxy refused it: ...")
         self._next_drain_check = 0.0
         self._hash: tuple[RouteTable | None, str | None] = (None, None)
+        self._backends_of: RouteTable | None = None   # the table _backends indexes
+        self._backends: dict[str, Backend] = {}
 
     # ---- entry points
 
@@ -132,6 +164,9 @@ class Applier:
                 plan = ApplyPlan(structural_reasons=(force_reason,))
         if plan.empty:
             return plan
+        if plan.certificates:
+            self._certificates(plan.certificates, wanted.certificates)
+        wanted = replace(wanted, certificates=self.certs_held)
         if plan.needs_reload:
             if force_reason is None and self._refused is not None and self._refused[0] == wanted:
                 raise ConfigRejected(self._refused[1])  # same input, same answer: do not re-run haproxy -c
@@ -171,7 +206,7 @@ class Applier:
         """HAProxy died: start it again on the last good config file, then the caller re-plans."""
         self._draining.clear()
         self.haproxy.start()
-        self.running = self.file_table
+        self.running = replace(self.file_table, certificates=self.certs_held) if self.file_table else None
         self.metrics.haproxy_restarts.inc()
 
     def finish_drains(self) -> None:
@@ -195,17 +230,65 @@ class Applier:
     # ---- membership: runtime API
 
     def _membership(self, changes: tuple[MembershipChange, ...]) -> None:
-        commands = [command for change in changes for command in membership_commands(change)]
+        commands = [command for change in changes for command in membership_commands(change, self._recreate_maxconn(change))]
         self.haproxy.cli.run(commands)
         give_up = time.monotonic() + self.drain_timeout
         for change in changes:
             key = (change.backend, change.slot)
-            if change.action == "remove":
+            if change.action == "remove" and not change.sticky:
                 self._draining[key] = give_up
             else:
                 self._draining.pop(key, None)
         self.runtime_updates += len(changes)
         self.metrics.runtime_updates.inc(len(changes))
+
+    def _recreate_maxconn(self, change: MembershipChange) -> int | None | bool:
+        """The maxconn to recreate an idle slot with for an add (None: no limit), or False when the slot
+        is not idle in HAProxy (in use, or still draining) or the backend's balance forbids `add server`."""
+        if change.action != "add" or self.running is None or (change.backend, change.slot) in self._draining:
+            return False
+        backend = self._running_backends().get(change.backend)
+        if backend is None or backend.settings.balance in STATIC_BALANCE or backend.settings.sticky or backend.settings.by_dns:
+            return False
+        slot = next((s for s in backend.servers if s.slot == change.slot), None)
+        return backend.settings.maxconn if slot is not None and slot.state == "maint" else False
+
+    def _running_backends(self) -> dict[str, Backend]:
+        table = self.running
+        if self._backends_of is not table:
+            self._backends_of, self._backends = table, {b.name: b for b in table.backends}
+        return self._backends
+    # ---- certificates: runtime API, then the files
+
+    def _certificates(self, changes: tuple[CertChange, ...], wanted: tuple[CertEntry, ...]) -> None:
+        """Apply certificate changes one by one; what HAProxy accepted is written to the files."""
+        if self.certificates is None:
+            return
+        held = {entry.id: entry for entry in self.certs_held}
+        live = self.haproxy.alive() and self.running is not None
+        for change in changes:
+            entry = change.entry
+            if not live:
+                pass   # HAProxy loads the files when it starts
+            elif change.action != "remove" and self.tls_refused.get(entry.id, ("",))[0] == entry.fingerprint:
+                continue   # refused before, unchanged since: the old one keeps serving
+            else:
+                try:
+                    self.certificates.runtime(self.haproxy.cli, change)
+                except HAProxyError as error:
+                    self.tls_refused[entry.id] = (entry.fingerprint, f"{entry.source}: HAProxy refused it: {error}")
+                    log.error("certificate %s not applied, the one serving stays: %s", entry.source, error)
+                    self.metrics.certificate_updates.labels("rejected").inc()
+                    continue
+                self.metrics.certificate_updates.labels("applied").inc()
+            self.tls_refused.pop(entry.id, None)
+            if change.action == "remove":
+                held.pop(entry.id, None)
+            else:
+                held[entry.id] = entry
+        order = {entry.id: index for index, entry in enumerate(wanted)}
+        self.certs_held = tuple(sorted(held.values(), key=lambda e: (order.get(e.id, len(order)), e.id)))
+        self.certificates.write(self.certs_held)
 
     # ---- structure: render, validate, swap, reload, verify
 

@@ -3,12 +3,15 @@
     shopgate gateway [--consul URL] [--haproxy-bin haproxy] [--listen 127.0.0.1:8080]
                      [--stats 127.0.0.1:8404] [--status 127.0.0.1:9180] [--state-dir DIR]
                      [--templates DIR] [--keep-haproxy] [--accept-proxy] [--unready-delay S]
+                     [--https 127.0.0.1:8443 [--certs DIR] [--default-cert PEM]]
 
 One loop owns HAProxy; everything else only wakes it:
 
     watcher (catalog + KV) ──snapshot──┐
-    template watcher ──────"edited"────┼──▶ debounce ─▶ guard ─▶ build_route_table ─▶ plan_changes ─▶ Applier
-    HAProxy exited ────────"restart"───┘
+    template watcher ──────"edited"────┤
+    certificate dir watcher ─"files"──┤
+    HAProxy exited ────────"restart"───┼──▶ debounce ─▶ guard ─▶ flap.observe ─▶ build_route_table ─▶ plan_changes ─▶ Applier
+    a flap hold runs out ──"expired"───┘
 
 The plan is made once, here: it decides whether a reload must wait for RELOAD_INTERVAL, and the
 Applier carries out that same plan.
@@ -45,16 +48,18 @@ from typing import Mapping
 
 from gateway.adopt import running_table, seed_table, served_snapshot
 from gateway.apply import Applier, ConfigRejected, GatewayFiles
-from gateway.diff import plan_changes
+from gateway.diff import as_reload, plan_changes
+from gateway.flap import FlapState, observe
 from gateway.guard import EmptyCatalogGuard
 from gateway.haproxy import HAProxyError, HAProxyProcess
 from gateway.haproxy_syntax import BIND_ADDRESS
-from gateway.kv_settings import settings_from_env
+from gateway.kv_settings import parse_settings, settings_from_env
 from gateway.metrics import GatewayMetrics
 from gateway.model import ApplyPlan, RouteTable, RuntimePaths, Snapshot
 from gateway.routing import build_route_table
-from gateway.status import StatusServer, status_view
+from gateway.status import StatusServer, status_view, tls_view
 from gateway.template_watch import TemplateWatcher
+from gateway.tls import BadCertificate, certificate_entry
 from gateway.watch import CatalogWatcher
 from shopgate import settings
 from shopgate.consul_client import ConsulAddress
@@ -81,10 +86,16 @@ class ControllerConfig:
     drain_timeout: float = settings.GATEWAY_DRAIN_TIMEOUT_SECONDS
     guard_hold: float = settings.GATEWAY_GUARD_HOLD_SECONDS
     slot_headroom: int = settings.SLOT_HEADROOM
+    accept_proxy: bool = False                                       # entry binds take the PROXY protocol
     kv_defaults: Mapping[str, bytes] = field(default_factory=dict)   # from SHOPGATE_GATEWAY_* (KV wins)
     keep_haproxy: bool = False    # on SIGTERM leave HAProxy serving for the next controller
     unready_delay: float = settings.GATEWAY_UNREADY_DELAY_SECONDS   # /ready 503 this long before the soft stop
-    accept_proxy: bool = False    # the entry bind takes the PROXY protocol (an outer L4 balancer's send-proxy-v2)
+    consul_dns: str = settings.DEFAULT_CONSUL_DNS_ADDR                # asked by backends in DNS mode
+    always_reload: bool = False    # membership too by render + reload (consul-template's way; bench/discovery.py compares)
+    https: str | None = None              # HTTPS entry point host:port; off when None
+    certs_dir: Path | None = None         # PEM bundles watched live, beside KV shopgate/tls/certs/
+    default_cert: Path | None = None      # the certificate for clients without a known SNI name
+    expiring_days: float = settings.CERT_EXPIRING_DAYS
 
 
 class Controller:
@@ -98,11 +109,16 @@ class Controller:
         self.haproxy = HAProxyProcess(config.haproxy_bin, self.files.config, self.files.master_socket,
                                       self.files.haproxy_log, self.files.pidfile)
         runtime = RuntimePaths(admin_socket=self.files.admin_socket, listen=config.listen, stats=config.stats,
-                               accept_proxy=config.accept_proxy)
+                               consul_dns=config.consul_dns, accept_proxy=config.accept_proxy,
+                               https=config.https, tls_dir=config.state_dir / "tls" if config.https else None)
         self.applier = Applier(self.haproxy, self.files, config.templates_dir, runtime, self.metrics, config.drain_timeout)
+        if self.applier.certificates is not None:
+            self.applier.certificates.prepare(config.default_cert)
         self.guard = EmptyCatalogGuard(hold=config.guard_hold)
         self.watcher = CatalogWatcher(config.consul, self._on_snapshot, wait_seconds=config.wait_seconds)
         self.templates = TemplateWatcher(config.templates_dir, self._on_template)
+        self.cert_watcher = TemplateWatcher(config.certs_dir, self._on_cert_files, suffix=".pem") if config.certs_dir and config.https else None
+        self._cert_files: dict[str, bytes] = {}
         self.status_server = StatusServer(config.status, self.status, self.metrics.registry, self.ready)
         self.metrics.watch_config_hash(self.applier.config_hash)
         self.metrics.long_polls.set_function(lambda: self.watcher.long_polls_in_flight)
@@ -117,6 +133,8 @@ class Controller:
         self._templates_edited: str | None = None
         # owned by the loop
         self._applied_snapshot: Snapshot | None = None
+        self._flap = FlapState()
+        self._held: frozenset[str] = frozenset()   # the instances the last planned table holds out
         self._wanted: RouteTable | None = None
         self._last_reload = 0.0
         self._not_before = 0.0
@@ -141,6 +159,14 @@ class Controller:
             self._seen_at = self._seen_at or time.monotonic()
             self._note_event()
 
+    def _on_cert_files(self, _name: str = "") -> None:
+        files = read_cert_files(self.config.certs_dir)
+        with self._lock:
+            if files != self._cert_files:
+                self._cert_files = files
+                self._seen_at = self._seen_at or time.monotonic()
+                self._note_event()
+
     def _note_event(self) -> None:
         now = time.monotonic()
         self._last_event = now
@@ -160,6 +186,9 @@ class Controller:
                 self._error("adopt", f"reading what the adopted HAProxy serves: {error}")
         self.watcher.start()
         self.templates.start()
+        if self.cert_watcher is not None:
+            self._on_cert_files()
+            self.cert_watcher.start()
         log.info("gateway: entry point %s, stats %s, status http://%s/status, catalog %s",
                  self.config.listen, self.config.stats, self.config.status, self.config.consul.url)
         try:
@@ -170,6 +199,7 @@ class Controller:
                     break
                 self._supervise()
                 self.applier.finish_drains()
+                self._flap_expired()
                 self._step()
         finally:
             self._shutdown()
@@ -180,16 +210,42 @@ class Controller:
 
     def _next_timeout(self) -> float:
         with self._lock:
-            if self._first_event is None:
-                return 0.25
             now = time.monotonic()
+            expiry = self._flap.next_expiry(now)
+            timeout = 0.25 if expiry is None else min(0.25, expiry - now)
+            if self._first_event is None:
+                return timeout
             due = max(min(self._last_event + MIN_QUIET, self._first_event + MAX_WAIT), self._not_before)
-            return min(0.25, max(0.0, due - now))
+            return min(timeout, max(0.0, due - now))
 
-    def _route_table(self, snapshot: Snapshot, previous: RouteTable | None) -> RouteTable:
+    def _flap_expired(self) -> None:
+        """A flap hold ran out: re-plan the last view, so the instance comes back without a catalog change."""
+        now = time.monotonic()
+        if self._applied_snapshot is None or not self._flap.held(now) < self._held:
+            return
+        with self._lock:
+            self._snapshot = self._snapshot or self._applied_snapshot
+            self._seen_at = self._seen_at or now
+            self._note_event()
+
+    def _route_table(self, snapshot: Snapshot, previous: RouteTable | None, held: frozenset[str] = frozenset()) -> RouteTable:
         if self.config.kv_defaults:
             snapshot = replace(snapshot, kv={**self.config.kv_defaults, **snapshot.kv})
-        return build_route_table(snapshot, previous, headroom=self.config.slot_headroom)
+        if self._cert_files:
+            snapshot = replace(snapshot, cert_files=self._cert_files)
+        taken = {self.config.listen: "the entry point", self.config.stats: "the stats page", self.config.status: "the controller's /status"}
+        if self.config.https:
+            taken[self.config.https] = "the HTTPS entry point"
+        table = build_route_table(snapshot, previous, headroom=self.config.slot_headroom, held=held, taken_binds=taken, now=time.time())
+        return table if self.config.https else replace(table, certificates=())
+
+    def _observe_flaps(self, snapshot: Snapshot, now: float) -> frozenset[str]:
+        """Count the health flips in `snapshot` (gateway.flap) and return the instance keys held out now."""
+        running = self.applier.running
+        last_good = {b.service: b.settings for b in running.backends} if running else None
+        _, service_settings, _ = parse_settings(snapshot.kv, last_good)   # routing reports the errors (kv_defaults: gateway-wide only)
+        self._flap = observe(self._flap, snapshot.services, service_settings, now)
+        return self._flap.held(now)
 
     def _supervise(self) -> None:
         """HAProxy died: start it again on the config file it ran, with backoff, then re-plan.
@@ -230,17 +286,21 @@ class Controller:
             self.metrics.guard_holds.inc()
             self._not_before = now + 1.0   # look again in a second (or on news)
             return
+        held = self._observe_flaps(snapshot, now)
+        self._held = held
         if self._adopting:
             try:
-                wanted, plan = self._adoption_plan(snapshot)
+                wanted, plan = self._adoption_plan(snapshot, held)
             except HAProxyError as error:
                 self._error("adopt", f"reading the adopted HAProxy: {error}")
                 self._not_before = now + 1.0
                 return
         else:
-            wanted = self._route_table(snapshot, self.applier.running)
+            wanted = self._route_table(snapshot, self.applier.running, held)
             plan = plan_changes(self.applier.running, wanted)
         self._wanted = wanted
+        if self.config.always_reload:
+            plan = as_reload(plan, "--always-reload")
         if not edited and plan.needs_reload and now - self._last_reload < RELOAD_INTERVAL:
             self._not_before = self._last_reload + RELOAD_INTERVAL
             return
@@ -252,10 +312,10 @@ class Controller:
             self._templates_edited = None
         self._apply(wanted, plan, snapshot, seen_at, f"template {edited} edited" if edited else None)
 
-    def _adoption_plan(self, snapshot: Snapshot) -> tuple[RouteTable, ApplyPlan]:
+    def _adoption_plan(self, snapshot: Snapshot, held: frozenset[str]) -> tuple[RouteTable, ApplyPlan]:
         """The first view on an adopted HAProxy: keep its slots, then runtime changes or one reload."""
         rows = self.haproxy.cli.server_stats()
-        wanted = self._route_table(snapshot, seed_table(rows, snapshot))
+        wanted = self._route_table(snapshot, seed_table(rows, snapshot), held)
         running = running_table(wanted, rows, snapshot)
         try:
             if running is not None and not self.applier.runs_structure_of(wanted):
@@ -288,6 +348,7 @@ class Controller:
         elapsed = time.monotonic() - seen_at
         self._adopting = False
         self._applied_snapshot = snapshot
+        self._certificate_metrics(wanted)
         self.last_error = None
         if not done.empty:
             kind = "reload" if done.needs_reload else "runtime"
@@ -306,6 +367,13 @@ class Controller:
             # Frozen objects are still freed by reference counting; the structures here hold no cycles.
             gc.freeze()
 
+    def _certificate_metrics(self, wanted: RouteTable) -> None:
+        self.metrics.certificates_rejected.set(len(wanted.tls_rejected) + len(self.applier.tls_refused))
+        self.metrics.certificate_expiry.clear()
+        now = time.time()
+        for entry in self.applier.certs_held:
+            self.metrics.certificate_expiry.labels(entry.id).set(round(entry.not_after - now))
+
     def _error(self, stage: str, message: str) -> None:
         log.error("%s", message)
         self.metrics.errors.labels(stage).inc()
@@ -314,6 +382,8 @@ class Controller:
     def _shutdown(self) -> None:
         """Stop watching, then soft-stop HAProxy (or leave it serving with --keep-haproxy); /ready says 503 throughout."""
         self.templates.stop()
+        if self.cert_watcher is not None:
+            self.cert_watcher.stop()
         self.watcher.stop()
         if self.config.keep_haproxy:
             log.info("leaving HAProxy (pid %s) serving for the next controller of %s", self.haproxy.pid, self.config.state_dir)
@@ -357,7 +427,9 @@ class Controller:
             haproxy_pid=self.haproxy.pid if alive else None, config_hash=self.applier.config_hash(), ready=self.ready(),
             catalog={"reachable": self.watcher.reachable, "last_error": self.watcher.last_error,
                      "long_polls": self.watcher.long_polls_in_flight},
-            guard_reason=self.guard.reason, now=time.time(),
+            guard_reason=self.guard.reason, flap_held=self._flap.report(time.monotonic()), now=time.time(),
+            tls=tls_view(self.config.https, self.applier.certs_held, (self._wanted or running).tls_rejected,
+                         [reason for _, reason in self.applier.tls_refused.values()], time.time(), self.config.expiring_days),
         )
 
 
@@ -376,26 +448,72 @@ def parse_args(argv: list[str]) -> ControllerConfig:
                         help="on SIGTERM leave HAProxy serving; the next controller with this --state-dir adopts it")
     parser.add_argument("--unready-delay", type=float, default=ControllerConfig.unready_delay,
                         help="on SIGTERM answer /ready 503 this many seconds before HAProxy stops accepting (default %(default)s)")
-    parser.add_argument("--accept-proxy", action="store_true",
-                        help="the entry bind takes the PROXY protocol v1/v2 from an outer load balancer")
     parser.add_argument("--slot-headroom", type=int, default=ControllerConfig.slot_headroom,
                         help="server slots per instance, rounded up to a power of two (default %(default)s); HAProxy reserves a file descriptor per slot")
+    parser.add_argument("--consul-dns", default=None,
+                        help="Consul DNS host:port that backends in DNS mode (KV discovery = dns) resolve through "
+                             f"(default: {settings.CONSUL_DNS_ENV} or {settings.DEFAULT_CONSUL_DNS_ADDR})")
+    parser.add_argument("--always-reload", action="store_true",
+                        help="apply membership changes by a full render + reload too, as consul-template does, instead of the runtime API "
+                             "(for comparison: bench/discovery.py)")
+    parser.add_argument("--accept-proxy", action="store_true",
+                        help="entry binds take the PROXY protocol v1/v2 from an outer load balancer (as KV shopgate/gateway/accept_proxy)")
+    parser.add_argument("--https", default=None, help="HTTPS entry point host:port, e.g. 127.0.0.1:8443 (default: off)")
+    parser.add_argument("--certs", type=Path, default=None, help="directory of PEM bundles (<name>.pem: chain + key), watched live; KV shopgate/tls/certs/<name> too")
+    parser.add_argument("--default-cert", type=Path, default=None, help="PEM bundle for clients without a known SNI name (default: self-signed, kept in the state dir)")
+    parser.add_argument("--expiring-days", type=float, default=ControllerConfig.expiring_days, help="report certificates expiring within this many days (default %(default)s)")
     args = parser.parse_args(argv)
+    consul_dns = args.consul_dns or settings.consul_dns_from_env()
+    if not BIND_ADDRESS.fullmatch(consul_dns):
+        parser.error(f"--consul-dns / {settings.CONSUL_DNS_ENV}: expected host:port, got {consul_dns!r}")
     try:
         consul = ConsulAddress.parse(args.consul)
     except ValueError as error:
         parser.error(str(error))
-    for flag, value in (("--listen", args.listen), ("--stats", args.stats), ("--status", args.status)):
+    for flag, value in (("--listen", args.listen), ("--stats", args.stats), ("--status", args.status), ("--https", args.https or "x:1")):
         if not BIND_ADDRESS.fullmatch(value):
             parser.error(f"{flag}: expected host:port, got {value!r}")
     if not args.templates.is_dir():
         parser.error(f"--templates: {args.templates} is not a directory")
+    if (args.certs or args.default_cert) and not args.https:
+        parser.error("--certs and --default-cert need --https")
+    if args.certs is not None and not args.certs.is_dir():
+        parser.error(f"--certs: {args.certs} is not a directory")
+    if args.default_cert is not None:
+        problem = default_cert_problem(args.default_cert)
+        if problem:
+            parser.error(f"--default-cert: {problem}")
     return ControllerConfig(consul=consul, haproxy_bin=args.haproxy_bin, listen=args.listen, stats=args.stats, status=args.status,
                             state_dir=args.state_dir.resolve(), templates_dir=args.templates.resolve(),
-                            drain_timeout=args.drain_timeout, guard_hold=args.guard_hold, slot_headroom=max(1, args.slot_headroom),
-                            keep_haproxy=args.keep_haproxy, accept_proxy=args.accept_proxy,
-                            unready_delay=max(0.0, args.unready_delay),
-                            kv_defaults=settings_from_env(os.environ))
+                            drain_timeout=args.drain_timeout, guard_hold=args.guard_hold, slot_headroom=max(1, args.slot_headroom), accept_proxy=args.accept_proxy,
+                            keep_haproxy=args.keep_haproxy, unready_delay=max(0.0, args.unready_delay),
+                            kv_defaults=settings_from_env(os.environ), consul_dns=consul_dns, always_reload=args.always_reload,
+                            https=args.https, certs_dir=args.certs.resolve() if args.certs else None,
+                            default_cert=args.default_cert.resolve() if args.default_cert else None, expiring_days=args.expiring_days)
+
+
+def read_cert_files(directory: Path) -> dict[str, bytes]:
+    """Every `*.pem` directly in `directory` (path -> bytes); unreadable ones are left out until they are readable."""
+    files = {}
+    for path in sorted(directory.glob("*.pem")):
+        try:
+            files[str(path)] = path.read_bytes()
+        except OSError as error:
+            log.warning("certificate file %s unreadable: %s", path, error)
+    return files
+
+
+def default_cert_problem(path: Path) -> str | None:
+    """Why the --default-cert bundle cannot serve (gateway.tls's checks), or None."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return f"{path}: {error}"
+    try:
+        certificate_entry("default", str(path), data, None, time.time())
+    except BadCertificate as error:
+        return f"{path}: {error}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

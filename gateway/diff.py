@@ -6,6 +6,12 @@ Everything else is membership: which instance sits in a slot, its address, weigh
 which the runtime API changes without a reload (except giving a slot a hostname: HAProxy resolves
 those only when it loads its config). Service maintenance and canary tag weights are
 expressed through server states and weights, so toggling them needs no reload either.
+
+Sticky backends: HAProxy 2.6's runtime API cannot set a server's cookie (`set server` takes addr,
+agent*, check-*, fqdn, health, ssl, state, weight; `add server` rejects `cookie`), so a slot that
+gets an instance with another cookie than the one HAProxy has is structural: the reload writes it.
+Slots that lose their instance stay runtime changes, straight to maint (a draining server would
+keep its sticky clients, HAProxy's `drain` honours cookies).
 """
 
 from __future__ import annotations
@@ -13,16 +19,19 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import fields, replace
 
-from gateway.model import ApplyPlan, Backend, BackendSettings, GatewaySettings, MembershipChange, Route, RouteTable, Server
+from gateway.model import ApplyPlan, Backend, BackendSettings, CertChange, GatewaySettings, MembershipChange, Route, RouteTable, Server
+from gateway.tls import CertEntry
 
 #: BackendSettings fields that only change server states/weights, never the rendered backend section.
-_MEMBERSHIP_ONLY_SETTINGS = {"maintenance": False, "tag_weights": ()}
+_MEMBERSHIP_ONLY_SETTINGS = {"maintenance": False, "tag_weights": (), "flap_limit": None,
+                             "flap_window_ms": BackendSettings.flap_window_ms, "flap_hold_ms": BackendSettings.flap_hold_ms}
 
 
 def plan_changes(running: RouteTable | None, wanted: RouteTable) -> ApplyPlan:
     """What it takes to bring HAProxy from `running` to `wanted` (None: nothing runs yet)."""
     if running is None:
-        return ApplyPlan(structural_reasons=("no running configuration",))
+        return ApplyPlan(structural_reasons=("no running configuration",), certificates=certificate_changes((), wanted.certificates))
+    certificates = certificate_changes(running.certificates, wanted.certificates)
     reasons = _settings_reasons(running.settings, wanted.settings)
     reasons += _route_reasons(running.routes, wanted.routes)
     old_backends = {b.name: b for b in running.backends}
@@ -44,8 +53,32 @@ def plan_changes(running: RouteTable | None, wanted: RouteTable) -> ApplyPlan:
         for c in membership if c.action == "add" and not _is_ip(c.address)
     ]
     if reasons:
-        return ApplyPlan(structural_reasons=tuple(reasons))
-    return ApplyPlan(membership=tuple(membership))
+        return ApplyPlan(structural_reasons=tuple(reasons), certificates=certificates)
+    return ApplyPlan(membership=tuple(membership), certificates=certificates)
+
+
+def certificate_changes(running: tuple[CertEntry, ...], wanted: tuple[CertEntry, ...]) -> tuple[CertChange, ...]:
+    """Certificates to add, replace (new content or SNI names) or remove: removals first, so a name
+    moving from one certificate to another is never claimed twice."""
+    if running == wanted:
+        return ()
+    old = {e.id: e for e in running}
+    new = {e.id: e for e in wanted}
+    changes = [CertChange("remove", e) for e in running if e.id not in new]
+    for entry in wanted:
+        before = old.get(entry.id)
+        if before is None:
+            changes.append(CertChange("add", entry))
+        elif before != entry:
+            changes.append(CertChange("update", entry, sni_changed=before.sni != entry.sni))
+    return tuple(changes)
+
+
+def as_reload(plan: ApplyPlan, why: str) -> ApplyPlan:
+    """`plan` carried out by render + reload even where the runtime API could do it (consul-template's way)."""
+    if plan.needs_reload or plan.empty:
+        return plan
+    return ApplyPlan(structural_reasons=(f"{why}: {len(plan.membership)} slot change(s)",))
 
 
 def _is_ip(address: str) -> bool:
@@ -90,6 +123,10 @@ def _backend_reasons(old: Backend, new: Backend) -> list[str]:
         reasons.append(f"backend {new.name}: settings changed ({', '.join(changed)})")
     if len(old.servers) != len(new.servers):
         reasons.append(f"backend {new.name}: slots {len(old.servers)} -> {len(new.servers)}")
+    elif new.settings.sticky:
+        moved = [after.slot for before, after in zip(old.servers, new.servers) if after.cookie is not None and after.cookie != before.cookie]
+        if moved:
+            reasons.append(f"backend {new.name}: sticky slot(s) {', '.join(moved[:5])} get another instance (cookies change only by reload)")
     return reasons
 
 
@@ -97,13 +134,13 @@ def _slot_changes(old: Backend, new: Backend) -> list[MembershipChange]:
     changes = []
     for before, after in zip(old.servers, new.servers):
         if before is not after and before != after:
-            change = slot_change(new.name, before, after)
+            change = slot_change(new.name, before, after, new.settings.sticky)
             if change is not None:
                 changes.append(change)
     return changes
 
 
-def slot_change(backend: str, before: Server, after: Server) -> MembershipChange | None:
+def slot_change(backend: str, before: Server, after: Server, sticky: bool = False) -> MembershipChange | None:
     """The runtime action that turns slot `before` into `after`, or None when nothing serves differently.
 
     add:    set address, port, weight, `state ready` + `health down` (rise checks before traffic)
@@ -119,7 +156,7 @@ def slot_change(backend: str, before: Server, after: Server) -> MembershipChange
             return MembershipChange(backend, after.slot, "weight", after.address, after.port, after.weight)
         return None
     if before.state == "ready" and after.state == "drain" and same_target:
-        return MembershipChange(backend, after.slot, "drain", after.address, after.port, after.weight)
+        return MembershipChange(backend, after.slot, "drain", after.address, after.port, after.weight, sticky)
     if before.state != "maint" and not (before.state == "drain" and after.state == "drain" and same_target):
-        return MembershipChange(backend, after.slot, "remove", before.address, before.port, before.weight)
+        return MembershipChange(backend, after.slot, "remove", before.address, before.port, before.weight, sticky)
     return None

@@ -179,6 +179,17 @@ class MasterCLI:
             raise HAProxyError(f"runtime API refused {'; '.join(commands)[:300]}: {' | '.join(errors)[:300]}")
         return lines
 
+    def run_with_payload(self, command: str, payload: str) -> str:
+        """One runtime-API command carrying a multi-line payload (`<command> <<` + lines + an empty
+        line), e.g. `set ssl cert`; HAProxyError when refused. The payload must hold no empty line."""
+        if "\n\n" in payload.strip("\n") or not payload.strip():
+            raise ValueError("a runtime-API payload may not be empty or contain an empty line")
+        answer = self.send(f"@1 {command} <<\n{payload.strip(chr(10))}\n", connect_for=2.0)
+        errors = [line.strip() for line in answer.splitlines() if _RUNTIME_ERROR.match(line.strip()) or "unable" in line]
+        if errors:
+            raise HAProxyError(f"runtime API refused {command}: {' | '.join(errors)[:300]}")
+        return answer.strip()
+
     def server_stats(self, backends: list[str] | None = None) -> dict[tuple[str, str], dict[str, str]]:
         """(backend, server) -> `show stat` row of the newest worker, for `backends` (default: all).
 

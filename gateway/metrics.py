@@ -31,6 +31,10 @@ class GatewayMetrics:
         self.guard_holds = Counter("shopgate_gateway_guard_holds_total", "Catalog views held back by the empty-catalog guard", registry=r)
         self.long_polls = Gauge("shopgate_gateway_long_polls", "Blocking catalog queries in flight", registry=r)
         self.last_good_config_age = Gauge("shopgate_gateway_last_good_config_age_seconds", "Age of the config HAProxy runs", registry=r)
+        self.certificate_updates = Counter("shopgate_gateway_certificate_updates_total",
+                                           "Certificate changes through the runtime API, by result (applied, rejected by HAProxy)", ["result"], registry=r)
+        self.certificates_rejected = Gauge("shopgate_gateway_certificates_rejected", "Certificates skipped by validation now (bad PEM, key, dates, SAN)", registry=r)
+        self.certificate_expiry = Gauge("shopgate_gateway_certificate_expiry_seconds", "Seconds until a served certificate expires", ["name"], registry=r)
         self.last_good_at: float | None = None
         self.last_good_config_age.set_function(lambda: time.time() - self.last_good_at if self.last_good_at else float("nan"))
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.tls import CertEntry
 from shopgate.consul_client.health import HealthEntry
+from shopgate.settings import DEFAULT_CONSUL_DNS_ADDR, FLAP_HOLD_MS, FLAP_WINDOW_MS
 
 # ---------------------------------------------------------------- input: the catalog's view
 
@@ -42,6 +44,7 @@ class Snapshot:
     services: dict[str, tuple[Instance, ...]] = field(default_factory=dict)
     kv: dict[str, bytes] = field(default_factory=dict)   # full key ("shopgate/services/x/balance") -> raw value
     index: int = 0                                        # highest catalog/KV index folded in
+    cert_files: dict[str, bytes] = field(default_factory=dict)   # `--certs DIR`: path -> PEM bundle
 
     def instance_count(self) -> int:
         return sum(len(v) for v in self.services.values())
@@ -60,6 +63,7 @@ class Server:
     port: int = 1
     weight: int = 100
     state: str = "maint"         # "ready" | "drain" | "maint"
+    cookie: str | None = None    # sticky backends: the occupying instance's cookie value (routing.cookie_value)
 
     @property
     def occupied(self) -> bool:
@@ -82,6 +86,37 @@ class BackendSettings:
     tag_weights: tuple[tuple[str, int], ...] = ()   # canary releases: tag -> weight
     maintenance: bool = False
     min_slots: int | None = None                    # KV `slots`: pre-render at least this many server slots
+    route_warning: bool = False                     # route instances whose worst check is `warning`
+    # route guards, rendered in the backend (config_templates/backend.cfg.j2)
+    rate_limit: int | None = None                   # requests/s per client address, then 429
+    rate_burst: int | None = None                   # requests a client may send at once (default rate_limit)
+    allow: tuple[str, ...] = ()                     # CIDR networks; others get 403
+    deny: tuple[str, ...] = ()                      # CIDR networks that get 403
+    auth: tuple[tuple[str, str], ...] = ()          # (user, crypt hash): others get 401
+    # flap hold-down (gateway.flap): more than flap_limit flips within the window -> held out for flap_hold
+    flap_limit: int | None = None                   # None: off
+    flap_window_ms: int = FLAP_WINDOW_MS
+    flap_hold_ms: int = FLAP_HOLD_MS
+    sticky: bool = False                            # KV `sticky = cookie`: a client keeps its instance
+    sticky_cookie: str | None = None                # KV `sticky_cookie`: the cookie's name (default routing.default_cookie)
+    discovery: str = "runtime"                      # KV `discovery`: "runtime" (controller, runtime API) | "dns"
+
+    @property
+    def by_dns(self) -> bool:
+        """HAProxy's resolver finds this backend's servers (SRV on the catalog's DNS), not the controller."""
+        return self.discovery == "dns"
+
+    @property
+    def rate_window_ms(self) -> int:
+        """Requests are counted over burst/rate seconds: on average `rate_limit`/s, at once up to the burst."""
+        return max(1000, -(-1000 * (self.rate_burst or self.rate_limit or 1) // (self.rate_limit or 1)))
+
+    @property
+    def rate_window_seconds(self) -> int:
+        """Retry-After: whole seconds until the window has passed."""
+        return -(-self.rate_window_ms // 1000)
+    https_redirect: bool = False                    # plain-HTTP requests get a 308 to HTTPS
+    hsts_seconds: int | None = None                 # Strict-Transport-Security max-age on HTTPS answers
 
 
 @dataclass(frozen=True)
@@ -92,6 +127,7 @@ class Backend:
     service: str
     settings: BackendSettings
     servers: tuple[Server, ...]  # len(servers) == slot count (occupied + spare)
+    environment: str = "prod"    # the environment whose instances (and only those) fill the slots
 
     def server(self, slot: str) -> Server:
         return next(s for s in self.servers if s.slot == slot)
@@ -105,6 +141,7 @@ class Route:
     path_prefix: str
     host: str | None = None
     strip: str | None = None
+    environment: str = "prod"    # matched only on the frontend(s) serving this environment
 
     @property
     def url_prefix(self) -> str:
@@ -115,6 +152,26 @@ class Route:
     def strip_option(self) -> str:
         """` strip=/prefix` as the tag writes it, or '' when nothing is stripped."""
         return f" strip={self.strip}" if self.strip else ""
+
+
+@dataclass(frozen=True)
+class EnvironmentSettings:
+    """KV `shopgate/gateway/environments/<name>/{bind,hosts}`: where an environment (other than prod) is served."""
+
+    name: str
+    bind: str | None = None          # its own frontend on this host:port
+    hosts: tuple[str, ...] = ()      # only requests for these host names (on its bind, or else on the entry point)
+
+
+@dataclass(frozen=True)
+class Frontend:
+    """One HAProxy frontend: a bind and the routes of the environment(s) it serves (gateway.routing.frontends)."""
+
+    name: str
+    bind: str
+    selectors: tuple[tuple[str, tuple[str, ...]], ...]   # (environment, hosts): requests for these hosts belong to it
+    default_environment: str | None                      # the environment of every other request (None: no route)
+    routes: tuple[tuple[int, Route], ...]                # (route id, route) in match order
 
 
 @dataclass(frozen=True)
@@ -129,6 +186,8 @@ class GatewaySettings:
     timeout_connect_ms: int = 2_000
     retries: int = 3
     hard_stop_after_ms: int = 30_000
+    accept_proxy: bool = False                           # entry binds take the PROXY protocol (v1/v2)
+    environments: tuple[EnvironmentSettings, ...] = ()   # sorted by name; never "prod"
 
 
 @dataclass(frozen=True)
@@ -139,6 +198,8 @@ class RouteTable:
     backends: tuple[Backend, ...] = ()
     settings: GatewaySettings = GatewaySettings()
     rejected: tuple[str, ...] = ()   # inputs that were skipped, each "where: what is wrong"
+    certificates: tuple[CertEntry, ...] = ()   # SNI certificates for the HTTPS listener (gateway.tls)
+    tls_rejected: tuple[str, ...] = ()         # certificates that were skipped, each "KV key or file: why"
     # gateway.routing's memo of per-service results, so a change to one service costs one service's work.
     # Not part of the table's value: ignored by ==, never rendered.
     memo: dict = field(default_factory=dict, compare=False, repr=False)
@@ -154,12 +215,20 @@ class RuntimePaths:
     admin_socket: Path                       # `stats socket ... level admin` (runtime API)
     listen: str = "127.0.0.1:8080"           # the gateway entry point, "host:port"
     stats: str = "127.0.0.1:8404"            # stats page + /metrics, "host:port"
-    accept_proxy: bool = False               # `--accept-proxy`: the entry bind takes the PROXY protocol (v1/v2)
+    accept_proxy: bool = False               # `--accept-proxy`: entry binds take the PROXY protocol (as KV accept_proxy)
     pidfile: Path | None = None
+    https: str | None = None                 # the HTTPS entry point "host:port", off when None
+    tls_dir: Path | None = None              # crt-list and PEM files (state dir /tls)
+
+    @property
+    def crt_list(self) -> Path | None:
+        """The crt-list of the HTTPS listener: the default certificate first, then one line per SNI certificate."""
+        return self.tls_dir / "crt-list" if self.tls_dir is not None else None
     # When set: `server-state-file` + `load-server-state-from-file global`. Off by default: measured on
     # 2.6, a state file's address/port and up-state override the rendered server lines on reload, so
     # a file not dumped right before the reload brings back stale servers.
     server_state_file: Path | None = None
+    consul_dns: str = DEFAULT_CONSUL_DNS_ADDR  # "host:port" of the Consul DNS that backends in DNS mode ask
 
 
 # ---------------------------------------------------------------- the difference between two tables
@@ -175,6 +244,16 @@ class MembershipChange:
     address: str = "127.0.0.1"
     port: int = 1
     weight: int = 100
+    sticky: bool = False         # drain/remove on a sticky backend: straight to maint, so its clients move now
+
+
+@dataclass(frozen=True)
+class CertChange:
+    """One certificate to add, replace or remove through the runtime API (no reload, ever)."""
+
+    action: str                  # "add" | "update" | "remove"
+    entry: CertEntry             # the new entry ("remove": the running one)
+    sni_changed: bool = False    # "update": the crt-list line changes too
 
 
 @dataclass(frozen=True)
@@ -183,6 +262,7 @@ class ApplyPlan:
 
     structural_reasons: tuple[str, ...] = ()        # non-empty -> render, validate, swap, reload
     membership: tuple[MembershipChange, ...] = ()   # applied through the runtime API
+    certificates: tuple[CertChange, ...] = ()       # applied through the runtime API, reload or not
 
     @property
     def needs_reload(self) -> bool:
@@ -190,4 +270,4 @@ class ApplyPlan:
 
     @property
     def empty(self) -> bool:
-        return not self.structural_reasons and not self.membership
+        return not self.structural_reasons and not self.membership and not self.certificates

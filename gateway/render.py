@@ -16,25 +16,50 @@ from pathlib import Path
 
 import jinja2
 
-from gateway.haproxy_syntax import BIND_ADDRESS, UnsafeValue, check_token, display
+from gateway.haproxy_syntax import (BIND_ADDRESS, UnsafeValue, check_dns_label, check_password_hash, check_token, display,
+                                    network_problem)
 from gateway.model import RouteTable, RuntimePaths, Server
+from gateway.routing import default_cookie, frontends
+from shopgate.settings import HEALTH_CHECK
 
 ENTRY_TEMPLATE = "haproxy.cfg.j2"
+#: Bytes an SRV answer needs per server slot: the SRV record and its target's A record in ADDITIONAL
+#: (~90 bytes with name compression; rounded up), plus the header and question.
+DNS_BYTES_PER_SLOT = 128
+DNS_MIN_PAYLOAD = 8192      # HAProxy's default is 512: three or four SRV records
+DNS_MAX_PAYLOAD = 65535
+
+
+def dns_payload_size(table: RouteTable) -> int:
+    """`accepted_payload_size` for the resolvers: room for every slot of the largest DNS backend."""
+    slots = max((len(b.servers) for b in table.backends if b.settings.by_dns), default=0)
+    return min(DNS_MAX_PAYLOAD, max(DNS_MIN_PAYLOAD, 512 + DNS_BYTES_PER_SLOT * slots))
 
 
 def render_config(table: RouteTable, templates_dir: Path, runtime: RuntimePaths) -> str:
     """The full haproxy.cfg for `table`: every backend with every slot, so a reload loses nothing."""
-    for bind in (runtime.listen, runtime.stats):
+    entry = frontends(table, runtime.listen)
+    binds = [runtime.stats] + [frontend.bind for frontend in entry] + ([runtime.https] if runtime.https else [])
+    for bind in [*binds, runtime.consul_dns]:   # the DNS server is asked, not bound: only its shape is checked
         if not BIND_ADDRESS.fullmatch(bind):
             raise UnsafeValue(f"bind address {display(bind)} is not host:port")
+    if len(set(binds)) < len(binds):
+        raise UnsafeValue(f"two frontends would listen on one address ({', '.join(binds)}): an environment's bind "
+                          "must differ from the entry point, the stats page and every other environment")
     template = _environment(str(Path(templates_dir).resolve())).get_template(ENTRY_TEMPLATE)
     return template.render(
         table=table,
         settings=table.settings,
         runtime=runtime,
-        routes=list(enumerate(table.routes, start=1)),
-        accept_proxy=runtime.accept_proxy,
+        frontends=entry,
+        accept_proxy=table.settings.accept_proxy or runtime.accept_proxy,
         backends=table.backends,
+        dns_backends=[b for b in table.backends if b.settings.by_dns],
+        dns_payload_size=dns_payload_size(table),
+        default_cookie=default_cookie,
+        health_check=HEALTH_CHECK,
+        backend_settings={b.name: b.settings for b in table.backends},
+        https_port=int(runtime.https.rpartition(":")[2]) if runtime.https else None,
     )
 
 
@@ -62,7 +87,8 @@ def _environment(templates_dir: str) -> jinja2.Environment:
         keep_trailing_newline=True,
         auto_reload=True,
     )
-    environment.filters.update(token=token, number=number, host_port=host_port, regex_literal=regex_literal)
+    environment.filters.update(token=token, number=number, host_port=host_port, regex_literal=regex_literal, dns_label=check_dns_label,
+                               password_hash=check_password_hash, network=network)
     return environment
 
 
@@ -76,6 +102,13 @@ def number(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, int):
         raise UnsafeValue(f"refusing to write {display(value)} into haproxy.cfg: not an integer")
     return str(value)
+
+
+def network(value: object) -> str:
+    """An address or CIDR network (route guards allow/deny) as one config word."""
+    if not isinstance(value, str) or network_problem(value):
+        raise UnsafeValue(f"refusing to write {display(value)} into haproxy.cfg: not an address or CIDR network")
+    return check_token(value)
 
 
 def host_port(server: Server) -> str:

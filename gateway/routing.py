@@ -13,32 +13,74 @@ for running HAProxy without reloads:
   and shrinks only when eight times that size would still fit, so flapping does not reload
   (spare slots are disabled servers: they cost a config line, not a check or a connection).
 
+Instances the flap hold-down holds out (gateway.flap, computed by the controller) come in as a
+set of instance keys and are routed like unhealthy ones: they keep their slot, in `maint`.
+
+Environments: an instance belongs to the environment of its `env=<name>` tag, else its `env` meta,
+else prod. Each (service, environment) gets its own backend (`be_<service>` for prod,
+`be_<service>:<env>` otherwise: ':' cannot occur in a service name, so names never collide) and its
+routes carry the environment, so only the frontend serving that environment matches them
+(`frontends`). An instance whose environment cannot be read is rejected, never routed to prod.
+
+Sticky backends: every occupied slot carries its instance's cookie value, a hash of the instance
+key, so every gateway and every reload names an instance the same way.
+
 Every catalog string is validated (gateway.haproxy_syntax) before it can become a name, path,
 host or address; what fails is skipped and reported in `RouteTable.rejected` as "where: what".
 """
 
 from __future__ import annotations
 
+import hashlib
 import operator
+import time
+from dataclasses import replace
 from functools import lru_cache
-from typing import Iterable, NamedTuple
+from typing import Iterable, Mapping, NamedTuple
 
-from gateway.haproxy_syntax import HOSTNAME, SERVICE_NAME, address_problem, display, path_problem, port_problem
+from gateway.haproxy_syntax import ENVIRONMENT_NAME, HOSTNAME, SERVICE_NAME, address_problem, display, path_problem, port_problem
 from gateway.kv_settings import parse_settings
-from gateway.model import Backend, BackendSettings, Instance, Route, RouteTable, Server, Snapshot
-from shopgate.settings import MIN_SLOTS, SLOT_HEADROOM
+from gateway.model import Backend, BackendSettings, Frontend, Instance, Route, RouteTable, Server, Snapshot
+from gateway.tls import certificates
+from shopgate.consul_client.protocol import WARNING
+from shopgate.settings import DEFAULT_ENVIRONMENT, DNS_SLOTS, KV_PREFIX, MIN_SLOTS, SLOT_HEADROOM
 
 #: A backend shrinks only when its slot count is at least this many times what it needs.
 SHRINK_FACTOR = 8
 
 DEFAULT_ROUTE_PREFIX = "/api/v1/"
 ROUTE_TAG = "urlprefix-"
+ENV_TAG = "env="
 DEFAULT_WEIGHT = 100
+KV_ENVIRONMENTS = f"{KV_PREFIX}gateway/environments/"
+#: The frontend of the gateway entry point (prod, and environments selected by host name only).
+ENTRY_FRONTEND = "shopgate"
 
 
-def backend_name(service: str) -> str:
-    """The HAProxy backend of a (valid) service name."""
-    return f"be_{service}"
+def backend_name(service: str, environment: str = DEFAULT_ENVIRONMENT) -> str:
+    """The HAProxy backend of a (valid) service name in an environment."""
+    return f"be_{service}" if environment == DEFAULT_ENVIRONMENT else f"be_{service}:{environment}"
+
+
+def instance_environment(instance: Instance) -> tuple[str | None, str | None]:
+    """(environment, None) from the `env=` tag, else the `env` meta, else prod; (None, problem) when unreadable."""
+    tagged = {t[len(ENV_TAG):] for t in instance.tags if isinstance(t, str) and t.startswith(ENV_TAG)}
+    if len(tagged) > 1:
+        return None, f"tags name several environments ({', '.join(sorted(map(display, tagged)))})"
+    name = tagged.pop() if tagged else dict(instance.meta).get("env", DEFAULT_ENVIRONMENT)
+    if not ENVIRONMENT_NAME.fullmatch(name):
+        return None, f"environment {display(name)} is not 1-32 of a-z 0-9 _ - starting with a letter or digit"
+    return name, None
+
+
+def cookie_value(instance_key: str) -> str:
+    """A sticky-session cookie value for an instance: the same on every gateway, across reloads and slot moves."""
+    return hashlib.blake2s(instance_key.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
+
+
+def default_cookie(service: str) -> str:
+    """The sticky cookie's name when KV `sticky_cookie` gives none."""
+    return f"sg_{service}"
 
 
 def slot_name(index: int) -> str:
@@ -51,31 +93,48 @@ def build_route_table(
     previous: RouteTable | None = None,
     min_slots: int = MIN_SLOTS,
     headroom: int = SLOT_HEADROOM,
+    taken_binds: Mapping[str, str] = {},
+    held: frozenset[str] = frozenset(),
+    now: float | None = None,
 ) -> RouteTable:
-    """The RouteTable for `snapshot`, keeping slots and contested routes as they were in `previous`."""
-    gateway_settings, service_settings, rejected = parse_settings(snapshot.kv)
+    """The RouteTable for `snapshot`, keeping slots and contested routes as they were in `previous`.
+
+    `taken_binds` (host:port -> what): the controller's own listeners, which no environment may bind.
+    `held`: instance keys the flap hold-down (gateway.flap) keeps out, routed as if unhealthy.
+    `now` (unix time, default: the clock): when certificates are judged valid.
+    """
+    last_good = {b.service: b.settings for b in previous.backends} if previous else None
+    gateway_settings, service_settings, rejected = parse_settings(snapshot.kv, last_good, taken_binds)
     previous_services = previous.memo.get("services", {}) if previous else {}
-    previous_backends = {b.service: b for b in previous.backends} if previous and not previous_services else {}
+    previous_backends = {b.name: b for b in previous.backends} if previous and not previous_services else {}
     services: dict[str, _ServiceResult] = {}
     for service in sorted(snapshot.services):
         instances = snapshot.services[service]
         settings = service_settings.get(service, _DEFAULT_SETTINGS)
+        service_held = frozenset(i.key for i in instances if i.key in held) if held else frozenset()
         result = previous_services.get(service)
-        if result is None or not result.built_from(instances, settings, min_slots, headroom):
+        if result is None or not result.built_from(instances, settings, service_held, min_slots, headroom):
             if not isinstance(service, str) or not SERVICE_NAME.fullmatch(service):
                 rejected.append(f"service {display(service)}: name must be 1-63 of A-Z a-z 0-9 _ . - starting with a letter or digit")
                 continue
-            previous_backend = result.backend if result else previous_backends.get(service)
-            result = _build_service(service, instances, settings, previous_backend, min_slots, headroom)
+            previous_named = {b.name: b for b in result.backends} if result else previous_backends
+            result = _build_service(service, instances, settings, service_held, previous_named, min_slots, headroom)
         services[service] = result
         rejected.extend(result.rejected)
     route_inputs = tuple(result.routes for result in services.values())
     routes, conflicts = _routes(route_inputs, previous)
+    served = {e.name for e in gateway_settings.environments} | {DEFAULT_ENVIRONMENT}
+    unserved = sorted({r.environment for r in routes} - served)
+    rejected.extend(f"environment {env}: no {KV_ENVIRONMENTS}{env}/bind or /hosts, its instances get no traffic" for env in unserved)
+    certs, tls_rejected = certificates(snapshot.kv, snapshot.cert_files, time.time() if now is None else now,
+                                       previous.certificates if previous else ())
     return RouteTable(
         routes=routes,
-        backends=tuple(result.backend for result in services.values()),
+        backends=tuple(backend for result in services.values() for backend in result.backends),
         settings=gateway_settings,
         rejected=tuple(rejected + conflicts),
+        certificates=certs,
+        tls_rejected=tls_rejected,
         memo={"services": services, "routes": (route_inputs, routes, conflicts)},
     )
 
@@ -99,38 +158,55 @@ class _ServiceResult(NamedTuple):
 
     instances: tuple[Instance, ...]
     settings: BackendSettings
+    held: frozenset[str]
     sizing: tuple[int, int]
-    backend: Backend
+    backends: tuple[Backend, ...]    # one per environment with instances (prod when there are none)
     routes: list["_Candidate"]
     rejected: list[str]
 
-    def built_from(self, instances: tuple[Instance, ...], settings: BackendSettings, min_slots: int, headroom: int) -> bool:
-        return (self.instances is instances or self.instances == instances) and self.settings == settings and self.sizing == (min_slots, headroom)
+    def built_from(self, instances: tuple[Instance, ...], settings: BackendSettings, held: frozenset[str], min_slots: int, headroom: int) -> bool:
+        return ((self.instances is instances or self.instances == instances) and self.settings == settings
+                and self.held == held and self.sizing == (min_slots, headroom))
 
 
-def _build_service(service: str, instances: tuple[Instance, ...], settings: BackendSettings, previous: Backend | None, min_slots: int, headroom: int) -> _ServiceResult:
+def _build_service(service: str, instances: tuple[Instance, ...], settings: BackendSettings, held: frozenset[str],
+                   previous: Mapping[str, Backend], min_slots: int, headroom: int) -> _ServiceResult:
     rejected: list[str] = []
-    valid = _valid_instances(service, instances, rejected)
-    backend = _backend(service, valid, settings, previous, min_slots, headroom)
-    routes = _service_routes(service, valid, rejected)
-    return _ServiceResult(tuple(instances), settings, (min_slots, headroom), backend, routes, rejected)
+    by_environment: dict[str, list[Instance]] = {}
+    for environment, instance in _valid_instances(service, instances, rejected):
+        by_environment.setdefault(environment, []).append(instance)
+    backends, routes = [], []
+    others = sorted(set(by_environment) - {DEFAULT_ENVIRONMENT})
+    effective = settings
+    if settings.by_dns and others:   # one SRV name answers every environment's instances: it would mix them
+        effective = replace(settings, discovery="runtime")
+        rejected.append(f"{KV_PREFIX}services/{service}/discovery: instances in environment(s) {', '.join(others)}; Consul's DNS "
+                        "answers every environment's instances under one name, so the runtime API keeps serving this service")
+    for environment in sorted(by_environment or {DEFAULT_ENVIRONMENT: []}):
+        members = by_environment.get(environment, [])
+        name = backend_name(service, environment)
+        backends.append(_backend(service, environment, members, effective, held, previous.get(name), min_slots, headroom))
+        routes += _service_routes(service, environment, members, rejected)
+    return _ServiceResult(tuple(instances), settings, held, (min_slots, headroom), tuple(backends), routes, rejected)
 
 
 # ---------------------------------------------------------------- instances and slots
 
 
-def _valid_instances(service: str, instances: Iterable[Instance], rejected: list[str]) -> list[Instance]:
-    valid: list[Instance] = []
+def _valid_instances(service: str, instances: Iterable[Instance], rejected: list[str]) -> list[tuple[str, Instance]]:
+    """(environment, instance) of each usable instance; the others are reported."""
+    valid: list[tuple[str, Instance]] = []
     seen: set[str] = set()
     for instance in instances:
-        problem = address_problem(instance.address) or port_problem(instance.port)
+        environment, problem = instance_environment(instance)
+        problem = problem or address_problem(instance.address) or port_problem(instance.port)
         if problem is None and instance.key in seen:
             problem = "duplicate instance id"
         if problem:
             rejected.append(f"service {service}, instance {display(instance.key)}: {problem}")
             continue
         seen.add(instance.key)
-        valid.append(instance)
+        valid.append((environment, instance))
     return valid
 
 
@@ -151,11 +227,17 @@ def _spare(slot: str) -> Server:
     return Server(slot=slot, instance_key=None)
 
 
-def _state(instance: Instance, settings: BackendSettings) -> str:
-    """ready: passing. drain: leaving gracefully (in-flight requests finish). maint: failing its checks."""
-    if instance.status == "maintenance" or (settings.maintenance and instance.healthy):
+def routable(instance: Instance, settings: BackendSettings) -> bool:
+    """Passing; or warning too where the service's KV `route_warning` says so."""
+    return instance.healthy or (settings.route_warning and instance.status == WARNING)
+
+
+def _state(instance: Instance, settings: BackendSettings, held: frozenset[str]) -> str:
+    """ready: routable. drain: leaving gracefully (in-flight requests finish). maint: failing its checks, or held."""
+    healthy = routable(instance, settings) and instance.key not in held
+    if instance.status == "maintenance" or (settings.maintenance and healthy):
         return "drain"
-    return "ready" if instance.healthy else "maint"
+    return "ready" if healthy else "maint"
 
 
 def _weight(instance: Instance, settings: BackendSettings) -> int:
@@ -164,8 +246,14 @@ def _weight(instance: Instance, settings: BackendSettings) -> int:
     return min(weights) if weights else DEFAULT_WEIGHT
 
 
-def _backend(service: str, instances: list[Instance], settings: BackendSettings, previous: Backend | None, min_slots: int, headroom: int) -> Backend:
+def _backend(service: str, environment: str, instances: list[Instance], settings: BackendSettings, held: frozenset[str],
+             previous: Backend | None, min_slots: int, headroom: int) -> Backend:
     floor = max(min_slots, settings.min_slots or 0)
+    if settings.by_dns:  # HAProxy's resolver fills a fixed server-template: the controller places no instance
+        servers = tuple(_spare(slot_name(i)) for i in range(max(floor, DNS_SLOTS)))
+        if previous is not None and previous.settings == settings and previous.servers == servers:
+            return previous
+        return Backend(name=backend_name(service), service=service, settings=settings, servers=servers)
     count = slot_count(len(instances), len(previous.servers) if previous else None, floor, headroom)
     old_servers = previous.servers if previous else ()
     old_slot = {s.instance_key: i for i, s in enumerate(old_servers) if s.occupied}
@@ -194,14 +282,16 @@ def _backend(service: str, instances: list[Instance], settings: BackendSettings,
         if instance is None:
             servers.append(_spare(name))
             continue
-        weight, state = _weight(instance, settings), _state(instance, settings)
-        if old is not None and old.instance_key == instance.key and old.address == instance.address and old.port == instance.port and old.weight == weight and old.state == state:
+        weight, state = _weight(instance, settings), _state(instance, settings, held)
+        cookie = cookie_value(instance.key) if settings.sticky else None
+        if (old is not None and old.instance_key == instance.key and old.address == instance.address and old.port == instance.port
+                and old.weight == weight and old.state == state and old.cookie == cookie):
             servers.append(old)  # unchanged: reuse, so comparisons stay cheap
         else:
-            servers.append(Server(name, instance.key, instance.address, instance.port, weight, state))
+            servers.append(Server(name, instance.key, instance.address, instance.port, weight, state, cookie))
     if previous is not None and previous.settings == settings and len(servers) == len(old_servers) and all(a is b for a, b in zip(servers, old_servers)):
         return previous
-    return Backend(name=backend_name(service), service=service, settings=settings, servers=tuple(servers))
+    return Backend(name=backend_name(service, environment), service=service, settings=settings, servers=tuple(servers), environment=environment)
 
 
 # ---------------------------------------------------------------- routes
@@ -212,7 +302,7 @@ class _Candidate(NamedTuple):
     explicit: bool      # from a urlprefix- tag (True) or the default route (False)
 
 
-def parse_route_tag(tag: str, backend: str) -> Route:
+def parse_route_tag(tag: str, backend: str, environment: str = DEFAULT_ENVIRONMENT) -> Route:
     """`urlprefix-[host]/path [strip=/prefix]` -> Route, or ValueError saying what is wrong."""
     words = tag[len(ROUTE_TAG):].split()
     if not words:
@@ -239,12 +329,12 @@ def parse_route_tag(tag: str, backend: str) -> Route:
         strip = value.rstrip("/")
         if not strip or not (path == strip or path.startswith(strip + "/")):
             raise ValueError(f"strip={value} is not a leading part of the path {path}")
-    return Route(backend=backend, path_prefix=path, host=host, strip=strip)
+    return Route(backend=backend, path_prefix=path, host=host, strip=strip, environment=environment)
 
 
-def _service_routes(service: str, instances: list[Instance], rejected: list[str]) -> list[_Candidate]:
+def _service_routes(service: str, environment: str, instances: list[Instance], rejected: list[str]) -> list[_Candidate]:
     """Routes from the urlprefix- tags of any present instance; the default route when there is none."""
-    backend = backend_name(service)
+    backend = backend_name(service, environment)
     routes: dict[Route, None] = {}
     problems: dict[str, str] = {}
     for instance in instances:
@@ -252,36 +342,54 @@ def _service_routes(service: str, instances: list[Instance], rejected: list[str]
             if not isinstance(tag, str) or not tag.startswith(ROUTE_TAG) or tag in problems:
                 continue
             try:
-                routes[parse_route_tag(tag, backend)] = None
+                routes[parse_route_tag(tag, backend, environment)] = None
             except ValueError as error:
                 problems[tag] = f"service {service}, instance {display(instance.key)}, tag {display(tag)}: {error}"
     rejected.extend(problems.values())
     if not routes:
-        return [_Candidate(Route(backend=backend, path_prefix=DEFAULT_ROUTE_PREFIX + service), explicit=False)]
+        return [_Candidate(Route(backend=backend, path_prefix=DEFAULT_ROUTE_PREFIX + service, environment=environment), explicit=False)]
     return [_Candidate(route, explicit=True) for route in routes]
 
 
 def route_order(route: Route) -> tuple:
     """Host-specific routes first, then the longest prefix: the first matching route wins."""
-    return (route.host is None, -len(route.path_prefix), route.host or "", route.path_prefix, route.backend, route.strip or "")
+    return (route.host is None, -len(route.path_prefix), route.host or "", route.path_prefix, route.environment, route.backend, route.strip or "")
 
 
 def _resolve_conflicts(candidates: list[_Candidate], previous: tuple[Route, ...], rejected: list[str]) -> tuple[Route, ...]:
-    """One route per (host, prefix): the previous holder keeps it, then tags beat defaults, then name order."""
-    held = {(r.host, r.path_prefix): r for r in previous}
-    claims: dict[tuple[str | None, str], list[_Candidate]] = {}
+    """One route per (environment, host, prefix): the previous holder keeps it, then tags beat defaults, then name order."""
+    held = {(r.environment, r.host, r.path_prefix): r for r in previous}
+    claims: dict[tuple[str, str | None, str], list[_Candidate]] = {}
     for candidate in candidates:
-        claims.setdefault((candidate.route.host, candidate.route.path_prefix), []).append(candidate)
+        claims.setdefault((candidate.route.environment, candidate.route.host, candidate.route.path_prefix), []).append(candidate)
     routes = []
-    for (host, prefix), contenders in claims.items():
+    for claim, contenders in claims.items():
         distinct = {c.route for c in contenders}
         if len(distinct) == 1:
             routes.append(contenders[0].route)
             continue
-        ranked = sorted(contenders, key=lambda c: (c.route != held.get((host, prefix)), not c.explicit, c.route.backend, c.route.strip or ""))
+        ranked = sorted(contenders, key=lambda c: (c.route != held.get(claim), not c.explicit, c.route.backend, c.route.strip or ""))
         winner = ranked[0].route
         losers = sorted({f"{c.route.backend}{c.route.strip_option}" for c in ranked if c.route != winner})
         kept = f"{winner.backend}{winner.strip_option}"
         rejected.append(f"route {winner.url_prefix}: claimed by {', '.join(losers)} and {kept}; kept {kept}")
         routes.append(winner)
     return tuple(sorted(routes, key=route_order))
+
+
+# ---------------------------------------------------------------- frontends
+
+
+def frontends(table: RouteTable, entry_bind: str) -> tuple[Frontend, ...]:
+    """The entry point's frontend (prod, plus environments selected by host name only) and one per
+    environment with its own bind; each gets only its environments' routes, numbered as in the table."""
+    numbered = list(enumerate(table.routes, start=1))
+    shared = [e for e in table.settings.environments if e.bind is None]
+    entry_envs = {DEFAULT_ENVIRONMENT} | {e.name for e in shared}
+    result = [Frontend(ENTRY_FRONTEND, entry_bind, tuple((e.name, e.hosts) for e in shared), DEFAULT_ENVIRONMENT,
+                       tuple(pair for pair in numbered if pair[1].environment in entry_envs))]
+    for env in table.settings.environments:
+        if env.bind is not None:
+            result.append(Frontend(f"fe_{env.name}", env.bind, ((env.name, env.hosts),) if env.hosts else (),
+                                   None if env.hosts else env.name, tuple(pair for pair in numbered if pair[1].environment == env.name)))
+    return tuple(result)

@@ -1,6 +1,9 @@
 """The controller's own HTTP endpoint: `/status` (JSON for people and `shopgate status`), `/ready`
 (200 or 503, for an outer balancer's health check) and `/metrics`.
 
+/status `services` is keyed by service name for prod backends and `<service>@<env>` for the
+others; every entry names its service, environment and backend.
+
 `status_view` writes the /status document from plain data (the tables, HAProxy's `show stat`
 rows, counters), so what /status says is decided here, away from the controller's loop.
 """
@@ -15,7 +18,9 @@ from typing import Callable, Iterable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway.model import RouteTable
+from gateway.model import BackendSettings, RouteTable
+from gateway.tls import CertEntry
+from shopgate.settings import DEFAULT_ENVIRONMENT
 
 log = logging.getLogger("shopgate.gateway.status")
 
@@ -23,16 +28,27 @@ log = logging.getLogger("shopgate.gateway.status")
 def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str, str], Mapping[str, str]], *,
                 last_apply: float | None, last_error: str | None, reloads: int, runtime_updates: int,
                 rejected_configs: Iterable[str], last_good_at: float | None, haproxy_pid: int | None,
-                config_hash: str | None, ready: str | None, catalog: Mapping[str, object], guard_reason: str | None, now: float) -> dict:
+                config_hash: str | None, ready: str | None, catalog: Mapping[str, object], guard_reason: str | None, now: float,
+                flap_held: Mapping[str, list[dict]] | None = None, tls: dict | None = None) -> dict:
     """The /status document: per service what HAProxy runs (`live`: (backend, slot) -> `show stat` row),
-    then what was applied, refused (by routing in `wanted`, or by HAProxy) and held back."""
+    then what was applied, refused (by routing in `wanted`, or by HAProxy) and held back.
+
+    `flap_held`: gateway.flap's report (service -> held instances with `held_for_seconds`); shown per
+    service as `flap_held` with `held_until` in wall-clock seconds."""
     services = {}
     for backend in running.backends:
-        services[backend.service] = {
+        services[status_key(backend.service, backend.environment)] = {
+            "service": backend.service,
+            "environment": backend.environment,
             "backend": backend.name,
+            "discovery": backend.settings.discovery,
             "routes": [r.url_prefix + r.strip_option for r in running.routes if r.backend == backend.name],
             "slots": len(backend.servers),
-            "servers": [
+            "guards": guards_view(backend.settings),
+            "flap_held": [{**held, "held_until": round(now + held["held_for_seconds"], 3)}
+                          for held in (flap_held or {}).get(backend.service, [])
+                          if any(s.instance_key == held["instance"] for s in backend.servers)],   # this environment's
+            "servers": dns_servers(backend.name, [s.slot for s in backend.servers], live) if backend.settings.by_dns else [
                 {"slot": s.slot, "instance": s.instance_key, "address": s.address, "port": s.port, "weight": s.weight,
                  "state": s.state, "haproxy_status": live.get((backend.name, s.slot), {}).get("status")}
                 for s in backend.servers if s.occupied
@@ -52,7 +68,45 @@ def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str
         "not_ready_reason": ready,
         "catalog": dict(catalog),
         "guard": {"holding": guard_reason is not None, "reason": guard_reason},
+        "tls": tls or {"https": None},
     }
+
+
+def tls_view(https: str | None, held: Iterable[CertEntry], rejected: Iterable[str], refused: Iterable[str],
+             now: float, expiring_days: float) -> dict:
+    """The /status `tls` section: the certificates served (names, SANs, dates; never a key) and the skipped ones."""
+    if not https:
+        return {"https": None}
+    certificates = [entry.summary(now, expiring_days) for entry in held]
+    return {
+        "https": https,
+        "certificates": certificates,
+        "expiring": [c["id"] for c in certificates if c["expiring"]],
+        "rejected": list(rejected) + list(refused),
+    }
+
+
+def guards_view(settings: BackendSettings) -> dict:
+    """The route guards and routing choices a service runs with (user names only, never their hashes)."""
+    return {"rate_limit": settings.rate_limit, "rate_burst": settings.rate_burst or settings.rate_limit,
+            "allow": list(settings.allow), "deny": list(settings.deny), "auth_users": [u for u, _ in settings.auth],
+            "route_warning": settings.route_warning, "flap_limit": settings.flap_limit,
+            "flap_window_seconds": settings.flap_window_ms / 1000, "flap_hold_seconds": settings.flap_hold_ms / 1000}
+
+
+def status_key(service: str, environment: str) -> str:
+    """A backend's key in /status `services`: the service name for prod (as before environments), else service@env."""
+    return service if environment == DEFAULT_ENVIRONMENT else f"{service}@{environment}"
+def dns_servers(backend: str, slots: list[str], live: Mapping[tuple[str, str], Mapping[str, str]]) -> list[dict]:
+    """A DNS-mode backend's servers as HAProxy's resolver filled them (`show stat`): slots it left in MAINT are empty."""
+    found = []
+    for slot in slots:
+        row = live.get((backend, slot), {})
+        if row and not row.get("status", "").startswith("MAINT"):
+            address, _, port = row.get("addr", "").rpartition(":")
+            found.append({"slot": slot, "address": address, "port": int(port) if port.isdigit() else None,
+                          "haproxy_status": row.get("status")})
+    return found
 
 
 class StatusServer:

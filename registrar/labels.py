@@ -7,6 +7,8 @@ The rules are registrator's, so that existing containers keep working:
 - `SERVICE_NAME`, `SERVICE_TAGS`, `SERVICE_ID`, `SERVICE_IGNORE`, `SERVICE_CHECK_*` and any other
   `SERVICE_<KEY>` (which becomes service meta), from env and labels — labels win;
 - `SERVICE_<port>_<KEY>` applies to one port and wins over `SERVICE_<KEY>`;
+- `SERVICE_ENV=staging` becomes meta `env`, as does `SERVICE_TAGS=env=staging` the tag: the gateway
+  routes the instance to that environment's frontend only (it validates the name);
 - default name: the image's base name, plus `-<port>` when the container has several ports;
 - default id: `<node>:<container name>:<port>[:udp]`.
 

@@ -30,6 +30,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def free_udp_tcp_port(host: str = "127.0.0.1", attempts: int = 50) -> int:
+    """A port number free a moment ago for both UDP and TCP (a DNS server listens on both)."""
+    for _ in range(attempts):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind((host, 0))
+            port = tcp.getsockname()[1]
+            try:
+                udp.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no port on {host} was free for both UDP and TCP after {attempts} attempts")
+
+
 def shopgate_argv(*args: str) -> list[str]:
     """argv that runs `shopgate ARGS` with this interpreter (works without the console script on PATH)."""
     return [sys.executable, "-m", "shopgate", *args]

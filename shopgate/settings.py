@@ -19,9 +19,13 @@ CATALOG_PORT = 8500          # Consul HTTP API + UI
 GATEWAY_PORT = 8080          # HAProxy entry point
 STATS_PORT = 8404            # HAProxy stats page and /metrics
 STATUS_PORT = 9180           # controller /status and /metrics
+DNS_PORT = 8600              # Consul DNS interface (UDP + TCP) of the catalog
 
 #: Consul KV prefix under which every gateway setting lives.
 KV_PREFIX = "shopgate/"
+
+#: The environment of an instance without an `env=<name>` tag or `env` meta; served on the gateway entry point.
+DEFAULT_ENVIRONMENT = "prod"
 
 #: Jinja2 templates for haproxy.cfg; edited live by users.
 TEMPLATES_DIR = PROJECT_ROOT / "config_templates"
@@ -30,6 +34,19 @@ TEMPLATES_DIR = PROJECT_ROOT / "config_templates"
 STATE_DIR = Path(os.environ.get("SHOPGATE_STATE_DIR", PROJECT_ROOT / ".state"))
 
 DEFAULT_CONSUL_ADDR = f"http://{LOOPBACK}:{CATALOG_PORT}"
+
+#: Consul's DNS: TTLs 0 by default (Consul's `service_ttl`, `node_ttl`), the domain `consul.`; HAProxy backends in DNS
+#: mode ask the server named by --consul-dns, else CONSUL_DNS_ADDR (Consul's variable), else this default.
+DNS_DOMAIN = "consul."
+DNS_SERVICE_TTL = 0
+DNS_NODE_TTL = 0
+CONSUL_DNS_ENV = "CONSUL_DNS_ADDR"
+DEFAULT_CONSUL_DNS_ADDR = f"{LOOPBACK}:{DNS_PORT}"
+
+
+def consul_dns_from_env() -> str:
+    """host:port of the Consul DNS server the gateway points HAProxy's resolvers at."""
+    return os.environ.get(CONSUL_DNS_ENV) or DEFAULT_CONSUL_DNS_ADDR
 
 #: Shop service instances (`shopgate service NAME`): SQLite stores shared by the instances of a
 #: service live in SERVICE_DATA_DIR/<service>; the drain period is overridden by SHOPGATE_DRAIN_SECONDS.
@@ -72,6 +89,9 @@ DOCKER_MAX_BACKOFF_SECONDS = 5.0
 #: of two; KV `slots` raises the floor), so that scaling up fills a spare slot instead of reloading HAProxy.
 MIN_SLOTS = 4
 SLOT_HEADROOM = 2
+#: A backend in DNS discovery mode (KV `discovery = dns`) gets a fixed `server-template` of this many slots (KV `slots`
+#: raises it): HAProxy's resolver fills them, and a fixed count means scaling never needs a reload.
+DNS_SLOTS = 16
 
 #: Gateway controller (`shopgate gateway`): a blocking catalog query waits up to GATEWAY_WATCH_WAIT_SECONDS; a
 #: removed server drains at most GATEWAY_DRAIN_TIMEOUT_SECONDS before `state maint`; the empty-catalog guard holds
@@ -85,6 +105,22 @@ GATEWAY_STOP_MARGIN_SECONDS = 5.0
 #: balancer that checks /ready has moved new connections away (0: stop at once, nothing in front).
 GATEWAY_UNREADY_DELAY_SECONDS = 0.0
 
+#: HAProxy's own health check of every server: the config's `default-server` and the servers the controller
+#: (re)creates at runtime, which do not inherit `default-server`. A server that is up is checked every `inter`;
+#: one that is down every `downinter`, so a new instance's first check runs ~50 ms after it is added (measured
+#: on 2.6: a config slot leaving maint keeps its `inter` phase, 0-1 s; a server created by `add server` starts
+#: its checks after `downinter`).
+HEALTH_CHECK = "check inter 1s downinter 50ms fall 2 rise 1"
+
+#: `shopgate gateway --https`: certificates expiring within CERT_EXPIRING_DAYS are reported in /status.
+CERT_EXPIRING_DAYS = 14.0
+
 #: Catalog reads and HAProxy restarts that failed are retried after pauses that double from the first to the last.
 RETRY_BACKOFF_SECONDS = (0.2, 5.0)
 
+
+#: Flap hold-down (gateway.flap; per service KV `flap_limit`, `flap_window`, `flap_hold`): an instance that flips
+#: between healthy and unhealthy more than flap_limit times within flap_window is held out for flap_hold after its
+#: last flip; these are the defaults of flap_window and flap_hold (flap_limit has none: absent = off).
+FLAP_WINDOW_MS = 60_000
+FLAP_HOLD_MS = 60_000

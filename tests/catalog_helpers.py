@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -65,8 +66,9 @@ class HealthTarget:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                body = f"status {target.status}".encode()
-                self.send_response(target.status)
+                status = target.answer()
+                body = f"status {status}".encode()
+                self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -82,10 +84,39 @@ class HealthTarget:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/health"
 
+    def answer(self) -> int:
+        return self.status
+
     def __enter__(self) -> "HealthTarget":
         self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self.release()
         self.server.shutdown()
         self.server.server_close()
+
+    def release(self) -> None:
+        """Let any held probe go (only a GatedTarget holds probes)."""
+
+
+class GatedTarget(HealthTarget):
+    """A HealthTarget that holds each probe until the test hands it the status to answer, one at a time.
+
+    The check's results then come in the order and number the test chooses, however slow the machine.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.server.daemon_threads = True   # a probe still held at the end must not hold up server_close
+        self.answers: queue.Queue[int] = queue.Queue()
+
+    def answer(self) -> int:
+        try:
+            return self.answers.get(timeout=60)
+        except queue.Empty:
+            return 503
+
+    def release(self) -> None:
+        for _ in range(8):
+            self.answers.put(503)

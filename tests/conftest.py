@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from shopgate.processes import ManagedProcess, free_port, shopgate_argv, wait_for_http
+from shopgate.processes import ManagedProcess, free_port, free_udp_tcp_port, shopgate_argv, wait_for_http
 from shopgate.consul_client import ConsulAddress, connect
 
 
 class CatalogProcess:
-    """A `shopgate catalog` server on a free loopback port, restartable on the same data dir."""
+    """A `shopgate catalog` server on a free loopback port (its DNS on another), restartable on the same data dir."""
 
     def __init__(self, data_dir: Path, log_dir: Path, port: int | None = None, extra_args: tuple[str, ...] = ()):
         self.port = port or free_port()
+        self.dns_port = free_udp_tcp_port()   # never the default 8600: tests run many catalogs at once
         self.data_dir = data_dir
         self.log_dir = log_dir
         self.extra_args = extra_args
@@ -35,7 +36,8 @@ class CatalogProcess:
         return connect(self.address, **kwargs)
 
     def start(self) -> "CatalogProcess":
-        argv = shopgate_argv("catalog", "--bind", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra_args)
+        argv = shopgate_argv("catalog", "--bind", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir),
+                            "--dns-port", str(self.dns_port), *self.extra_args)
         self.process = ManagedProcess("catalog", argv, log_path=self.log_dir / "catalog.log").start()
         wait_for_http(f"{self.url}/v1/status/leader", timeout=20, process=self.process, ok=lambda r: r.status_code in (200, 403))
         return self

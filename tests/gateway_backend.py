@@ -2,8 +2,9 @@
 
     python tests/gateway_backend.py --service products --consul URL [--port 0] [--tags a,b]
 
-GET /health answers 200 (or 500 after POST /fail), any other path answers JSON naming this
-instance, `?sleep=0.5` delays the answer. SIGUSR1 registers it again (after a catalog wipe). On SIGTERM it deregisters first, keeps serving for
+GET /health answers 200 (500 after POST /fail, 429 — a warning check — after POST /warn; POST /recover
+undoes both), any other path answers JSON naming this instance (and the request's X-Forwarded-For),
+`?sleep=0.5` delays the answer. SIGUSR1 registers it again (after a catalog wipe). On SIGTERM it deregisters first, keeps serving for
 --drain seconds (the gateway moves traffic away meanwhile), then exits: a well-behaved instance.
 """
 
@@ -35,6 +36,7 @@ def main() -> int:
     args = parser.parse_args()
     healthy = threading.Event()
     healthy.set()
+    warning = threading.Event()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -42,18 +44,23 @@ def main() -> int:
         def do_GET(self) -> None:
             url = urlsplit(self.path)
             if url.path == "/health":
-                self._answer(200 if healthy.is_set() else 500, {"healthy": healthy.is_set()})
+                code = 500 if not healthy.is_set() else 429 if warning.is_set() else 200
+                self._answer(code, {"healthy": healthy.is_set(), "warning": warning.is_set()})
                 return
             delay = float(parse_qs(url.query).get("sleep", ["0"])[0])
             if delay:
                 time.sleep(delay)
-            self._answer(200, {"service": args.service, "port": port, "path": self.path, "host": self.headers.get("Host")})
+            self._answer(200, {"service": args.service, "port": port, "path": self.path, "host": self.headers.get("Host"),
+                                "forwarded_for": self.headers.get("X-Forwarded-For")})
 
         def do_POST(self) -> None:
             if self.path == "/fail":
                 healthy.clear()
+            elif self.path == "/warn":
+                warning.set()
             elif self.path == "/recover":
                 healthy.set()
+                warning.clear()
             self._answer(200, {"healthy": healthy.is_set()})
 
         def _answer(self, code: int, body: dict) -> None:

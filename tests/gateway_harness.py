@@ -61,7 +61,7 @@ class Gateway:
     haproxy_pids: set[int] = field(default_factory=set)
     env: dict[str, str] | None = None
     name: str = "gateway"
-    extra_args: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()          # further `shopgate gateway` flags, e.g. ("--accept-proxy",)
 
     @property
     def url(self) -> str:
@@ -73,11 +73,11 @@ class Gateway:
 
     @property
     def templates(self) -> Path:
-        return self.tmp_path / f"{self.name}-templates"
+        return self.tmp_path / f"templates-{self.listen}"      # one per gateway: a test may run several
 
     @property
     def state_dir(self) -> Path:
-        return self.tmp_path / f"{self.name}-state"
+        return self.tmp_path / f"gateway-state-{self.listen}"
 
     @property
     def status_url(self) -> str:
@@ -97,7 +97,8 @@ class Gateway:
             "gateway", "--consul", self.catalog.url, "--listen", f"127.0.0.1:{self.listen}",
             "--stats", f"127.0.0.1:{self.stats}", "--status", f"127.0.0.1:{self.status_port}",
             "--state-dir", str(self.state_dir), "--templates", str(self.templates),
-            "--guard-hold", str(self.guard_hold), "--drain-timeout", "5", *self.extra_args,
+            "--guard-hold", str(self.guard_hold), "--drain-timeout", "5", *self.args,
+            "--consul-dns", f"127.0.0.1:{self.catalog.dns_port}",
         )
         self.process = self.start_process(self.name, argv, env=self.env)
         return self
@@ -123,9 +124,14 @@ class Gateway:
         return 0.0
 
     def servers_up(self, service: str) -> set[int]:
-        """Ports of `service`'s servers that are wanted ready and UP in HAProxy."""
+        """Ports of `service`'s servers that are wanted ready and UP in HAProxy (`service@env` outside prod)."""
         servers = self.status()["services"].get(service, {}).get("servers", [])
         return {s["port"] for s in servers if s["state"] == "ready" and str(s["haproxy_status"]).startswith("UP")}
+
+    def resolved(self, service: str, up: bool = True) -> set[int]:
+        """Ports of a DNS-mode service's servers that HAProxy's resolver filled (and, with `up`, that are UP)."""
+        servers = self.status()["services"].get(service, {}).get("servers", [])
+        return {s["port"] for s in servers if not up or str(s["haproxy_status"]).startswith("UP")}
 
     def routed(self, service: str, ports: set[int]) -> bool:
         """True once exactly `ports` serve `service` (HAProxy UP and wanted ready)."""
@@ -172,9 +178,14 @@ def gateway(gateway_factory) -> Gateway:
     return gateway_factory()
 
 
-def server_limits(gateway: Gateway, backend: str) -> set[str]:
-    """The session limits (`slim`) of `backend`'s servers, as HAProxy's stats page (CSV) reports them."""
+def stats_column(gateway: Gateway, backend: str, column: str) -> dict[str, str]:
+    """Server name -> one column of HAProxy's stats page (CSV) for `backend`'s servers."""
     text = requests.get(f"{gateway.stats_url}/;csv", timeout=5).text.lstrip("# ")
     header, *rows = [line.split(",") for line in text.splitlines() if line]
-    column = header.index("slim")
-    return {row[column] for row in rows if row[0] == backend and row[1] not in ("FRONTEND", "BACKEND")}
+    index = header.index(column)
+    return {row[1]: row[index] for row in rows if row[0] == backend and row[1] not in ("FRONTEND", "BACKEND")}
+
+
+def server_limits(gateway: Gateway, backend: str) -> set[str]:
+    """The session limits (`slim`) of `backend`'s servers, as HAProxy's stats page reports them."""
+    return set(stats_column(gateway, backend, "slim").values())

@@ -3,6 +3,8 @@ real on the private engine — gateway routing, scaling under load, the in-stack
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import importlib.util
 import json
 import re
@@ -87,6 +89,48 @@ def test_offline_variant_defines_the_same_services_and_environment_contract():
             assert service["build"]["args"]["BASE_IMAGE"] == "shopgate/base:offline"
             assert service["build"]["network"] == "none"
     assert offline["consul"]["command"][:1] == ["catalog"] and "8500" in offline["consul"]["command"]
+    # its DNS stays on the default 8600, where the gateway's DNS mode asks (as it asks real Consul)
+    assert "--dns-port" not in offline["consul"]["command"] and offline["gateway"]["environment"]["CONSUL_DNS_ADDR"] == "consul:8600"
+
+
+def test_every_library_the_components_import_reaches_the_images():
+    """The images (and the offline wheelhouse) install compose/image-requirements.py's list: a library a component
+    imports but the list lacks (dnspython for the catalog's DNS, say) would fail only inside a container."""
+    _spec = importlib.util.spec_from_file_location("image_requirements", COMPOSE_DIR / "image-requirements.py")
+    module = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(module)
+    def name(requirement: str) -> str:
+        return re.split(r"[\s<>=!~;\[(]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+    wanted: set[str] = set()   # the requirements and what pip installs with them (extras aside)
+    todo = [name(req) for req in module.image_requirements(PROJECT_ROOT / "setup.cfg")]
+    while todo:
+        distribution = todo.pop()
+        if distribution in wanted:
+            continue
+        wanted.add(distribution)
+        try:
+            todo += [name(req) for req in importlib.metadata.requires(distribution) or () if "extra ==" not in req]
+        except importlib.metadata.PackageNotFoundError:
+            pass   # not for this platform (a marker such as sys_platform == "win32")
+    distributions = importlib.metadata.packages_distributions()
+    first_party = {"catalog", "gateway", "registrar", "services", "shopgate"}
+    imported: dict[str, str] = {}
+    for package in first_party:
+        for source in (PROJECT_ROOT / package).rglob("*.py"):
+            if source.is_relative_to(PROJECT_ROOT / "shopgate" / "tool"):
+                continue   # the operator tool runs on the host (charts: matplotlib)
+            for node in ast.walk(ast.parse(source.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+                for name in names:
+                    top = name.split(".")[0]
+                    if top not in sys.stdlib_module_names and top not in first_party:
+                        imported.setdefault(top, str(source.relative_to(PROJECT_ROOT)))
+    assert "dns" in imported   # the catalog's DNS interface: the check below covers it
+    missing = {top: (where, distributions.get(top)) for top, where in imported.items()
+               if not {d.lower().replace("_", "-") for d in distributions.get(top, [top])} & wanted}
+    assert not missing, f"imported by components but not installed in the images: {missing}"
 
 
 # --- the offline stack, for real ------------------------------------------------------------------

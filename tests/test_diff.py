@@ -6,7 +6,8 @@ from dataclasses import replace
 
 from hypothesis import given, settings, strategies as st
 
-from gateway.diff import plan_changes
+from gateway.apply import membership_commands
+from gateway.diff import as_reload, plan_changes
 from gateway.model import Instance, MembershipChange, Snapshot
 from gateway.routing import build_route_table
 
@@ -41,6 +42,16 @@ def test_a_new_instance_is_added_to_a_spare_slot_without_reload():
     plan = plan_between((inst(1),), (inst(1), inst(2)))
     assert not plan.needs_reload
     assert plan.membership == (MembershipChange("be_p", "s2", "add", "10.0.0.2", 9002, 100),)
+
+
+def test_always_reload_turns_a_membership_change_into_a_reload_and_leaves_the_rest():
+    membership = plan_between((inst(1),), (inst(1), inst(2)))
+    assert as_reload(membership, "--always-reload").structural_reasons == ("--always-reload: 1 slot change(s)",)
+    assert as_reload(membership, "--always-reload").membership == ()
+    running = table(inst(1))
+    assert as_reload(plan_changes(running, table(inst(1), previous=running)), "--always-reload").empty
+    structural = plan_changes(None, running)
+    assert as_reload(structural, "--always-reload") == structural
 
 
 def test_a_vanished_instance_is_removed_through_drain():
@@ -144,3 +155,32 @@ def test_applying_the_membership_plan_to_the_running_servers_gives_the_wanted_se
         else:  # drain, remove: no new requests
             slot[3] = False
     assert {name: tuple(v[:3]) for name, v in runtime.items() if v[3]} == serving_view(wanted.backend("be_p").servers)
+
+
+STICKY = {"shopgate/services/p/sticky": b"cookie"}
+
+
+def test_a_sticky_slot_getting_a_new_instance_reloads_because_cookies_cannot_be_set_at_runtime():
+    plan = plan_between((inst(1),), (inst(1), inst(2)), STICKY, STICKY)
+    assert plan.structural_reasons == ("backend be_p: sticky slot(s) s2 get another instance (cookies change only by reload)",)
+
+
+def test_a_sticky_instance_leaving_or_failing_goes_straight_to_maint_so_its_clients_move_at_once():
+    plan = plan_between((inst(1), inst(2)), (inst(1),), STICKY, STICKY)
+    assert plan.membership == (MembershipChange("be_p", "s2", "remove", "10.0.0.2", 9002, 100, sticky=True),)
+    assert membership_commands(plan.membership[0]) == ["set server be_p/s2 state maint"]
+    plain = plan_between((inst(1), inst(2)), (inst(1),))
+    assert membership_commands(plain.membership[0]) == ["set server be_p/s2 state drain"]
+
+
+def test_a_sticky_instance_recovering_in_its_own_slot_and_canary_weights_stay_runtime_changes():
+    weights = {**STICKY, "shopgate/services/p/weights": b'{"canary": 10}'}
+    recovered = plan_between((inst(1), inst(2, status="critical")), (inst(1), inst(2)), STICKY, STICKY)
+    assert recovered.membership == (MembershipChange("be_p", "s2", "add", "10.0.0.2", 9002, 100),)
+    canary = plan_between((inst(1), inst(2, tags=("canary",))), (inst(1), inst(2, tags=("canary",))), STICKY, weights)
+    assert canary.membership == (MembershipChange("be_p", "s2", "weight", "10.0.0.2", 9002, 10),)
+
+
+def test_staging_instances_never_join_a_prod_backend_and_their_arrival_adds_a_backend():
+    plan = plan_between((inst(1),), (inst(1), inst(2, tags=("env=staging",))))
+    assert plan.structural_reasons[:2] == ("route added: /api/v1/p -> be_p:staging", "backend be_p:staging added")

@@ -14,7 +14,7 @@ import time
 import requests
 
 from gateway_harness import eventually, gateway, gateway_factory  # noqa: F401  (fixtures)
-from shopgate.processes import ManagedProcess, pid_alive
+from shopgate.processes import ManagedProcess, free_port, pid_alive
 from shopgate.tool.load import Load, Target, summarize
 
 
@@ -93,10 +93,12 @@ def test_a_restart_after_a_catalog_wipe_keeps_the_adopted_haproxy_serving(gatewa
 
 def test_a_stale_pid_file_is_neither_adopted_nor_signalled(gateway_factory, processes, tmp_path):
     stranger: ManagedProcess = processes("stranger", ["sleep", "120"])
-    state = tmp_path / "gateway-state"
+    listen = free_port()
+    state = tmp_path / f"gateway-state-{listen}"   # the harness's state dir for that entry port
     state.mkdir()
     (state / "haproxy.pid").write_text(f"{stranger.pid}\n")
-    gateway = gateway_factory()
+    gateway = gateway_factory(listen=listen)
+    assert gateway.state_dir == state
     assert gateway.status()["haproxy_pid"] != stranger.pid
     assert gateway.haproxy_masters() == [gateway.status()["haproxy_pid"]]
     assert stranger.alive(), "a process named by a stale pid file was signalled"
@@ -148,7 +150,7 @@ def test_sigterm_finishes_in_flight_requests_and_turns_unready(gateway):
 
 
 def test_keep_haproxy_leaves_it_serving_for_the_next_controller(gateway_factory):
-    gateway = gateway_factory(extra_args=("--keep-haproxy",))
+    gateway = gateway_factory(args=("--keep-haproxy",))
     backend = gateway.start_backend("products")
     eventually("routed", lambda: gateway.routed("products", {backend.port}))
     haproxy_pid = gateway.status()["haproxy_pid"]

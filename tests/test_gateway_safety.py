@@ -46,8 +46,8 @@ def test_template_edits_apply_live_and_a_broken_one_is_rejected(gateway):
     assert gateway.metric("shopgate_gateway_rejected_configs_total") >= 1
 
     edit(gateway.templates / "defaults.cfg.j2", "    bogus-keyword on\n", "")
-    edit(gateway.templates / "frontend.cfg.j2", "    bind {{ runtime.listen | token }}\n",
-         "    bind {{ runtime.listen | token }}\n    http-response set-header X-Edited live\n")
+    edit(gateway.templates / "frontend.cfg.j2", "    acl replay_safe method GET HEAD OPTIONS\n",
+         "    acl replay_safe method GET HEAD OPTIONS\n    http-response set-header X-Edited live\n")
     eventually("the fixed edit is live", lambda: requests.get(gateway.url + "/api/v1/products/x", timeout=5).headers.get("X-Edited") == "live")
     eventually("the reload is verified and counted", lambda: gateway.status()["reloads"] > reloads)
     assert gateway.status()["last_error"] is None

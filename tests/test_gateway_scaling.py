@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import requests
 
-from gateway_harness import eventually, gateway, gateway_factory, server_limits  # noqa: F401  (gateway, gateway_factory: fixtures)
+from gateway_harness import eventually, gateway, gateway_factory, server_limits, stats_column  # noqa: F401  (gateway, gateway_factory: fixtures)
 from shopgate.tool.load import Load, Target, summarize
 
 
@@ -95,3 +95,25 @@ def test_a_burst_of_new_services_costs_few_reloads(gateway):
     eventually("every new service has its route", lambda: set(names) <= set(gateway.status()["services"]))
     reloads = gateway.status()["reloads"] - reloads_before
     assert 1 <= reloads <= 4, f"12 new services cost {reloads} reloads (debounced bursts, reloads spaced)"
+
+
+def check_statuses(gateway, backend: str) -> dict[str, str]:
+    """Server name -> the result of HAProxy's own last health check (`check_status`)."""
+    return stats_column(gateway, backend, "check_status")
+
+
+def test_an_instance_added_at_runtime_keeps_the_health_check_and_the_backend_limits(gateway):
+    gateway.catalog.client().kv.put("shopgate/services/products/maxconn", "250")
+    first = gateway.start_backend("products")
+    eventually("1 instance routed with maxconn 250", lambda: gateway.routed("products", {first.port}) and server_limits(gateway, "be_products") == {"250"})
+    reloads_before = gateway.status()["reloads"]
+
+    added = gateway.start_backend("products")   # into an idle slot: recreated with `add server`, no reload
+    eventually("the new instance routed", lambda: gateway.routed("products", {first.port, added.port}))
+    slot = next(s["slot"] for s in gateway.status()["services"]["products"]["servers"] if s["port"] == added.port)
+    assert gateway.status()["reloads"] == reloads_before
+    assert server_limits(gateway, "be_products") == {"250"}, "the recreated server keeps the backend's maxconn"
+    assert check_statuses(gateway, "be_products")[slot].startswith("L7OK"), "HAProxy's own check let it in"
+
+    requests.post(f"{added.url}/fail", timeout=5)
+    eventually("HAProxy's own check still watches it", lambda: check_statuses(gateway, "be_products")[slot].startswith("L7STS"))

@@ -285,3 +285,13 @@ def test_register_kwargs_without_checks():
     kwargs = only_service(container(ports=published(8000, 49153))).register_kwargs()
     assert kwargs["check"] is None and kwargs["extra_checks"] == []
     assert kwargs["service_id"] == "host1:web-1:8000" and kwargs["port"] == 49153
+
+
+def test_service_env_becomes_the_env_meta_the_gateway_routes_by():
+    from gateway.model import Instance
+    from gateway.routing import instance_environment
+
+    service = only_service(container(ports=published(8000, 49153), labels={"SERVICE_ENV": "staging"}))
+    assert service.meta["env"] == "staging"
+    instance = Instance("web", service.id, "node1", service.address, service.port, service.tags, tuple(sorted(service.meta.items())))
+    assert instance_environment(instance) == ("staging", None)

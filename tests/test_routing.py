@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from gateway.model import Instance, Route, RouteTable, Snapshot
-from gateway.routing import build_route_table, parse_route_tag, slot_count
+from gateway.routing import build_route_table, cookie_value, frontends, parse_route_tag, slot_count
 
 
 def inst(service: str, n: int, status: str = "passing", tags: tuple[str, ...] = (), address: str | None = None, port: int | None = None) -> Instance:
@@ -272,3 +272,72 @@ def test_arrivals_take_slots_in_registration_order_however_they_were_batched():
         one_by_one = build_route_table(snap(*arrivals[:count]), one_by_one)
     at_once = build_route_table(snap(*sorted(arrivals, key=lambda i: i.id)))
     assert slots_of(one_by_one, "products") == slots_of(at_once, "products") == {"products-3": "s1", "products-1": "s2", "products-2": "s3"}
+
+
+# ---------------------------------------------------------------- environments and sticky cookies
+
+
+ENVIRONMENTS_KV = {"shopgate/gateway/environments/staging/bind": b"127.0.0.1:8081",
+                   "shopgate/gateway/environments/qa/hosts": b"qa.example"}
+
+
+def test_each_environment_gets_its_own_backend_and_routes_and_prod_keeps_its_names():
+    staging = inst("products", 2, tags=("env=staging",))
+    qa = replace(inst("products", 3), meta=(("env", "qa"),))
+    table = build_route_table(snap(inst("products", 1), staging, qa, kv=ENVIRONMENTS_KV))
+    assert [(b.name, b.environment) for b in table.backends] == [
+        ("be_products", "prod"), ("be_products:qa", "qa"), ("be_products:staging", "staging")]
+    members = {b.name: {s.instance_key for s in b.servers if s.occupied} for b in table.backends}
+    assert members == {"be_products": {"node1/products-1"}, "be_products:qa": {"node1/products-3"},
+                       "be_products:staging": {"node1/products-2"}}
+    assert {(r.environment, r.backend, r.path_prefix) for r in table.routes} == {
+        ("prod", "be_products", "/api/v1/products"), ("qa", "be_products:qa", "/api/v1/products"),
+        ("staging", "be_products:staging", "/api/v1/products")}
+    assert table.rejected == ()
+
+
+def test_the_env_tag_wins_over_meta_and_unreadable_environments_are_rejected_not_routed_to_prod():
+    tag_and_meta = replace(inst("p", 1, tags=("env=staging",)), meta=(("env", "qa"),))
+    two_tags = inst("p", 2, tags=("env=staging", "env=qa"))
+    bad_tag = inst("p", 3, tags=("env=Staging",))
+    bad_meta = replace(inst("p", 4), meta=(("env", "a b"),))
+    table = build_route_table(snap(tag_and_meta, two_tags, bad_tag, bad_meta, kv=ENVIRONMENTS_KV))
+    assert [(b.name, [s.instance_key for s in b.servers if s.occupied]) for b in table.backends] == [("be_p:staging", ["node1/p-1"])]
+    assert table.rejected == (
+        "service p, instance 'node1/p-2': tags name several environments ('qa', 'staging')",
+        "service p, instance 'node1/p-3': environment 'Staging' is not 1-32 of a-z 0-9 _ - starting with a letter or digit",
+        "service p, instance 'node1/p-4': environment 'a b' is not 1-32 of a-z 0-9 _ - starting with a letter or digit",
+    )
+
+
+def test_an_environment_without_a_bind_or_hosts_is_reported_and_gets_no_frontend():
+    table = build_route_table(snap(inst("p", 1, tags=("env=dev",))))
+    assert table.rejected == ("environment dev: no shopgate/gateway/environments/dev/bind or /hosts, its instances get no traffic",)
+    assert [(f.name, f.routes) for f in frontends(table, "127.0.0.1:8080")] == [("shopgate", ())]
+
+
+def test_frontends_carry_only_their_environments_routes():
+    table = build_route_table(snap(inst("p", 1), inst("p", 2, tags=("env=staging",)), inst("p", 3, tags=("env=qa",)), kv=ENVIRONMENTS_KV))
+    entry, staging = frontends(table, "127.0.0.1:8080")
+    assert (entry.name, entry.bind, entry.selectors, entry.default_environment) == ("shopgate", "127.0.0.1:8080", (("qa", ("qa.example",)),), "prod")
+    assert {r.environment for _, r in entry.routes} == {"prod", "qa"}
+    assert (staging.name, staging.bind, staging.selectors, staging.default_environment) == ("fe_staging", "127.0.0.1:8081", (), "staging")
+    assert [r.backend for _, r in staging.routes] == ["be_p:staging"]
+
+
+def test_an_environment_may_not_take_the_gateways_own_listeners():
+    table = build_route_table(snap(inst("p", 1), kv=ENVIRONMENTS_KV), taken_binds={"127.0.0.1:8081": "the entry point"})
+    assert [e.name for e in table.settings.environments] == ["qa"]
+    assert "shopgate/gateway/environments/staging/bind: 127.0.0.1:8081 is already the entry point's bind; staging is not served" in table.rejected
+
+
+def test_sticky_slots_carry_a_cookie_derived_from_the_instance_whatever_its_slot():
+    kv = {"shopgate/services/p/sticky": b"cookie"}
+    first = build_route_table(snap(inst("p", 1), inst("p", 2), kv=kv))
+    # the same instances in another order, on a gateway with no history: other slots, same cookies
+    other = build_route_table(snap(inst("p", 2), kv=kv))
+    cookies = {s.instance_key: s.cookie for s in first.backend("be_p").servers if s.occupied}
+    assert cookies["node1/p-1"] != cookies["node1/p-2"] and all(len(c) == 12 for c in cookies.values())
+    assert other.backend("be_p").server("s1").cookie == cookies["node1/p-2"] == cookie_value("node1/p-2")
+    plain = build_route_table(snap(inst("p", 1)))
+    assert all(s.cookie is None for s in plain.backend("be_p").servers)

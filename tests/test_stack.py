@@ -103,16 +103,16 @@ def test_status_table_and_json(stack):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     header = next(line for line in lines if line.startswith("SERVICE"))
-    assert header.split() == ["SERVICE", "INSTANCE", "ADDRESS", "PID", "HEALTH", "GATEWAY"]
+    assert header.split() == ["SERVICE", "ENV", "INSTANCE", "ADDRESS", "PID", "HEALTH", "GATEWAY"]
     for service in SHOP_SERVICES:
         rows = [line for line in lines if line.startswith(service + " ")]
         assert len(rows) == (1 if service == "products" else 2), rows
-        assert all("passing" in row and "ready" in row for row in rows), rows
+        assert all(row.split()[1] == "prod" and "passing" in row and "ready" in row for row in rows), rows
     assert any(line.startswith("gateway: haproxy pid") for line in lines)
 
     report = json.loads(stack.run("status", "--json").stdout)
     assert set(report["services"]) >= set(SHOP_SERVICES)
-    assert all(i["routed"] for i in report["services"]["users"])
+    assert all(i["routed"] and i["environment"] == "prod" and i["backend"] == "be_users" for i in report["services"]["users"])
     assert report["gateway"]["haproxy_pid"]
 
 

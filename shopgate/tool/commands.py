@@ -114,14 +114,18 @@ def collect_status(manifest: Manifest) -> dict:
                 rows.setdefault((entry.address, entry.port), {}).update({"id": entry.id, "health": entry.status})
         except (CatalogUnavailable, ValueError):
             pass
-        for server in gateway.get("services", {}).get(service, {}).get("servers", []):
-            if server.get("port") and server.get("instance"):
+        backends = [b for key, b in gateway.get("services", {}).items() if b.get("service", key) == service]   # every environment
+        for backend in backends:
+            for server in backend.get("servers", []):
+                if not (server.get("port") and server.get("instance")):
+                    continue
                 rows.setdefault((server.get("address"), int(server["port"])), {}).update({
+                    "environment": backend.get("environment", settings.DEFAULT_ENVIRONMENT), "backend": backend.get("backend"),
                     "slot": server.get("slot"), "gateway_state": server.get("state"),
                     "haproxy_status": server.get("haproxy_status"), "routed": is_routed(server)})
         services[service] = [
             {"address": f"{addr}:{port}", "process": None, "pid": None, "id": None, "health": "not registered",
-             "slot": None, "gateway_state": None, "haproxy_status": None, "routed": False, **row}
+             "environment": None, "backend": None, "slot": None, "gateway_state": None, "haproxy_status": None, "routed": False, **row}
             for (addr, port), row in sorted(rows.items(), key=lambda kv: kv[0][1])
         ]
     return {
@@ -139,16 +143,16 @@ def format_status(report: dict) -> str:
     lines = [f"shopgate stack in {report['state_dir']} — up {report['uptime_seconds']:.0f}s"]
     lines += [f"  {label:<18} {url}" for label, url in report["urls"].items()]
     lines.append("")
-    header = ("SERVICE", "INSTANCE", "ADDRESS", "PID", "HEALTH", "GATEWAY")
+    header = ("SERVICE", "ENV", "INSTANCE", "ADDRESS", "PID", "HEALTH", "GATEWAY")
     rows = []
     for service, instances in report["services"].items():
         if not instances:
-            rows.append((service, "—", "", "", "no instances", ""))
+            rows.append((service, "", "—", "", "", "no instances", ""))
         for inst in instances:
             gateway = "not in gateway"
             if inst["slot"]:
                 gateway = f"{inst['slot']} {inst['gateway_state']} {inst['haproxy_status'] or ''}".strip()
-            rows.append((service, inst["id"] or inst["process"] or "?", inst["address"],
+            rows.append((service, inst.get("environment") or "—", inst["id"] or inst["process"] or "?", inst["address"],
                          str(inst["pid"] or "—"), inst["health"], gateway))
     lines += table(header, rows)
     gw = report["gateway"]

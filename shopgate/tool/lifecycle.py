@@ -22,7 +22,7 @@ from typing import Iterator, TextIO
 import requests
 
 from shopgate import settings
-from shopgate.processes import ManagedProcess, free_port, group_members, pid_alive, process_cmdline, shopgate_argv
+from shopgate.processes import ManagedProcess, free_port, free_udp_tcp_port, group_members, pid_alive, process_cmdline, shopgate_argv
 from shopgate.tool.display import Progress
 from shopgate.tool.manifest import SERVICE_STOP_TIMEOUT, Manifest, Ports, ProcessRecord, StackError, manifest_lock
 from shopgate.tool.probes import entry_routes, gateway_status, passing_ports, routed_ports
@@ -119,18 +119,35 @@ def prepare(state_dir: Path, ports: Ports, templates: Path, supervised: bool) ->
     return manifest
 
 
+def stack_dns_port() -> int:
+    """The catalog's DNS port: Consul's 8600 where it is free; else another free one, said aloud. DNS is a
+    convenience of the local stack (dig, backends in DNS mode), not a reason to refuse to start it."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            udp.bind((settings.LOOPBACK, settings.DNS_PORT))
+            tcp.bind((settings.LOOPBACK, settings.DNS_PORT))
+        return settings.DNS_PORT
+    except OSError:
+        port = free_udp_tcp_port(settings.LOOPBACK)
+        print(f"(DNS port {settings.DNS_PORT} is in use: the catalog answers DNS on {port}: "
+              f"dig @{settings.LOOPBACK} -p {port} products.service.consul)")
+        return port
+
+
 def start_stack(manifest: Manifest, instances: int, progress: Progress) -> None:
     """Catalog, then gateway, then every service; return once the entry point routes to each service."""
     state, ports = manifest.state_dir, manifest.ports
+    dns_port = stack_dns_port()
     catalog = start_process(manifest, "catalog", shopgate_argv(
-        "catalog", "--bind", settings.LOOPBACK, "--port", str(ports.catalog), "--data-dir", str(state / "data" / "catalog")))
+        "catalog", "--bind", settings.LOOPBACK, "--port", str(ports.catalog), "--data-dir", str(state / "data" / "catalog"),
+        "--dns-port", str(dns_port)))
     progress.wait("catalog", lambda: (requests.get(f"{ports.catalog_url}/v1/status/leader", timeout=2).status_code == 200, "starting"),
                   30, [catalog], ports.catalog_url)
     gateway = start_process(manifest, "gateway", shopgate_argv(
         "gateway", "--consul", ports.catalog_url,
         "--listen", f"{settings.LOOPBACK}:{ports.gateway}", "--stats", f"{settings.LOOPBACK}:{ports.stats}",
         "--status", f"{settings.LOOPBACK}:{ports.status}", "--state-dir", str(state / "gateway"),
-        "--templates", manifest.templates))
+        "--templates", manifest.templates, "--consul-dns", f"{settings.LOOPBACK}:{dns_port}"))
     progress.wait("gateway + HAProxy", lambda: (gateway_status(ports).get("haproxy_pid") is not None, "starting"),
                   30, [catalog, gateway], ports.entry_url)
     with manifest_lock(manifest.state_dir):
