@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import os
 import signal
 import subprocess
@@ -218,15 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, TimeoutError, requests.RequestException, subprocess.CalledProcessError) as exc:
         say(f"HA demo failed: {exc}")
     finally:
-        if args.keep:
-            say(f"\nleft running: docker compose -p {stack.project} {' '.join('-f ' + str(f) for f in stack.files)} down -v")
-        else:
-            say("taking the stack down ...")
-            stack.down()
-            left = stack.leftovers()
-            if any(left.values()):
-                say(f"left behind after down: {json.dumps(left)}")
-                ok = False
+        ok = stack.finish(args.keep, say) and ok
     return 0 if ok else 1
 
 

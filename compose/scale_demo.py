@@ -101,6 +101,19 @@ class ComposeStack:
     def logs(self, service: str = "", tail: int = 40) -> str:
         return self.compose("logs", "--no-color", "--tail", str(tail), *([service] if service else []), check=False).stdout
 
+    def finish(self, keep: bool, say) -> bool:
+        """Take the stack down (or say how, with `keep`); False when something was left behind."""
+        if keep:
+            say(f"\nleft running: docker compose -p {self.project} {' '.join('-f ' + str(f) for f in self.files)} down -v")
+            return True
+        say("taking the stack down ...")
+        self.down()
+        left = self.leftovers()
+        if any(left.values()):
+            say(f"left behind after down: {json.dumps(left)}")
+            return False
+        return True
+
     # --- where it is
 
     def url(self, variable: str, path: str = "") -> str:
@@ -223,15 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, TimeoutError, requests.RequestException) as exc:
         say(f"compose demo failed: {exc}")
     finally:
-        if args.keep:
-            say(f"\nleft running: docker compose -p {stack.project} {' '.join('-f ' + str(f) for f in stack.files)} down -v")
-        else:
-            say("taking the stack down ...")
-            stack.down()
-            left = stack.leftovers()
-            if any(left.values()):
-                say(f"left behind after down: {json.dumps(left)}")
-                failed = failed or -1
+        if not stack.finish(args.keep, say):
+            failed = failed or -1
     return 0 if failed == 0 else 1
 
 
