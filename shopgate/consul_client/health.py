@@ -41,6 +41,7 @@ class HealthEntry:
     tags: tuple[str, ...] = ()
     meta: tuple[tuple[str, str], ...] = ()    # sorted (key, value) pairs of ServiceMeta
     status: str = PASSING                     # passing | warning | critical | maintenance
+    create_index: int = 0                     # the registration's CreateIndex: orders instances by arrival
 
     @property
     def passing(self) -> bool:
@@ -87,5 +88,10 @@ def decode_health_entries(service: str, entries: Any, make: type[E] = HealthEntr
             tags=tuple(str(t) for t in svc.get("Tags") or ()),
             meta=tuple(sorted((str(k), str(v)) for k, v in meta.items())) if isinstance(meta, dict) else (),
             status=aggregate_status(c for c in entry.get("Checks") or () if isinstance(c, dict)),
+            create_index=_index(svc.get("CreateIndex")),
         ))
     return tuple(sorted(decoded, key=lambda e: (e.node, e.id)))
+
+
+def _index(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
