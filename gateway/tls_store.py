@@ -4,7 +4,9 @@
         default.pem             the default certificate (first crt-list line): --default-cert, or self-signed
         kv-<name>.pem           one per accepted certificate, mode 0600 (they hold private keys)
         file-<name>.pem
-        crt-list                `<pem> <sni>...` per line, rewritten atomically (tmp + rename)
+        crt-list                `<pem> <sni>...` per line, rewritten atomically (tmp + rename); the default
+                                certificate's line is `default.pem !*`: without the filter HAProxy would also
+                                serve it for the names in its SAN, ahead of a KV or file certificate for them
 
 HAProxy 2.6's runtime API changes certificates in memory only (management guide 9.3):
 
@@ -68,7 +70,7 @@ class CertificateStore:
             target = self.dir / entry.file_name
             if not target.exists() or target.read_bytes() != entry.pem:
                 write_secret(target, entry.pem)
-        lines = [check_token(str(self.dir / DEFAULT_PEM))]
+        lines = [f"{check_token(str(self.dir / DEFAULT_PEM))} !*"]   # "!*": served when no name matches, never for its own SAN names
         lines += [crt_list_line(str(self.dir), entry) for entry in entries]
         temporary = self.crt_list.with_suffix(".tmp")
         temporary.write_text("\n".join(lines) + "\n")

@@ -132,6 +132,20 @@ def test_kv_certificate_served_by_sni_and_removed_without_reload(https_gateway, 
     assert gateway.metric('shopgate_gateway_certificate_updates_total{result="applied"}') >= 4
 
 
+def test_a_default_certificate_never_shadows_a_kv_certificate_for_its_names(gateway_factory, tmp_path, ca):
+    """`--default-cert` for localhost (as `shopgate up` runs it) and a renewed localhost certificate in KV:
+    SNI localhost gets the KV one, a client without SNI the default."""
+    default_file = tmp_path / "default.pem"
+    default_file.write_bytes(issue(ca, ("localhost",)))
+    gateway = gateway_factory(args=("--https", f"127.0.0.1:{free_port()}", "--default-cert", str(default_file)))
+    gateway.https_port = int(gateway.status()["tls"]["https"].rpartition(":")[2])
+    gateway.ca = ca
+    assert serial(gateway.https_port, "localhost") == serial_of(default_file.read_bytes())
+    renewed = serve(gateway, "localhost", "localhost")
+    assert serial(gateway.https_port, None) == serial_of(default_file.read_bytes())
+    assert serial(gateway.https_port, "localhost") == serial_of(renewed)
+
+
 def _bad_bundles(ca) -> dict[str, tuple[bytes, str]]:
     good = issue(ca, ("bad.test",))
     leaf_and_key = good.split(b"-----END CERTIFICATE-----\n", 1)
