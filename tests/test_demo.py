@@ -45,9 +45,15 @@ def test_short_demo_reports_zero_failed_requests(tmp_path):
     assert load["requests"] >= 0.9 * report["rate"] * report["duration"], "the load kept its rate through every step"
     assert any(k.startswith("POST 201") for k in load["statuses"]), load["statuses"]
     labels = [step["label"] for step in report["steps"]]
-    assert len(labels) == 6, labels
+    assert len(labels) == 7, labels
     assert labels[0] == "scale products 2 → 4" and labels[1].startswith("SIGKILL products-")
     assert labels[2] == "scale products 3 → 1" and labels[3].startswith("roll users")
+    # the certificate renewal under HTTPS load: served, no reload, every HTTPS request and handshake fine
+    rotation = report["steps"][6]
+    assert labels[6] == "renew the HTTPS certificate in KV shopgate/tls/certs/localhost"
+    assert rotation["notes"] and rotation["notes"][0].startswith("reloads unchanged"), rotation
+    assert rotation["https_requests"] > 0 and rotation["failed"] == 0 and rotation["failed_handshakes"] == 0, rotation
+    assert load["https_requests"] >= load["requests"] // 4 and load["failed_handshakes"] == 0
     for step in report["steps"]:
         assert step["measures"] and all(m["gateway"] is not None and m["gateway"] >= 0 for m in step["measures"]), step
     # live progress went to stderr while it ran
