@@ -44,8 +44,9 @@ import jinja2
 from gateway.haproxy import HAProxyError, HAProxyProcess, check_config
 from gateway.haproxy_syntax import UnsafeValue, check_token
 from gateway.metrics import GatewayMetrics
+from gateway.adopt import same_structure
 from gateway.model import ApplyPlan, Backend, CertChange, MembershipChange, RouteTable, RuntimePaths
-from gateway.render import render_config
+from gateway.render import fleet_hash, render_config
 from gateway.tls import CertEntry
 from gateway.tls_store import CertificateStore
 from shopgate import settings
@@ -82,6 +83,11 @@ class GatewayFiles:
     @property
     def haproxy_log(self) -> Path:
         return self.state_dir / "haproxy.log"
+
+    @property
+    def pidfile(self) -> Path:
+        """HAProxy's master pid (`-p`): how the next controller of this state dir finds it."""
+        return self.state_dir / "haproxy.pid"
 
 
 class ConfigRejected(RuntimeError):
@@ -141,6 +147,7 @@ class Applier:
         self.certs_held: tuple[CertEntry, ...] = ()   # what HAProxy serves and the files hold
         self.tls_refused: dict[str, tuple[str, str]] = {}   # id -> (fingerprint, "source: HAProxy refused it: ...")
         self._next_drain_check = 0.0
+        self._hash: tuple[RouteTable | None, str | None] = (None, None)
         self._backends_of: RouteTable | None = None   # the table _backends indexes
         self._backends: dict[str, Backend] = {}
 
@@ -176,6 +183,24 @@ class Applier:
         self.last_apply = time.time()
         self.last_error = None
         return plan
+
+    def runs_structure_of(self, wanted: RouteTable) -> bool:
+        """True when the config HAProxy was loaded with differs from `wanted`'s render only in what the
+        runtime API changes (an adopted HAProxy is then brought up to date without a reload)."""
+        running_text = self._running_text()
+        return running_text is not None and same_structure(running_text, self._render(wanted, "adopting HAProxy"))
+
+    def config_hash(self) -> str | None:
+        """A hash of the configuration HAProxy serves now, comparable across gateways (gateway.render.fleet_hash)."""
+        running = self.running
+        if running is None:
+            return None
+        if self._hash[0] is not running:
+            try:
+                self._hash = (running, fleet_hash(running, self.templates_dir))
+            except (jinja2.TemplateError, UnsafeValue, OSError):
+                return None
+        return self._hash[1]
 
     def restart_haproxy(self) -> None:
         """HAProxy died: start it again on the last good config file, then the caller re-plans."""

@@ -3,10 +3,11 @@
 Pure: the same snapshot and previous table always give the same table. Two properties matter
 for running HAProxy without reloads:
 
-* Stable slots. An instance keeps its server slot (`s1`, `s2`, ...) across calls; a new instance
-  takes a free slot (preferring slots that were already free, so a slot still draining its old
-  instance is reused last); a vanished instance frees its slot. So membership changes are
-  per-slot runtime-API commands.
+* Stable slots. An instance keeps its server slot (`s1`, `s2`, ...) across calls; new instances
+  take free slots in registration order (CreateIndex), preferring slots that were already free,
+  so a slot still draining its old instance is reused last; a vanished instance frees its slot.
+  So membership changes are per-slot runtime-API commands, and gateways that watch one catalog
+  place instances alike however their watchers batched the arrivals.
 * Slot counts with headroom and hysteresis. A backend gets max(min_slots, KV `slots`,
   next power of two >= headroom x instances) slots, grows only when the instances no longer fit
   and shrinks only when eight times that size would still fit, so flapping does not reload
@@ -49,7 +50,6 @@ SHRINK_FACTOR = 8
 
 DEFAULT_ROUTE_PREFIX = "/api/v1/"
 ROUTE_TAG = "urlprefix-"
-ENV_TAG = "env="
 DEFAULT_WEIGHT = 100
 KV_ENVIRONMENTS = f"{KV_PREFIX}gateway/environments/"
 #: The frontend of the gateway entry point (prod, and environments selected by host name only).
@@ -63,10 +63,10 @@ def backend_name(service: str, environment: str = DEFAULT_ENVIRONMENT) -> str:
 
 def instance_environment(instance: Instance) -> tuple[str | None, str | None]:
     """(environment, None) from the `env=` tag, else the `env` meta, else prod; (None, problem) when unreadable."""
-    tagged = {t[len(ENV_TAG):] for t in instance.tags if isinstance(t, str) and t.startswith(ENV_TAG)}
-    if len(tagged) > 1:
-        return None, f"tags name several environments ({', '.join(sorted(map(display, tagged)))})"
-    name = tagged.pop() if tagged else dict(instance.meta).get("env", DEFAULT_ENVIRONMENT)
+    claimed = instance.environments
+    if len(claimed) > 1:
+        return None, f"tags name several environments ({', '.join(sorted(map(display, claimed)))})"
+    (name,) = claimed
     if not ENVIRONMENT_NAME.fullmatch(name):
         return None, f"environment {display(name)} is not 1-32 of a-z 0-9 _ - starting with a letter or digit"
     return name, None
@@ -265,6 +265,9 @@ def _backend(service: str, environment: str, instances: list[Instance], settings
         else:
             newcomers.append(instance)
     if newcomers:
+        # In registration order, so a gateway that saw two arrivals in one view places them as one
+        # that saw them one by one (several gateways on one catalog agree on slots).
+        newcomers.sort(key=lambda i: i.create_index)   # stable: ties keep the catalog's order
         # Slots free before this call first (lowest first), then slots just vacated.
         vacated = {i for i, s in enumerate(old_servers[:count]) if s.occupied and i not in by_slot}
         free = [i for i in range(count) if i not in by_slot and i not in vacated] + sorted(vacated)

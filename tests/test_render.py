@@ -80,6 +80,15 @@ def test_the_shop_config_is_valid_and_carries_the_zero_failure_defaults(tmp_path
     assert "server-state-file" not in config
 
 
+def test_accept_proxy_puts_the_proxy_protocol_on_the_entry_bind_only(tmp_path):
+    _, plain = render(SHOP, tmp_path)
+    _, config = render(SHOP, tmp_path, accept_proxy=True)
+    assert "accept-proxy" not in plain
+    assert [line.strip() for line in config.splitlines() if "accept-proxy" in line] == ["bind 127.0.0.1:18080 accept-proxy"]
+    check = haproxy_check(config, tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 def test_every_slot_is_written_with_its_instance_or_as_a_disabled_spare(tmp_path):
     _, config = render(SHOP, tmp_path)
     products = config.split("backend be_products\n")[1].split("\n\n")[0].splitlines()
