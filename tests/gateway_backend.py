@@ -51,7 +51,7 @@ def main() -> int:
             if delay:
                 time.sleep(delay)
             self._answer(200, {"service": args.service, "port": port, "path": self.path, "host": self.headers.get("Host"),
-                                "forwarded_for": self.headers.get("X-Forwarded-For")})
+                                "forwarded_for": self.headers.get("X-Forwarded-For"), "forwarded_proto": self.headers.get("X-Forwarded-Proto")})
 
         def do_POST(self) -> None:
             if self.path == "/fail":

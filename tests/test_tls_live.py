@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from browser import page_dom
-from gateway_harness import eventually, gateway_factory  # noqa: F401  (fixture)
+from gateway_harness import eventually, gateway_factory, proxy_v2  # noqa: F401  (fixture)
 from shopgate.certs import issue, make_ca
 from shopgate.processes import free_port
 
@@ -85,14 +85,18 @@ def put_kv(gateway, key: str, value: bytes | None) -> None:
         kv.put(key, value)
 
 
-def verified_get(gateway, host: str, path: str = "/api/v1/products") -> tuple[int, dict, dict]:
-    """A GET verified against the test CA with SNI `host` (connecting to 127.0.0.1): status, headers, body."""
+def verified_get(gateway, host: str, path: str = "/api/v1/products", port: int | None = None,
+                 preamble: bytes = b"", tls: bool = True) -> tuple[int, dict, dict]:
+    """A GET to 127.0.0.1 (the HTTPS port unless `port`), after `preamble` (e.g. a PROXY header) on the same
+    connection, then over TLS verified against the test CA with SNI `host` (plain with tls=False):
+    status, headers, body."""
     context = ssl.create_default_context(cafile=str(gateway.ca_file))
-    with socket.create_connection(("127.0.0.1", gateway.https_port), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname=host) as tls:
-            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    with socket.create_connection(("127.0.0.1", port or gateway.https_port), timeout=5) as raw:
+        raw.sendall(preamble)
+        with context.wrap_socket(raw, server_hostname=host) if tls else raw as connection:
+            connection.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
             data = b""
-            while chunk := tls.recv(65536):
+            while chunk := connection.recv(65536):
                 data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
@@ -223,6 +227,54 @@ def test_https_redirect_and_hsts_per_service(https_gateway, ca):
     assert location == f"https://shop.test:{gateway.https_port}/api/v1/products?x=1"
     status, headers, body = verified_get(gateway, "shop.test")
     assert status == 200 and headers["strict-transport-security"] == "max-age=31536000"
+
+
+def _or_none(call):
+    """call()'s result, or None while the connection is refused or the handshake fails (e.g. before a reload)."""
+    try:
+        return call()
+    except OSError:   # ssl.SSLError and connection resets alike
+        return None
+
+
+def test_https_serves_the_entry_points_environments_and_takes_proxy_v2_before_the_handshake(https_gateway, ca):
+    """HTTPS is a second bind of the entry point's frontend: it serves prod, and the environments selected
+    there by host name (`hosts`); an environment with its own `bind` is plain HTTP on that bind only, so a
+    staging instance never answers over HTTPS. With accept_proxy the HTTPS bind reads a PROXY v2 header
+    before the TLS handshake, as behind an outer L4 balancer's send-proxy-v2."""
+    gateway = https_gateway
+    (prod,) = eventually("prod's instance up", lambda: gateway.servers_up("products"))
+    staging_bind = free_port()
+    put_kv(gateway, "shopgate/gateway/environments/staging/bind", f"127.0.0.1:{staging_bind}".encode())
+    put_kv(gateway, "shopgate/gateway/environments/qa/hosts", b"qa.shop.test")
+    staging = gateway.start_backend("products", tags="env=staging")
+    qa = gateway.start_backend("products", tags="env=qa")
+    bundle = issue(ca, ("shop.test", "staging.shop.test", "qa.shop.test"))
+    put_kv(gateway, "shopgate/tls/certs/shop", bundle)
+    eventually("staging routed", lambda: gateway.routed("products@staging", {staging.port}))
+    eventually("qa routed", lambda: gateway.routed("products@qa", {qa.port}))
+    eventually("the certificate served", lambda: serial(gateway.https_port, "qa.shop.test") == serial_of(bundle), timeout=10)
+
+    def answered(host: str, **kwargs) -> tuple[int, str, str]:
+        status, _, body = verified_get(gateway, host, **kwargs)
+        assert status == 200, (host, status, body)
+        return body["port"], body["forwarded_proto"], body["forwarded_for"]
+
+    assert answered("shop.test") == (prod, "https", "127.0.0.1")
+    assert answered("staging.shop.test") == (prod, "https", "127.0.0.1"), "staging's host name over HTTPS is prod's request"
+    assert answered("qa.shop.test") == (qa.port, "https", "127.0.0.1"), "an environment selected by host name is served over HTTPS"
+    assert answered("staging.shop.test", port=staging_bind, tls=False) == (staging.port, "http", "127.0.0.1")
+    with pytest.raises(OSError):   # no TLS on an environment's own bind: HAProxy answers 400 in plain text, or resets
+        verified_get(gateway, "staging.shop.test", port=staging_bind)
+
+    put_kv(gateway, "shopgate/gateway/accept_proxy", b"true")
+    header = proxy_v2("198.51.100.20", 40100, gateway.https_port)
+    eventually("the HTTPS bind takes PROXY v2", lambda: _or_none(lambda: verified_get(gateway, "shop.test", preamble=header)), timeout=15)
+    assert answered("shop.test", preamble=header) == (prod, "https", "198.51.100.20")
+    assert answered("qa.shop.test", preamble=proxy_v2("198.51.100.21", 40101, gateway.https_port)) == (qa.port, "https", "198.51.100.21")
+    assert answered("x", port=staging_bind, tls=False, preamble=proxy_v2("198.51.100.22", 40102, staging_bind)) == (staging.port, "http", "198.51.100.22")
+    with pytest.raises(OSError):
+        verified_get(gateway, "shop.test")   # a TLS handshake without the header is not a PROXY header: closed
 
 
 def test_rotation_under_https_load_fails_nothing(https_gateway, ca):
