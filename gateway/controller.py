@@ -113,8 +113,7 @@ class Controller:
                                consul_dns=config.consul_dns, accept_proxy=config.accept_proxy,
                                https=config.https, tls_dir=config.state_dir / "tls" if config.https else None)
         self.applier = Applier(self.haproxy, self.files, config.templates_dir, runtime, self.metrics, config.drain_timeout)
-        if self.applier.certificates is not None:
-            self.applier.certificates.prepare(config.default_cert)
+        self.applier.prepare_certificates(config.default_cert)
         self.guard = EmptyCatalogGuard(hold=config.guard_hold)
         self.watcher = CatalogWatcher(config.consul, self._on_snapshot, wait_seconds=config.wait_seconds)
         self.templates = TemplateWatcher(config.templates_dir, self._on_template)
@@ -323,6 +322,8 @@ class Controller:
                 running = None
         except ConfigRejected:
             running = None   # the apply reports the render error
+        if running is not None:
+            running = replace(running, certificates=self.applier.certs_held)   # the files: what the adopted HAProxy serves
         self.applier.running = running
         if running is None:
             return wanted, ApplyPlan(structural_reasons=("the adopted HAProxy runs another configuration",))

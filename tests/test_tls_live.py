@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import json
 import os
+import signal
 import socket
 import ssl
 import stat
@@ -312,6 +313,64 @@ def test_rotation_under_https_load_fails_nothing(https_gateway, ca):
     assert results["ok"] > 50
     assert len(seen) == 11
     assert gateway.status()["reloads"] == reloads
+
+
+def test_a_restarted_controller_keeps_serving_the_kv_certificate_throughout(https_gateway, ca):
+    """The controller SIGKILLed and started again on the same state dir adopts the running HAProxy: every
+    handshake meanwhile presents the KV certificate (never the default), /status lists it again, a
+    renewal written while no controller ran goes in through the runtime API, and the first reload after
+    the restart (a structural KV change) loads the files, which still hold it."""
+    gateway = https_gateway
+    first = serve(gateway, "shop", "shop.test")
+    default = serial(gateway.https_port, "other.test")
+    haproxy_pid = gateway.status()["haproxy_pid"]
+    presented: list[int] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def handshakes():
+        while not stop.is_set():
+            try:
+                presented.append(serial(gateway.https_port, "shop.test"))
+            except OSError as error:
+                failures.append(repr(error))
+
+    thread = threading.Thread(target=handshakes)
+    thread.start()
+    marks = []   # handshakes so far: at the kill, at the restart, once the new controller answers, at the end
+    try:
+        eventually("handshakes going", lambda: presented, timeout=10)
+        marks.append(len(presented))
+        gateway.process.signal(signal.SIGKILL)
+        gateway.process.popen.wait(timeout=10)
+        renewed = issue(ca, ("shop.test",))
+        put_kv(gateway, "shopgate/tls/certs/shop", renewed)   # while no controller runs
+        eventually("handshakes while no controller runs", lambda: len(presented) > marks[0] + 2, timeout=10)
+        marks.append(len(presented))
+        gateway.launch()
+        crt_list = gateway.state_dir / "tls" / "crt-list"
+        eventually("the new controller answers", lambda: gateway.status()["tls"]["certificates"], timeout=30)
+        marks.append(len(presented))
+        assert "kv-shop.pem shop.test" in crt_list.read_text(), "the crt-list HAProxy reloads from still holds the KV certificate"
+        fingerprint = hashlib.sha256(x509.load_pem_x509_certificates(renewed)[0].public_bytes(Encoding.DER)).hexdigest()
+        eventually("/status shows the renewal", lambda: [c["fingerprint_sha256"] for c in gateway.status()["tls"]["certificates"]] == [fingerprint], timeout=15)
+        eventually("the renewal served", lambda: serial(gateway.https_port, "shop.test") == serial_of(renewed), timeout=10)
+        assert gateway.status()["haproxy_pid"] == haproxy_pid, "adopted, not replaced"
+        assert gateway.status()["reloads"] == 0
+
+        put_kv(gateway, "shopgate/services/products/timeout_server", b"20s")   # structural: one reload
+        eventually("reloaded", lambda: gateway.status()["reloads"] == 1, timeout=15)
+        eventually("handshakes after the reload", lambda: len(presented) > marks[-1] + 2, timeout=10)
+        marks.append(len(presented))
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert failures == []
+    assert marks == sorted(set(marks)), f"handshakes in every phase: {marks}"
+    assert default not in presented, f"the default certificate was presented {presented.count(default)} of {len(presented)} times"
+    assert set(presented) == {serial_of(first), serial_of(renewed)}
+    assert serial(gateway.https_port, "shop.test") == serial_of(renewed)
+    assert "kv-shop.pem shop.test" in crt_list.read_text()
 
 
 def spki_pin(bundle: bytes) -> str:
