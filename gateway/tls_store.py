@@ -121,13 +121,9 @@ class CertificateStore:
             cli.run([f"del ssl crt-list {crt_list} {path}", f"del ssl cert {path}"])
             return
         created = change.action == "add"
-        if created:
-            try:
-                cli.run([f"new ssl cert {path}"])
-            except HAProxyError as error:
-                if "already exists" not in str(error):
-                    raise
-                created = False   # HAProxy's memory was ahead of the files (a controller died in between): replace it
+        if created:   # HAProxy answers "Certificate '<path>' already exists!" (not an error to MasterCLI) when its
+            # memory is ahead of the files (a controller died in between): replace it, and its crt-list line
+            created = not any("already exists" in line for line in cli.run([f"new ssl cert {path}"]))
         try:
             cli.run_with_payload(f"set ssl cert {path}", change.entry.pem.decode("ascii"))
             cli.run([f"commit ssl cert {path}"])

@@ -373,6 +373,30 @@ def test_a_restarted_controller_keeps_serving_the_kv_certificate_throughout(http
     assert "kv-shop.pem shop.test" in crt_list.read_text()
 
 
+def test_a_certificate_haproxy_holds_but_the_files_lost_is_taken_back_not_refused(https_gateway, ca):
+    """The controller died after HAProxy committed a new certificate but before the files were written:
+    the next controller's add meets a certificate HAProxy already holds and replaces it, crt-list line
+    included (no refusal in /status, no reload, the files written), so removing it later still works."""
+    gateway = https_gateway
+    bundle = serve(gateway, "shop", "shop.test")
+    gateway.process.signal(signal.SIGKILL)
+    gateway.process.popen.wait(timeout=10)
+    tls_dir = gateway.state_dir / "tls"
+    (tls_dir / "kv-shop.pem").unlink()
+    (tls_dir / "held.json").write_text("[]\n")
+    (tls_dir / "crt-list").write_text(f"{tls_dir}/default.pem !*\n")
+    gateway.launch()
+    eventually("the files hold it again", lambda: "kv-shop.pem shop.test" in (tls_dir / "crt-list").read_text(), timeout=30)
+    tls = eventually("/status lists it", lambda: gateway.status()["tls"], timeout=10)
+    assert [c["id"] for c in tls["certificates"]] == ["kv-shop"] and tls["rejected"] == []
+    assert serial(gateway.https_port, "shop.test") == serial_of(bundle)
+    put_kv(gateway, "shopgate/tls/certs/shop", None)   # one crt-list line for it in HAProxy, or `del ssl crt-list` is refused
+    eventually("removed: the default again", lambda: serial(gateway.https_port, "shop.test") != serial_of(bundle), timeout=10)
+    assert gateway.status()["tls"]["rejected"] == [] and gateway.status()["tls"]["certificates"] == []
+    assert gateway.metric('shopgate_gateway_certificate_updates_total{result="rejected"}') == 0
+    assert gateway.status()["reloads"] == 0
+
+
 def spki_pin(bundle: bytes) -> str:
     """Chromium's --ignore-certificate-errors-spki-list value for the bundle's leaf: base64 SHA-256 of its SPKI."""
     spki = x509.load_pem_x509_certificates(bundle)[0].public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
