@@ -89,7 +89,8 @@ class Rig:
             "--state-dir", str(self.dir / "gateway"), *dns, *self.gateway_args, *extra_args), log_path=self.dir / "gateway.log").start()
         wait_for_http(f"http://127.0.0.1:{self.status_port}/metrics", timeout=60, process=self.gateway)
         deadline = time.monotonic() + 600
-        while self.metric("shopgate_gateway_reloads_total") < 1:
+        # /ready: HAProxy serves the applied catalog view (its first start is not counted as a reload)
+        while self.http.get(f"http://127.0.0.1:{self.status_port}/ready", timeout=30).status_code != 200:
             if time.monotonic() > deadline or not self.gateway.alive() or self.metric("shopgate_gateway_rejected_configs_total") > 0:
                 raise RuntimeError(f"gateway did not load the catalog:\n{self.gateway.log_tail()}")
             time.sleep(0.2)
