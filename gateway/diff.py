@@ -23,7 +23,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import fields, replace
 
-from gateway.model import ApplyPlan, Backend, BackendSettings, GatewaySettings, MembershipChange, Route, RouteTable, Server
+from gateway.model import ApplyPlan, Backend, BackendSettings, CertChange, GatewaySettings, MembershipChange, Route, RouteTable, Server
+from gateway.tls import CertEntry
 
 #: BackendSettings fields that only change server states/weights, never the rendered backend section.
 _MEMBERSHIP_ONLY_SETTINGS = {"maintenance": False, "tag_weights": (), "flap_limit": None,
@@ -33,18 +34,12 @@ _MEMBERSHIP_ONLY_SETTINGS = {"maintenance": False, "tag_weights": (), "flap_limi
 def plan_changes(running: RouteTable | None, wanted: RouteTable) -> ApplyPlan:
     """What it takes to bring HAProxy from `running` to `wanted` (None: nothing runs yet)."""
     if running is None:
-        return ApplyPlan(structural_reasons=("no running configuration",))
+        return ApplyPlan(structural_reasons=("no running configuration",), certificates=certificate_changes((), wanted.certificates))
+    certificates = certificate_changes(running.certificates, wanted.certificates)
     reasons = _settings_reasons(running.settings, wanted.settings)
     reasons += _route_reasons(running.routes, wanted.routes)
-    old_backends = {b.name: b for b in running.backends}
-    new_backends = {b.name: b for b in wanted.backends}
-    reasons += [f"backend {name} added" for name in new_backends if name not in old_backends]
-    reasons += [f"backend {name} removed" for name in old_backends if name not in new_backends]
     membership: list[MembershipChange] = []
-    for name, new in new_backends.items():
-        old = old_backends.get(name)
-        if old is None or old is new:
-            continue
+    for old, new in _changed_backends(running.backends, wanted.backends, reasons):
         backend_reasons = _backend_reasons(old, new)
         if backend_reasons:
             reasons += backend_reasons
@@ -57,8 +52,40 @@ def plan_changes(running: RouteTable | None, wanted: RouteTable) -> ApplyPlan:
         for c in membership if c.action in ("add", "create") and not _is_ip(c.address)
     ]
     if reasons:
-        return ApplyPlan(structural_reasons=tuple(reasons))
-    return ApplyPlan(membership=tuple(membership))
+        return ApplyPlan(structural_reasons=tuple(reasons), certificates=certificates)
+    return ApplyPlan(membership=tuple(membership), certificates=certificates)
+
+
+def certificate_changes(running: tuple[CertEntry, ...], wanted: tuple[CertEntry, ...]) -> tuple[CertChange, ...]:
+    """Certificates to add, replace (new content or SNI names) or remove: removals first, so a name
+    moving from one certificate to another is never claimed twice."""
+    if running == wanted:
+        return ()
+    old = {e.id: e for e in running}
+    new = {e.id: e for e in wanted}
+    changes = [CertChange("remove", e) for e in running if e.id not in new]
+    for entry in wanted:
+        before = old.get(entry.id)
+        if before is None:
+            changes.append(CertChange("add", entry))
+        elif before != entry:
+            changes.append(CertChange("update", entry, sni_changed=before.sni != entry.sni))
+    return tuple(changes)
+
+
+def _changed_backends(old: tuple[Backend, ...], new: tuple[Backend, ...], reasons: list[str]) -> list[tuple[Backend, Backend]]:
+    """(old, new) of each backend in both tables that is not the very same object; added and removed
+    backends go to `reasons`. Routing reuses unchanged backends as they were, so when both tables
+    list the same names in the same order one identity test per backend finds the few that changed."""
+    if len(old) == len(new):
+        pairs = [(a, b) for a, b in zip(old, new) if a is not b]
+        if all(a.name == b.name for a, b in pairs):
+            return pairs
+    old_backends = {b.name: b for b in old}
+    new_backends = {b.name: b for b in new}
+    reasons += [f"backend {name} added" for name in new_backends if name not in old_backends]
+    reasons += [f"backend {name} removed" for name in old_backends if name not in new_backends]
+    return [(old_backends[name], b) for name, b in new_backends.items() if name in old_backends and old_backends[name] is not b]
 
 
 def as_reload(plan: ApplyPlan, why: str) -> ApplyPlan:
@@ -91,7 +118,7 @@ def _describe(route: Route) -> str:
 
 
 def _route_reasons(old: tuple[Route, ...], new: tuple[Route, ...]) -> list[str]:
-    if old == new:
+    if old is new or old == new:
         return []
     before, after = set(old), set(new)
     reasons = [f"route added: {_describe(r)}" for r in new if r not in before]

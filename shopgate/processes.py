@@ -158,6 +158,17 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def processes_matching(match: Callable[[list[str]], bool]) -> dict[int, int]:
+    """pid -> parent pid of every live process whose command line satisfies `match` (e.g. the
+    HAProxy master and workers of one state dir: the master is the one whose parent is not among them)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (argv := process_cmdline(int(entry.name))) and match(argv) \
+                and (fields := _stat_fields(entry.name)) is not None and fields[0] != "Z":
+            found[int(entry.name)] = int(fields[1])
+    return found
+
+
 def process_rss_kib(pid: int) -> int | None:
     """The resident set of a process in KiB (VmRSS); None when it is gone or has none."""
     try:
@@ -165,6 +176,14 @@ def process_rss_kib(pid: int) -> int | None:
     except OSError:
         return None
     return next((int(line.split()[1]) for line in lines if line.startswith("VmRSS:")), None)
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU time a process has used so far, user + system, all its threads (/proc/<pid>/stat); None when it is gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_model() -> str | None:
