@@ -109,20 +109,21 @@ def membership_commands(change: MembershipChange, add_server_maxconn: int | None
     if change.action in ("add", "create") and add_server_maxconn is not False:
         maxconn = f" maxconn {int(add_server_maxconn)}" if add_server_maxconn else ""
         commands = [f"del server {server}"] if change.action == "add" else []
-        commands += [f"add server {server} {check_token(change.address)}:{int(change.port)} weight {int(change.weight)}{maxconn} {settings.HEALTH_CHECK}",
-                     f"enable health {server}"]
-        if change.ready:   # `add server` starts in maint
-            commands += [f"set server {server} state ready", f"set server {server} health down"]
-        return commands
+        return commands + [f"add server {server} {check_token(change.address)}:{int(change.port)} weight {int(change.weight)}{maxconn} {settings.HEALTH_CHECK}",
+                           f"enable health {server}"] + _admit(server, change.ready, [])   # `add server` starts in maint
     if change.action in ("add", "create"):
         return [f"set server {server} addr {check_token(change.address)} port {int(change.port)}",
-                f"set server {server} weight {int(change.weight)}"] + (
-               [f"set server {server} state ready", f"set server {server} health down"] if change.ready else [f"set server {server} state maint"])
+                f"set server {server} weight {int(change.weight)}"] + _admit(server, change.ready, [f"set server {server} state maint"])
     if change.action == "weight":
         return [f"set server {server} weight {int(change.weight)}"]
     if change.action in ("drain", "remove", "delete"):
         return [f"set server {server} state {'maint' if change.sticky else 'drain'}"]
     raise ValueError(f"unknown membership action {change.action!r}")
+
+
+def _admit(server: str, ready: bool, otherwise: list[str]) -> list[str]:
+    """Ready, but out until HAProxy's own check rises (`state ready` alone would mark it UP at once)."""
+    return [f"set server {server} state ready", f"set server {server} health down"] if ready else otherwise
 
 
 class Applier:
