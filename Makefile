@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES_RUN := haproxy
 APT_PACKAGES_TEST := haproxy chromium wrk docker.io debootstrap bind9-dnsutils
 
-.PHONY: up demo test bench install system-run system-test engine-up engine-down compose-demo clean
+.PHONY: up demo test bench install system-run system-test engine-up engine-down compose-demo compose-ha-demo clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ engine-down:
 
 compose-demo: $(STAMP) system-test
 	compose/scale-demo.sh
+
+# Two gateways behind the L4 balancer: graceful stop, controller SIGKILL, container SIGKILL under load.
+compose-ha-demo: $(STAMP) system-test
+	compose/ha-demo.sh
 
 bench: install
 	@for b in bench/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

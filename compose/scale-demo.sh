@@ -20,4 +20,4 @@ trap 'stop_engine "$@"' EXIT
 if [[ " $* " != *" --real "* ]]; then
     "$REPO/compose/base-image.sh" >/dev/null
 fi
-"$PY" "$REPO/compose/scale_demo.py" "$@"
+"$PY" "$REPO/compose/${SHOPGATE_COMPOSE_DEMO:-scale_demo.py}" "$@"   # ha-demo.sh: ha_demo.py

@@ -48,9 +48,12 @@ class ComposeStack:
     project: str = field(default_factory=lambda: f"shopgate-{uuid.uuid4().hex[:6]}")
     ports: dict[str, int] = field(default_factory=lambda: {name: free_port() for name in PORT_VARIABLES})
     docker_env: dict[str, str] = field(default_factory=dict)  # DOCKER_HOST, DOCKER_CONFIG (else the environment's)
+    compose_files: tuple[Path, ...] = ()   # other compose files than docker-compose.yml (+ offline.yml)
 
     @property
     def files(self) -> list[Path]:
+        if self.compose_files:
+            return list(self.compose_files)
         return [REAL_FILE, OFFLINE_FILE] if self.offline else [REAL_FILE]
 
     @property
@@ -97,6 +100,19 @@ class ComposeStack:
 
     def logs(self, service: str = "", tail: int = 40) -> str:
         return self.compose("logs", "--no-color", "--tail", str(tail), *([service] if service else []), check=False).stdout
+
+    def finish(self, keep: bool, say) -> bool:
+        """Take the stack down (or say how, with `keep`); False when something was left behind."""
+        if keep:
+            say(f"\nleft running: docker compose -p {self.project} {' '.join('-f ' + str(f) for f in self.files)} down -v")
+            return True
+        say("taking the stack down ...")
+        self.down()
+        left = self.leftovers()
+        if any(left.values()):
+            say(f"left behind after down: {json.dumps(left)}")
+            return False
+        return True
 
     # --- where it is
 
@@ -154,7 +170,7 @@ class ComposeStack:
                     return seen
             time.sleep(0.5)
         raise TimeoutError(f"{service}: wanted {count} instances routed; catalog has {passing} passing, "
-                           f"gateway reached {sorted(seen)}\n{self.logs('gateway')}")
+                           f"gateway reached {sorted(seen)}\n{self.logs()}")
 
 
 def table(rows: list[tuple], header: tuple) -> str:
@@ -220,15 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, TimeoutError, requests.RequestException) as exc:
         say(f"compose demo failed: {exc}")
     finally:
-        if args.keep:
-            say(f"\nleft running: docker compose -p {stack.project} {' '.join('-f ' + str(f) for f in stack.files)} down -v")
-        else:
-            say("taking the stack down ...")
-            stack.down()
-            left = stack.leftovers()
-            if any(left.values()):
-                say(f"left behind after down: {json.dumps(left)}")
-                failed = failed or -1
+        if not stack.finish(args.keep, say):
+            failed = failed or -1
     return 0 if failed == 0 else 1
 
 

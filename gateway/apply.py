@@ -14,6 +14,9 @@ Membership (a slot gets, changes or loses an instance) goes through the runtime 
             on a sticky backend `state maint` at once (in-flight requests still finish), since a
             draining server keeps taking the requests that carry its cookie
 
+Certificates (HTTPS on) always go through the runtime API, reload or not (gateway.tls_store), first:
+a refused one is reported in `tls_refused` and the certificate HAProxy had keeps serving.
+
 Structure (routes, backends, slot counts, settings, templates) goes through:
 
     render -> haproxy -c -> atomic swap (tmp + rename, last good kept) -> master `reload`
@@ -33,7 +36,7 @@ import shutil
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jinja2
@@ -41,8 +44,11 @@ import jinja2
 from gateway.haproxy import HAProxyError, HAProxyProcess, check_config
 from gateway.haproxy_syntax import UnsafeValue, check_token
 from gateway.metrics import GatewayMetrics
-from gateway.model import ApplyPlan, Backend, MembershipChange, RouteTable, RuntimePaths
-from gateway.render import render_config
+from gateway.adopt import same_structure
+from gateway.model import ApplyPlan, Backend, CertChange, MembershipChange, RouteTable, RuntimePaths
+from gateway.render import fleet_hash, render_config
+from gateway.tls import CertEntry
+from gateway.tls_store import CertificateStore
 from shopgate import settings
 
 log = logging.getLogger("shopgate.gateway.apply")
@@ -77,6 +83,11 @@ class GatewayFiles:
     @property
     def haproxy_log(self) -> Path:
         return self.state_dir / "haproxy.log"
+
+    @property
+    def pidfile(self) -> Path:
+        """HAProxy's master pid (`-p`): how the next controller of this state dir finds it."""
+        return self.state_dir / "haproxy.pid"
 
 
 class ConfigRejected(RuntimeError):
@@ -132,7 +143,11 @@ class Applier:
         self.rejected_configs: deque[str] = deque(maxlen=20)
         self._refused: tuple[RouteTable, str, str | None] | None = None   # the last refused table, why, its text
         self._draining: dict[tuple[str, str], float] = {}     # (backend, slot) -> give-up time
+        self.certificates = CertificateStore(runtime.tls_dir) if runtime.tls_dir is not None else None
+        self.certs_held: tuple[CertEntry, ...] = ()   # what HAProxy serves and the files hold
+        self.tls_refused: dict[str, tuple[str, str]] = {}   # id -> (fingerprint, "source: HAProxy refused it: ...")
         self._next_drain_check = 0.0
+        self._hash: tuple[RouteTable | None, str | None] = (None, None)
         self._backends_of: RouteTable | None = None   # the table _backends indexes
         self._backends: dict[str, Backend] = {}
 
@@ -149,6 +164,9 @@ class Applier:
                 plan = ApplyPlan(structural_reasons=(force_reason,))
         if plan.empty:
             return plan
+        if plan.certificates:
+            self._certificates(plan.certificates, wanted.certificates)
+        wanted = replace(wanted, certificates=self.certs_held)
         if plan.needs_reload:
             if force_reason is None and self._refused is not None and self._refused[0] == wanted:
                 raise ConfigRejected(self._refused[1])  # same input, same answer: do not re-run haproxy -c
@@ -166,11 +184,29 @@ class Applier:
         self.last_error = None
         return plan
 
+    def runs_structure_of(self, wanted: RouteTable) -> bool:
+        """True when the config HAProxy was loaded with differs from `wanted`'s render only in what the
+        runtime API changes (an adopted HAProxy is then brought up to date without a reload)."""
+        running_text = self._running_text()
+        return running_text is not None and same_structure(running_text, self._render(wanted, "adopting HAProxy"))
+
+    def config_hash(self) -> str | None:
+        """A hash of the configuration HAProxy serves now, comparable across gateways (gateway.render.fleet_hash)."""
+        running = self.running
+        if running is None:
+            return None
+        if self._hash[0] is not running:
+            try:
+                self._hash = (running, fleet_hash(running, self.templates_dir))
+            except (jinja2.TemplateError, UnsafeValue, OSError):
+                return None
+        return self._hash[1]
+
     def restart_haproxy(self) -> None:
         """HAProxy died: start it again on the last good config file, then the caller re-plans."""
         self._draining.clear()
         self.haproxy.start()
-        self.running = self.file_table
+        self.running = replace(self.file_table, certificates=self.certs_held) if self.file_table else None
         self.metrics.haproxy_restarts.inc()
 
     def finish_drains(self) -> None:
@@ -222,6 +258,37 @@ class Applier:
         if self._backends_of is not table:
             self._backends_of, self._backends = table, {b.name: b for b in table.backends}
         return self._backends
+    # ---- certificates: runtime API, then the files
+
+    def _certificates(self, changes: tuple[CertChange, ...], wanted: tuple[CertEntry, ...]) -> None:
+        """Apply certificate changes one by one; what HAProxy accepted is written to the files."""
+        if self.certificates is None:
+            return
+        held = {entry.id: entry for entry in self.certs_held}
+        live = self.haproxy.alive() and self.running is not None
+        for change in changes:
+            entry = change.entry
+            if not live:
+                pass   # HAProxy loads the files when it starts
+            elif change.action != "remove" and self.tls_refused.get(entry.id, ("",))[0] == entry.fingerprint:
+                continue   # refused before, unchanged since: the old one keeps serving
+            else:
+                try:
+                    self.certificates.runtime(self.haproxy.cli, change)
+                except HAProxyError as error:
+                    self.tls_refused[entry.id] = (entry.fingerprint, f"{entry.source}: HAProxy refused it: {error}")
+                    log.error("certificate %s not applied, the one serving stays: %s", entry.source, error)
+                    self.metrics.certificate_updates.labels("rejected").inc()
+                    continue
+                self.metrics.certificate_updates.labels("applied").inc()
+            self.tls_refused.pop(entry.id, None)
+            if change.action == "remove":
+                held.pop(entry.id, None)
+            else:
+                held[entry.id] = entry
+        order = {entry.id: index for index, entry in enumerate(wanted)}
+        self.certs_held = tuple(sorted(held.values(), key=lambda e: (order.get(e.id, len(order)), e.id)))
+        self.certificates.write(self.certs_held)
 
     # ---- structure: render, validate, swap, reload, verify
 

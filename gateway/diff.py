@@ -19,7 +19,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import fields, replace
 
-from gateway.model import ApplyPlan, Backend, BackendSettings, GatewaySettings, MembershipChange, Route, RouteTable, Server
+from gateway.model import ApplyPlan, Backend, BackendSettings, CertChange, GatewaySettings, MembershipChange, Route, RouteTable, Server
+from gateway.tls import CertEntry
 
 #: BackendSettings fields that only change server states/weights, never the rendered backend section.
 _MEMBERSHIP_ONLY_SETTINGS = {"maintenance": False, "tag_weights": (), "flap_limit": None,
@@ -29,7 +30,8 @@ _MEMBERSHIP_ONLY_SETTINGS = {"maintenance": False, "tag_weights": (), "flap_limi
 def plan_changes(running: RouteTable | None, wanted: RouteTable) -> ApplyPlan:
     """What it takes to bring HAProxy from `running` to `wanted` (None: nothing runs yet)."""
     if running is None:
-        return ApplyPlan(structural_reasons=("no running configuration",))
+        return ApplyPlan(structural_reasons=("no running configuration",), certificates=certificate_changes((), wanted.certificates))
+    certificates = certificate_changes(running.certificates, wanted.certificates)
     reasons = _settings_reasons(running.settings, wanted.settings)
     reasons += _route_reasons(running.routes, wanted.routes)
     old_backends = {b.name: b for b in running.backends}
@@ -51,8 +53,25 @@ def plan_changes(running: RouteTable | None, wanted: RouteTable) -> ApplyPlan:
         for c in membership if c.action == "add" and not _is_ip(c.address)
     ]
     if reasons:
-        return ApplyPlan(structural_reasons=tuple(reasons))
-    return ApplyPlan(membership=tuple(membership))
+        return ApplyPlan(structural_reasons=tuple(reasons), certificates=certificates)
+    return ApplyPlan(membership=tuple(membership), certificates=certificates)
+
+
+def certificate_changes(running: tuple[CertEntry, ...], wanted: tuple[CertEntry, ...]) -> tuple[CertChange, ...]:
+    """Certificates to add, replace (new content or SNI names) or remove: removals first, so a name
+    moving from one certificate to another is never claimed twice."""
+    if running == wanted:
+        return ()
+    old = {e.id: e for e in running}
+    new = {e.id: e for e in wanted}
+    changes = [CertChange("remove", e) for e in running if e.id not in new]
+    for entry in wanted:
+        before = old.get(entry.id)
+        if before is None:
+            changes.append(CertChange("add", entry))
+        elif before != entry:
+            changes.append(CertChange("update", entry, sni_changed=before.sni != entry.sni))
+    return tuple(changes)
 
 
 def as_reload(plan: ApplyPlan, why: str) -> ApplyPlan:

@@ -1,7 +1,8 @@
 """The running HAProxy: one master-worker process in the foreground, and the sockets that steer it.
 
-    HAProxyProcess   `haproxy -W -S <master.sock> -f <cfg>` as our child (never daemonised: this
-                     machine's PID 1 does not reap daemons), started and stopped by pid.
+    HAProxyProcess   `haproxy -W -S <master.sock> -p <pidfile> -f <cfg>` in its own session (never
+                     daemonised: this machine's PID 1 does not reap daemons), started, adopted from a
+                     previous controller of the same state dir, soft-stopped or stopped, by pid.
     MasterCLI        the master socket: `reload`, `show proc`, and runtime-API commands for the
                      current worker (`@1 <command>`), which keeps working across reloads.
     check_config     `haproxy -c`, returning HAProxy's own error text.
@@ -23,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shopgate.processes import group_members, process_cmdline, stop_pid
+from shopgate.processes import group_members, pid_alive, process_cmdline, stop_pid
 
 log = logging.getLogger("shopgate.gateway.haproxy")
 
@@ -34,6 +35,8 @@ class HAProxyError(RuntimeError):
 
 _ALERT_PREFIX = re.compile(r"^\[ALERT\]\s*\(\d+\)\s*:\s*")
 _PARSING_AT = re.compile(r"parsing \[[^\]]*:(\d+)\]")
+# How much of the log a refused reload reads for its alerts: request lines (one per request) come between.
+_LOG_READ_LIMIT = 4 * 1024 * 1024
 
 
 def check_config(haproxy_bin: str, cfg_path: Path, timeout: float = 60.0) -> str | None:
@@ -178,6 +181,17 @@ class MasterCLI:
             raise HAProxyError(f"runtime API refused {'; '.join(commands)[:300]}: {' | '.join(errors)[:300]}")
         return lines
 
+    def run_with_payload(self, command: str, payload: str) -> str:
+        """One runtime-API command carrying a multi-line payload (`<command> <<` + lines + an empty
+        line), e.g. `set ssl cert`; HAProxyError when refused. The payload must hold no empty line."""
+        if "\n\n" in payload.strip("\n") or not payload.strip():
+            raise ValueError("a runtime-API payload may not be empty or contain an empty line")
+        answer = self.send(f"@1 {command} <<\n{payload.strip(chr(10))}\n", connect_for=2.0)
+        errors = [line.strip() for line in answer.splitlines() if _RUNTIME_ERROR.match(line.strip()) or "unable" in line]
+        if errors:
+            raise HAProxyError(f"runtime API refused {command}: {' | '.join(errors)[:300]}")
+        return answer.strip()
+
     def server_stats(self, backends: list[str] | None = None) -> dict[tuple[str, str], dict[str, str]]:
         """(backend, server) -> `show stat` row of the newest worker, for `backends` (default: all).
 
@@ -201,26 +215,87 @@ class MasterCLI:
 # ---------------------------------------------------------------- the process
 
 
+def haproxy_argv(haproxy_bin: str, cfg_path: Path, master_socket: Path, pidfile: Path) -> list[str]:
+    """How the controller starts HAProxy: master-worker, master socket, pid file, config — all in one state dir."""
+    return [haproxy_bin, "-W", "-S", f"{master_socket},mode,600", "-p", str(pidfile), "-f", str(cfg_path)]
+
+
+def runs_config(argv: list[str] | None, cfg_path: Path, master_socket: Path) -> bool:
+    """True when `argv` is an HAProxy master started for this config and master socket.
+
+    A reload re-executes the master with extra arguments (-sf <old workers>, -x ...), so the test
+    is on the `-f` and `-S` values, not the whole line."""
+    if not argv:
+        return False
+    values = {flag: argv[i + 1] for i, flag in enumerate(argv[:-1]) if flag in ("-f", "-S")}
+    return values.get("-f") == str(cfg_path) and values.get("-S", "").split(",")[0] == str(master_socket)
+
+
+def read_pidfile(path: Path) -> int | None:
+    """The pid HAProxy wrote with `-p` (its master's), or None when the file is missing or not a pid."""
+    try:
+        text = path.read_text().split()
+    except OSError:
+        return None
+    return int(text[0]) if text and text[0].isdigit() and int(text[0]) > 1 else None
+
+
 @dataclass
 class HAProxyProcess:
-    """HAProxy in master-worker mode as our foreground child."""
+    """HAProxy in master-worker mode, in a session of its own (so it can outlive the controller).
+
+    Either started here (`popen`) or adopted from a previous controller of the same state dir
+    (`adopted_pid`): found through the pid file, its command line naming this config and master
+    socket, and the master socket answering with that same pid. Anything less is never adopted
+    nor signalled."""
 
     haproxy_bin: str
     cfg_path: Path
     master_socket: Path
     log_path: Path
+    pidfile: Path
     popen: subprocess.Popen | None = field(default=None, repr=False)
+    adopted_pid: int | None = None
 
     @property
     def pid(self) -> int | None:
-        return self.popen.pid if self.popen is not None else None
+        return self.popen.pid if self.popen is not None else self.adopted_pid
 
     @property
     def cli(self) -> MasterCLI:
         return MasterCLI(self.master_socket)
 
     def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return self.adopted_pid is not None and self._is_ours(self.adopted_pid)
+
+    def _is_ours(self, pid: int) -> bool:
+        return pid_alive(pid) and runs_config(process_cmdline(pid), self.cfg_path, self.master_socket)
+
+    def adopt(self, connect_for: float = 3.0) -> ProcInfo | None:
+        """Take over the HAProxy a previous controller left running for this state dir; None when there is none.
+
+        The pid file alone proves nothing (the pid may be reused): the process must run this config
+        with this master socket, and that socket's master must say it is that pid."""
+        pid = read_pidfile(self.pidfile)
+        if pid is None or not pid_alive(pid):
+            return None
+        if not runs_config(process_cmdline(pid), self.cfg_path, self.master_socket):
+            log.warning("pid file %s names pid %s, which is not an HAProxy of this state dir: not adopted", self.pidfile, pid)
+            return None
+        try:
+            info = self.cli.show_proc(connect_for=connect_for)
+        except HAProxyError as error:
+            log.warning("HAProxy pid %s runs this config but its master socket does not answer (%s): not adopted", pid, error)
+            return None
+        if info.master_pid != pid or not info.workers:
+            log.warning("master socket %s answers for pid %s (workers %s), not pid %s: not adopted",
+                        self.master_socket, info.master_pid, info.workers, pid)
+            return None
+        self.popen, self.adopted_pid = None, pid
+        log.info("adopted the running HAProxy: master pid %s, workers %s", pid, list(info.workers))
+        return info
 
     def start(self, timeout: float = 15.0) -> ProcInfo:
         """Start HAProxy on the current config; wait until its master answers and a worker runs.
@@ -230,13 +305,14 @@ class HAProxyProcess:
         SIGUSR1, HAProxy's soft stop, so they finish their requests and leave."""
         if self.alive():
             raise HAProxyError(f"HAProxy already running as pid {self.pid}")
-        previous_group = self.popen.pid if self.popen is not None else None
+        previous_group = self.pid
         self.master_socket.unlink(missing_ok=True)
         with open(self.log_path, "ab") as log_file:
             self.popen = subprocess.Popen(
-                [self.haproxy_bin, "-W", "-S", f"{self.master_socket},mode,600", "-f", str(self.cfg_path)],
+                haproxy_argv(self.haproxy_bin, self.cfg_path, self.master_socket, self.pidfile),
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
             )
+        self.adopted_pid = None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
@@ -253,6 +329,11 @@ class HAProxyProcess:
         self.stop()
         raise HAProxyError(f"HAProxy did not come up within {timeout:.0f}s:\n{self.log_tail()}")
 
+    @property
+    def returncode(self) -> int | None:
+        """How a started HAProxy exited (None while it runs, or when it was adopted: not our child)."""
+        return self.popen.poll() if self.popen is not None else None
+
     def reload(self, timeout: float = 15.0) -> ProcInfo:
         """Master-CLI reload; a refused one raises HAProxyError carrying HAProxy's own alerts from its log."""
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -263,23 +344,42 @@ class HAProxyProcess:
             raise HAProxyError(f"{error}: {' | '.join(alerts)[:800]}" if alerts else str(error)) from error
 
     def _log_since(self, offset: int) -> str:
+        """The log written since `offset` (capped): request lines interleave with the alerts under load."""
         try:
             with open(self.log_path, "rb") as log_file:
                 log_file.seek(offset)
-                return log_file.read(65536).decode(errors="replace")
+                return log_file.read(_LOG_READ_LIMIT).decode(errors="replace")
         except OSError:
             return ""
 
+    def soft_stop(self, timeout: float) -> bool:
+        """HAProxy's graceful stop (SIGUSR1 to the master): listeners close, in-flight requests finish,
+        the master leaves with its last worker. After `timeout` (hard-stop-after plus a margin) the
+        group is killed. True when it left by itself."""
+        pid = self.pid
+        if pid is None or not self.alive():
+            return True
+        log.info("soft-stopping HAProxy (pid %s): in-flight requests finish, at most %.0fs", pid, timeout)
+        graceful = stop_pid(pid, timeout=timeout, signum=signal.SIGUSR1, group=False)
+        if graceful:
+            _soft_stop_group(pid, self.cfg_path)   # a worker the master no longer waits for
+        else:
+            stop_pid(pid, timeout=1, group=True)
+        self._reap()
+        return graceful
+
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the master's process group (its workers go with it), SIGKILL after `timeout`."""
-        if self.popen is None:
-            return
-        if self.alive():
-            stop_pid(self.popen.pid, timeout=timeout, group=True)
-        try:
-            self.popen.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            pass
+        if self.pid is not None and self.alive():
+            stop_pid(self.pid, timeout=timeout, group=True)
+        self._reap()
+
+    def _reap(self) -> None:
+        if self.popen is not None:
+            try:
+                self.popen.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
 
     def log_tail(self, lines: int = 20) -> str:
         try:

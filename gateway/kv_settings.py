@@ -3,6 +3,7 @@
     shopgate/gateway/<key>                          gateway-wide settings  -> GatewaySettings
     shopgate/gateway/environments/<env>/<key>       an environment's frontend -> GatewaySettings.environments
     shopgate/services/<name>/<key>                  per-service settings   -> BackendSettings
+    shopgate/tls/...                                certificates: validated by gateway.tls, skipped here
 
 An invalid value is skipped (the default stays in force) and reported as "<full key>: <reason>";
 it never reaches haproxy.cfg. Unknown keys are reported too, so a typo does not fail silently.
@@ -221,6 +222,8 @@ SERVICE_KEYS: dict[str, tuple[Callable[[str], Any], Fields]] = {
     "flap_limit": (integer(1, 10_000), "flap_limit"),
     "flap_window": (duration_ms, "flap_window_ms"),
     "flap_hold": (duration_ms, "flap_hold_ms"),
+    "https_redirect": (boolean, "https_redirect"),
+    "hsts": (integer(0, 2 * 365 * 86400), "hsts_seconds"),
 }
 
 #: Per-service keys whose last good value stays when a new value is bad (dropping them would open the route).
@@ -256,6 +259,8 @@ def parse_settings(kv: dict[str, bytes], last_good: Mapping[str, BackendSettings
         if not key.startswith(KV_PREFIX) or key.endswith("/"):
             continue  # outside our prefix, or a Consul "folder"
         parts = key[len(KV_PREFIX):].split("/")
+        if parts[0] == "tls":
+            continue  # certificates: gateway.tls
         try:
             if parts[0] == "gateway" and len(parts) == 2:
                 _apply(GATEWAY_KEYS, parts[1], kv[key], gateway)
@@ -275,8 +280,8 @@ def parse_settings(kv: dict[str, bytes], last_good: Mapping[str, BackendSettings
                         raise InvalidSetting(f"{error}; the last good value stays") from None
                     raise
             else:
-                raise InvalidSetting(f"unknown key (expected {KV_PREFIX}gateway/<key>, {KV_PREFIX}gateway/environments/<env>/<key> "
-                                     f"or {KV_PREFIX}services/<name>/<key>)")
+                raise InvalidSetting(f"unknown key (expected {KV_PREFIX}gateway/<key>, {KV_PREFIX}gateway/environments/<env>/<key>, "
+                                     f"{KV_PREFIX}services/<name>/<key> or {KV_PREFIX}tls/...)")
         except InvalidSetting as error:
             errors.append(_error(key, error))
     gateway["environments"] = _distinct_frontends(environments, taken_binds, errors)

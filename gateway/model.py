@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.tls import CertEntry
 from shopgate.consul_client.health import HealthEntry
 from shopgate.settings import DEFAULT_CONSUL_DNS_ADDR, FLAP_HOLD_MS, FLAP_WINDOW_MS
 
@@ -43,6 +44,7 @@ class Snapshot:
     services: dict[str, tuple[Instance, ...]] = field(default_factory=dict)
     kv: dict[str, bytes] = field(default_factory=dict)   # full key ("shopgate/services/x/balance") -> raw value
     index: int = 0                                        # highest catalog/KV index folded in
+    cert_files: dict[str, bytes] = field(default_factory=dict)   # `--certs DIR`: path -> PEM bundle
 
     def instance_count(self) -> int:
         return sum(len(v) for v in self.services.values())
@@ -113,6 +115,8 @@ class BackendSettings:
     def rate_window_seconds(self) -> int:
         """Retry-After: whole seconds until the window has passed."""
         return -(-self.rate_window_ms // 1000)
+    https_redirect: bool = False                    # plain-HTTP requests get a 308 to HTTPS
+    hsts_seconds: int | None = None                 # Strict-Transport-Security max-age on HTTPS answers
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,8 @@ class RouteTable:
     backends: tuple[Backend, ...] = ()
     settings: GatewaySettings = GatewaySettings()
     rejected: tuple[str, ...] = ()   # inputs that were skipped, each "where: what is wrong"
+    certificates: tuple[CertEntry, ...] = ()   # SNI certificates for the HTTPS listener (gateway.tls)
+    tls_rejected: tuple[str, ...] = ()         # certificates that were skipped, each "KV key or file: why"
     # gateway.routing's memo of per-service results, so a change to one service costs one service's work.
     # Not part of the table's value: ignored by ==, never rendered.
     memo: dict = field(default_factory=dict, compare=False, repr=False)
@@ -211,6 +217,13 @@ class RuntimePaths:
     stats: str = "127.0.0.1:8404"            # stats page + /metrics, "host:port"
     accept_proxy: bool = False               # `--accept-proxy`: entry binds take the PROXY protocol (as KV accept_proxy)
     pidfile: Path | None = None
+    https: str | None = None                 # the HTTPS entry point "host:port", off when None
+    tls_dir: Path | None = None              # crt-list and PEM files (state dir /tls)
+
+    @property
+    def crt_list(self) -> Path | None:
+        """The crt-list of the HTTPS listener: the default certificate first, then one line per SNI certificate."""
+        return self.tls_dir / "crt-list" if self.tls_dir is not None else None
     # When set: `server-state-file` + `load-server-state-from-file global`. Off by default: measured on
     # 2.6, a state file's address/port and up-state override the rendered server lines on reload, so
     # a file not dumped right before the reload brings back stale servers.
@@ -235,11 +248,21 @@ class MembershipChange:
 
 
 @dataclass(frozen=True)
+class CertChange:
+    """One certificate to add, replace or remove through the runtime API (no reload, ever)."""
+
+    action: str                  # "add" | "update" | "remove"
+    entry: CertEntry             # the new entry ("remove": the running one)
+    sni_changed: bool = False    # "update": the crt-list line changes too
+
+
+@dataclass(frozen=True)
 class ApplyPlan:
     """What it takes to go from the running table to the wanted one."""
 
     structural_reasons: tuple[str, ...] = ()        # non-empty -> render, validate, swap, reload
     membership: tuple[MembershipChange, ...] = ()   # applied through the runtime API
+    certificates: tuple[CertChange, ...] = ()       # applied through the runtime API, reload or not
 
     @property
     def needs_reload(self) -> bool:
@@ -247,4 +270,4 @@ class ApplyPlan:
 
     @property
     def empty(self) -> bool:
-        return not self.structural_reasons and not self.membership
+        return not self.structural_reasons and not self.membership and not self.certificates

@@ -8,6 +8,7 @@ A value that slipped past validation therefore fails the render instead of injec
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from functools import lru_cache
@@ -38,7 +39,7 @@ def dns_payload_size(table: RouteTable) -> int:
 def render_config(table: RouteTable, templates_dir: Path, runtime: RuntimePaths) -> str:
     """The full haproxy.cfg for `table`: every backend with every slot, so a reload loses nothing."""
     entry = frontends(table, runtime.listen)
-    binds = [runtime.stats] + [frontend.bind for frontend in entry]
+    binds = [runtime.stats] + [frontend.bind for frontend in entry] + ([runtime.https] if runtime.https else [])
     for bind in [*binds, runtime.consul_dns]:   # the DNS server is asked, not bound: only its shape is checked
         if not BIND_ADDRESS.fullmatch(bind):
             raise UnsafeValue(f"bind address {display(bind)} is not host:port")
@@ -57,7 +58,22 @@ def render_config(table: RouteTable, templates_dir: Path, runtime: RuntimePaths)
         dns_payload_size=dns_payload_size(table),
         default_cookie=default_cookie,
         health_check=HEALTH_CHECK,
+        backend_settings={b.name: b.settings for b in table.backends},
+        https_port=int(runtime.https.rpartition(":")[2]) if runtime.https else None,
     )
+
+
+#: The per-gateway parts of a config (its own ports and state dir), the same for every gateway in
+#: `fleet_hash`, so that two gateways on one catalog hash alike wherever they listen.
+_FLEET_RUNTIME = RuntimePaths(admin_socket=Path("admin.sock"), listen="0.0.0.0:80", stats="0.0.0.0:8404")
+
+
+def fleet_hash(table: RouteTable, templates_dir: Path) -> str:
+    """sha256 of `table` rendered with `_FLEET_RUNTIME`: equal on gateways that route alike.
+
+    Rendered from the table HAProxy serves (config file plus runtime changes), so a gateway that
+    got there by runtime changes and one that loaded it at start hash the same."""
+    return hashlib.sha256(render_config(table, templates_dir, _FLEET_RUNTIME).encode()).hexdigest()
 
 
 @lru_cache(maxsize=8)

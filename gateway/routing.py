@@ -3,10 +3,11 @@
 Pure: the same snapshot and previous table always give the same table. Two properties matter
 for running HAProxy without reloads:
 
-* Stable slots. An instance keeps its server slot (`s1`, `s2`, ...) across calls; a new instance
-  takes a free slot (preferring slots that were already free, so a slot still draining its old
-  instance is reused last); a vanished instance frees its slot. So membership changes are
-  per-slot runtime-API commands.
+* Stable slots. An instance keeps its server slot (`s1`, `s2`, ...) across calls; new instances
+  take free slots in registration order (CreateIndex), preferring slots that were already free,
+  so a slot still draining its old instance is reused last; a vanished instance frees its slot.
+  So membership changes are per-slot runtime-API commands, and gateways that watch one catalog
+  place instances alike however their watchers batched the arrivals.
 * Slot counts with headroom and hysteresis. A backend gets max(min_slots, KV `slots`,
   next power of two >= headroom x instances) slots, grows only when the instances no longer fit
   and shrinks only when eight times that size would still fit, so flapping does not reload
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import operator
+import time
 from dataclasses import replace
 from functools import lru_cache
 from typing import Iterable, Mapping, NamedTuple
@@ -39,6 +41,7 @@ from typing import Iterable, Mapping, NamedTuple
 from gateway.haproxy_syntax import ENVIRONMENT_NAME, HOSTNAME, SERVICE_NAME, address_problem, display, path_problem, port_problem
 from gateway.kv_settings import parse_settings
 from gateway.model import Backend, BackendSettings, Frontend, Instance, Route, RouteTable, Server, Snapshot
+from gateway.tls import certificates
 from shopgate.consul_client.protocol import WARNING
 from shopgate.settings import DEFAULT_ENVIRONMENT, DNS_SLOTS, KV_PREFIX, MIN_SLOTS, SLOT_HEADROOM
 
@@ -47,7 +50,6 @@ SHRINK_FACTOR = 8
 
 DEFAULT_ROUTE_PREFIX = "/api/v1/"
 ROUTE_TAG = "urlprefix-"
-ENV_TAG = "env="
 DEFAULT_WEIGHT = 100
 KV_ENVIRONMENTS = f"{KV_PREFIX}gateway/environments/"
 #: The frontend of the gateway entry point (prod, and environments selected by host name only).
@@ -61,10 +63,10 @@ def backend_name(service: str, environment: str = DEFAULT_ENVIRONMENT) -> str:
 
 def instance_environment(instance: Instance) -> tuple[str | None, str | None]:
     """(environment, None) from the `env=` tag, else the `env` meta, else prod; (None, problem) when unreadable."""
-    tagged = {t[len(ENV_TAG):] for t in instance.tags if isinstance(t, str) and t.startswith(ENV_TAG)}
-    if len(tagged) > 1:
-        return None, f"tags name several environments ({', '.join(sorted(map(display, tagged)))})"
-    name = tagged.pop() if tagged else dict(instance.meta).get("env", DEFAULT_ENVIRONMENT)
+    claimed = instance.environments
+    if len(claimed) > 1:
+        return None, f"tags name several environments ({', '.join(sorted(map(display, claimed)))})"
+    (name,) = claimed
     if not ENVIRONMENT_NAME.fullmatch(name):
         return None, f"environment {display(name)} is not 1-32 of a-z 0-9 _ - starting with a letter or digit"
     return name, None
@@ -92,11 +94,13 @@ def build_route_table(
     headroom: int = SLOT_HEADROOM,
     taken_binds: Mapping[str, str] = {},
     held: frozenset[str] = frozenset(),
+    now: float | None = None,
 ) -> RouteTable:
     """The RouteTable for `snapshot`, keeping slots and contested routes as they were in `previous`.
 
     `taken_binds` (host:port -> what): the controller's own listeners, which no environment may bind.
     `held`: instance keys the flap hold-down (gateway.flap) keeps out, routed as if unhealthy.
+    `now` (unix time, default: the clock): when certificates are judged valid.
     """
     last_good = {b.service: b.settings for b in previous.backends} if previous else None
     gateway_settings, service_settings, rejected = parse_settings(snapshot.kv, last_good, taken_binds)
@@ -121,11 +125,15 @@ def build_route_table(
     served = {e.name for e in gateway_settings.environments} | {DEFAULT_ENVIRONMENT}
     unserved = sorted({r.environment for r in routes} - served)
     rejected.extend(f"environment {env}: no {KV_ENVIRONMENTS}{env}/bind or /hosts, its instances get no traffic" for env in unserved)
+    certs, tls_rejected = certificates(snapshot.kv, snapshot.cert_files, time.time() if now is None else now,
+                                       previous.certificates if previous else ())
     return RouteTable(
         routes=routes,
         backends=tuple(backend for result in services.values() for backend in result.backends),
         settings=gateway_settings,
         rejected=tuple(rejected + conflicts),
+        certificates=certs,
+        tls_rejected=tls_rejected,
         memo={"services": services, "routes": (route_inputs, routes, conflicts)},
     )
 
@@ -257,6 +265,9 @@ def _backend(service: str, environment: str, instances: list[Instance], settings
         else:
             newcomers.append(instance)
     if newcomers:
+        # In registration order, so a gateway that saw two arrivals in one view places them as one
+        # that saw them one by one (several gateways on one catalog agree on slots).
+        newcomers.sort(key=lambda i: i.create_index)   # stable: ties keep the catalog's order
         # Slots free before this call first (lowest first), then slots just vacated.
         vacated = {i for i, s in enumerate(old_servers[:count]) if s.occupied and i not in by_slot}
         free = [i for i in range(count) if i not in by_slot and i not in vacated] + sorted(vacated)

@@ -1,4 +1,5 @@
-"""The controller's own HTTP endpoint: `/status` (JSON for people and `shopgate status`) and `/metrics`.
+"""The controller's own HTTP endpoint: `/status` (JSON for people and `shopgate status`), `/ready`
+(200 or 503, for an outer balancer's health check) and `/metrics`.
 
 /status `services` is keyed by service name for prod backends and `<service>@<env>` for the
 others; every entry names its service, environment and backend.
@@ -18,6 +19,7 @@ from typing import Callable, Iterable, Mapping
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway.model import BackendSettings, RouteTable
+from gateway.tls import CertEntry
 from shopgate.settings import DEFAULT_ENVIRONMENT
 
 log = logging.getLogger("shopgate.gateway.status")
@@ -26,8 +28,8 @@ log = logging.getLogger("shopgate.gateway.status")
 def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str, str], Mapping[str, str]], *,
                 last_apply: float | None, last_error: str | None, reloads: int, runtime_updates: int,
                 rejected_configs: Iterable[str], last_good_at: float | None, haproxy_pid: int | None,
-                catalog: Mapping[str, object], guard_reason: str | None, now: float,
-                flap_held: Mapping[str, list[dict]] | None = None) -> dict:
+                config_hash: str | None, ready: str | None, catalog: Mapping[str, object], guard_reason: str | None, now: float,
+                flap_held: Mapping[str, list[dict]] | None = None, tls: dict | None = None) -> dict:
     """The /status document: per service what HAProxy runs (`live`: (backend, slot) -> `show stat` row),
     then what was applied, refused (by routing in `wanted`, or by HAProxy) and held back.
 
@@ -61,8 +63,26 @@ def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str
         "rejected": list(wanted.rejected) + list(rejected_configs),
         "config_age_seconds": round(now - last_good_at, 3) if last_good_at else None,
         "haproxy_pid": haproxy_pid,
+        "config_hash": config_hash,
+        "ready": ready is None,
+        "not_ready_reason": ready,
         "catalog": dict(catalog),
         "guard": {"holding": guard_reason is not None, "reason": guard_reason},
+        "tls": tls or {"https": None},
+    }
+
+
+def tls_view(https: str | None, held: Iterable[CertEntry], rejected: Iterable[str], refused: Iterable[str],
+             now: float, expiring_days: float) -> dict:
+    """The /status `tls` section: the certificates served (names, SANs, dates; never a key) and the skipped ones."""
+    if not https:
+        return {"https": None}
+    certificates = [entry.summary(now, expiring_days) for entry in held]
+    return {
+        "https": https,
+        "certificates": certificates,
+        "expiring": [c["id"] for c in certificates if c["expiring"]],
+        "rejected": list(rejected) + list(refused),
     }
 
 
@@ -90,9 +110,10 @@ def dns_servers(backend: str, slots: list[str], live: Mapping[tuple[str, str], M
 
 
 class StatusServer:
-    """Serves `status()` as JSON on /status and `registry` on /metrics, in a daemon thread."""
+    """Serves `status()` as JSON on /status, `ready()` on /ready (None: 200, else 503 with the reason)
+    and `registry` on /metrics, in a daemon thread."""
 
-    def __init__(self, bind: str, status: Callable[[], dict], registry: CollectorRegistry):
+    def __init__(self, bind: str, status: Callable[[], dict], registry: CollectorRegistry, ready: Callable[[], str | None]):
         host, _, port = bind.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"--status: expected host:port, got {bind!r}")
@@ -102,10 +123,14 @@ class StatusServer:
                 path = self.path.split("?", 1)[0]
                 if path == "/status":
                     body, kind, code = json.dumps(status(), indent=2).encode(), "application/json", 200
+                elif path == "/ready":
+                    reason = ready()
+                    body = json.dumps({"ready": reason is None, "reason": reason}).encode()
+                    kind, code = "application/json", 200 if reason is None else 503
                 elif path == "/metrics":
                     body, kind, code = generate_latest(registry), CONTENT_TYPE_LATEST, 200
                 else:
-                    body, kind, code = b'{"error": "not found; try /status or /metrics"}', "application/json", 404
+                    body, kind, code = b'{"error": "not found; try /status, /ready or /metrics"}', "application/json", 404
                 self.send_response(code)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))

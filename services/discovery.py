@@ -1,7 +1,8 @@
 """Call another shop service through the catalog, never through a hard-coded address.
 
 `Peers.request("payments", "POST", "/api/v1/payments", ...)` asks the catalog for the
-healthy instances of `payments` (`/v1/health/service/payments?passing`), picks one at
+healthy instances of `payments` (`/v1/health/service/payments?passing`) in the caller's own
+environment (a staging order never reaches prod's payments, nor the reverse), picks one at
 random (client-side choice), and on a connection failure tries another one. A timeout is
 not retried here (the request may have been carried out): it raises PeerUnavailable. The instance
 list is cached for a second so that a busy service does not hammer the catalog.
@@ -19,6 +20,7 @@ import requests
 
 from shopgate.consul_client import CATALOG_ERRORS, ConsulAddress, connect
 from shopgate.consul_client.health import decode_health_entries
+from shopgate.settings import DEFAULT_ENVIRONMENT
 
 log = logging.getLogger("shopgate.discovery")
 
@@ -48,17 +50,18 @@ class Endpoint:
         return f"http://{host}:{self.port}"
 
 
-def endpoints_from_health(service: str, entries: list[dict]) -> list[Endpoint]:
-    """Endpoints of the passing instances in `/v1/health/service/<service>` entries."""
+def endpoints_from_health(service: str, entries: list[dict], environment: str = DEFAULT_ENVIRONMENT) -> list[Endpoint]:
+    """Endpoints of the passing instances of `environment` in `/v1/health/service/<service>` entries."""
     return [Endpoint(e.id, e.address, e.port) for e in decode_health_entries(service, entries)
-            if e.passing and e.address and e.port]
+            if e.passing and e.address and e.port and e.environments == {environment}]
 
 
 class Peers:
     """Client-side load balancing over the catalog's healthy instances."""
 
-    def __init__(self, consul: ConsulAddress, http: requests.Session | None = None):
+    def __init__(self, consul: ConsulAddress, http: requests.Session | None = None, environment: str = DEFAULT_ENVIRONMENT):
         self._catalog_url = consul.url
+        self._environment = environment
         self._consul = connect(consul, timeout=2.0)
         self._http = http or requests.Session()
         self._cache: dict[str, tuple[float, list[Endpoint]]] = {}
@@ -74,7 +77,7 @@ class Peers:
             _, entries = self._consul.health.service(service, passing=True)
         except CATALOG_ERRORS as exc:
             raise PeerUnavailable(service, f"catalog {self._catalog_url} unreachable: {exc}") from None
-        endpoints = endpoints_from_health(service, entries)
+        endpoints = endpoints_from_health(service, entries, self._environment)
         with self._lock:
             self._cache[service] = (now, endpoints)
         return endpoints
@@ -95,5 +98,5 @@ class Peers:
                 except requests.Timeout:  # it may have been done: only the caller knows if a retry is safe
                     raise PeerUnavailable(service, f"{method} {path} on {endpoint.id} timed out") from None
         if not tried:
-            raise PeerUnavailable(service, "no healthy instance in the catalog")
+            raise PeerUnavailable(service, f"no healthy {self._environment} instance in the catalog")
         raise PeerUnavailable(service, f"no instance answered (tried {', '.join(sorted(tried))})")

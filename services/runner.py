@@ -4,8 +4,10 @@
 
 The instance binds (port 0 = a free port), registers itself in the catalog found through
 CONSUL_HTTP_ADDR / CONSUL_HTTP_TOKEN under the id `<name>-<port>` with the port actually
-bound, and serves with gunicorn. SERVICE_TAGS (comma-separated) adds catalog tags;
-SHOPGATE_DRAIN_SECONDS sets the drain period on SIGTERM/SIGINT.
+bound, and serves with gunicorn. SERVICE_TAGS (comma-separated) adds catalog tags; among them
+`env=<name>` puts the instance in that environment (default prod): the gateway routes it only there
+and it calls only peers of its own environment. SHOPGATE_DRAIN_SECONDS sets the drain period on
+SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from services.serving import serve
 from services.store import Store
 from shopgate import __version__, settings
 from shopgate.consul_client import ConsulAddress
+from shopgate.consul_client.health import claimed_environments
 
 log = logging.getLogger("shopgate.service")
 
@@ -54,12 +57,10 @@ def advertised_address(bind: str, consul: ConsulAddress) -> str:
 class ServiceInstance:
     """One instance's life: bound -> registered -> draining -> deregistered (the serving Lifecycle)."""
 
-    def __init__(self, spec: ServiceSpec, store: Store, consul: ConsulAddress, advertise: str | None, tags: tuple[str, ...]):
-        self.spec = spec
-        self.store = store
-        self.consul = consul
-        self.advertise = advertise
-        self.tags = tags
+    def __init__(self, spec: ServiceSpec, store: Store, consul: ConsulAddress, advertise: str | None, tags: tuple[str, ...],
+                 environment: str = settings.DEFAULT_ENVIRONMENT):
+        self.spec, self.store, self.consul, self.advertise = spec, store, consul, advertise
+        self.tags, self.environment = tags, environment   # the environment: whose peers it calls
         self.instance_id = spec.name
         self.keeper: SelfRegistration | None = None
 
@@ -89,7 +90,7 @@ class ServiceInstance:
     # in each gunicorn worker, after fork
     def wsgi_app(self) -> Flask:
         context = ServiceContext(name=self.spec.name, instance_id=self.instance_id, store=self.store,
-                                 peers=Peers(self.consul))
+                                 peers=Peers(self.consul, environment=self.environment))
         return create_app(self.spec, context)
 
 
@@ -117,9 +118,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    tags = parse_tags(os.environ.get("SERVICE_TAGS"))
+    environments = claimed_environments(tags, {})
     try:
         consul = ConsulAddress.parse()
         drain_seconds = settings.drain_seconds_from_env()
+        if len(environments) > 1:
+            raise ValueError(f"SERVICE_TAGS names several environments ({', '.join(sorted(environments))}); give one env= tag")
     except ValueError as exc:
         print(f"shopgate service: {exc}", file=sys.stderr)
         return 2
@@ -127,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.data_dir or settings.SERVICE_DATA_DIR / args.name
     store = Store(data_dir / f"{args.name}.sqlite3", spec.schema, spec.seed)
     store.initialize()
-    instance = ServiceInstance(spec, store, consul, args.advertise, parse_tags(os.environ.get("SERVICE_TAGS")))
+    instance = ServiceInstance(spec, store, consul, args.advertise, tags, *environments)
     bind_host = f"[{args.bind}]" if ":" in args.bind else args.bind
     return serve(instance.wsgi_app, f"{bind_host}:{args.port}", instance,
                  workers=args.workers, threads=args.threads, drain_seconds=drain_seconds)

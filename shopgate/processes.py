@@ -158,6 +158,17 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def processes_matching(match: Callable[[list[str]], bool]) -> dict[int, int]:
+    """pid -> parent pid of every live process whose command line satisfies `match` (e.g. the
+    HAProxy master and workers of one state dir: the master is the one whose parent is not among them)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (argv := process_cmdline(int(entry.name))) and match(argv) \
+                and (fields := _stat_fields(entry.name)) is not None and fields[0] != "Z":
+            found[int(entry.name)] = int(fields[1])
+    return found
+
+
 def process_rss_kib(pid: int) -> int | None:
     """The resident set of a process in KiB (VmRSS); None when it is gone or has none."""
     try:

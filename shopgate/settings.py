@@ -99,6 +99,11 @@ DNS_SLOTS = 16
 GATEWAY_WATCH_WAIT_SECONDS = 30.0
 GATEWAY_DRAIN_TIMEOUT_SECONDS = 30.0
 GATEWAY_GUARD_HOLD_SECONDS = 30.0
+#: A stopping gateway waits for HAProxy's soft stop up to its hard-stop-after plus this margin, then kills it.
+GATEWAY_STOP_MARGIN_SECONDS = 5.0
+#: On SIGTERM the gateway answers /ready 503 this long before HAProxy stops accepting, so an outer
+#: balancer that checks /ready has moved new connections away (0: stop at once, nothing in front).
+GATEWAY_UNREADY_DELAY_SECONDS = 0.0
 
 #: HAProxy's own health check of every server: the config's `default-server` and the servers the controller
 #: (re)creates at runtime, which do not inherit `default-server`. A server that is up is checked every `inter`;
@@ -106,6 +111,9 @@ GATEWAY_GUARD_HOLD_SECONDS = 30.0
 #: on 2.6: a config slot leaving maint keeps its `inter` phase, 0-1 s; a server created by `add server` starts
 #: its checks after `downinter`).
 HEALTH_CHECK = "check inter 1s downinter 50ms fall 2 rise 1"
+
+#: `shopgate gateway --https`: certificates expiring within CERT_EXPIRING_DAYS are reported in /status.
+CERT_EXPIRING_DAYS = 14.0
 
 #: Catalog reads and HAProxy restarts that failed are retried after pauses that double from the first to the last.
 RETRY_BACKOFF_SECONDS = (0.2, 5.0)

@@ -14,7 +14,7 @@ from typing import Callable
 import pytest
 import requests
 
-from shopgate.processes import ManagedProcess, free_port, process_cmdline, shopgate_argv, stop_pid, wait_for_http
+from shopgate.processes import ManagedProcess, free_port, process_cmdline, processes_matching, shopgate_argv, stop_pid, wait_for_http
 from shopgate.settings import GATEWAY_GUARD_HOLD_SECONDS, TEMPLATES_DIR
 
 BACKEND_SCRIPT = Path(__file__).resolve().parent / "gateway_backend.py"
@@ -60,6 +60,7 @@ class Gateway:
     process: ManagedProcess | None = None
     haproxy_pids: set[int] = field(default_factory=set)
     env: dict[str, str] | None = None
+    name: str = "gateway"
     args: tuple[str, ...] = ()          # further `shopgate gateway` flags, e.g. ("--accept-proxy",)
 
     @property
@@ -78,7 +79,19 @@ class Gateway:
     def state_dir(self) -> Path:
         return self.tmp_path / f"gateway-state-{self.listen}"
 
+    @property
+    def status_url(self) -> str:
+        return f"http://127.0.0.1:{self.status_port}"
+
     def start(self) -> "Gateway":
+        """Start the controller and wait until its HAProxy serves."""
+        self.launch()
+        wait_for_http(f"{self.status_url}/status", timeout=30, process=self.process,
+                      ok=lambda r: r.status_code == 200 and r.json().get("haproxy_pid"))
+        return self
+
+    def launch(self) -> "Gateway":
+        """Start the controller (same ports and state dir on every call) without waiting for anything."""
         shutil.copytree(TEMPLATES_DIR, self.templates, dirs_exist_ok=True)
         argv = shopgate_argv(
             "gateway", "--consul", self.catalog.url, "--listen", f"127.0.0.1:{self.listen}",
@@ -87,10 +100,14 @@ class Gateway:
             "--guard-hold", str(self.guard_hold), "--drain-timeout", "5", *self.args,
             "--consul-dns", f"127.0.0.1:{self.catalog.dns_port}",
         )
-        self.process = self.start_process("gateway", argv, env=self.env)
-        wait_for_http(f"http://127.0.0.1:{self.status_port}/status", timeout=30, process=self.process,
-                      ok=lambda r: r.status_code == 200 and r.json().get("haproxy_pid"))
+        self.process = self.start_process(self.name, argv, env=self.env)
         return self
+
+    def haproxy_masters(self) -> list[int]:
+        """Pids of every HAProxy master running this gateway's state dir (from /proc, not from the controller)."""
+        state = self.state_dir / "haproxy.cfg"
+        found = processes_matching(lambda argv: "-f" in argv and str(state) in argv)
+        return sorted(pid for pid, parent in found.items() if parent not in found)
 
     def status(self) -> dict:
         status = requests.get(f"http://127.0.0.1:{self.status_port}/status", timeout=5).json()
@@ -131,7 +148,8 @@ class Gateway:
     def stop(self) -> None:
         """Stop the controller, then any HAProxy it left behind (by pid)."""
         if self.process is not None:
-            self.process.stop(timeout=15)
+            self.process.stop(timeout=45)
+        self.haproxy_pids.update(self.haproxy_masters())
         for pid in self.haproxy_pids:
             cmdline = process_cmdline(pid)
             if cmdline is None:
@@ -144,10 +162,11 @@ class Gateway:
 def gateway_factory(catalog, processes, tmp_path):
     made: list[Gateway] = []
 
-    def make(**kwargs) -> Gateway:
+    def make(wait: bool = True, **kwargs) -> Gateway:
+        """A started gateway; with wait=False only launched (its HAProxy may not run yet)."""
         gateway = Gateway(catalog, tmp_path, processes, **kwargs)
         made.append(gateway)
-        return gateway.start()
+        return gateway.start() if wait else gateway.launch()
 
     yield make
     for gateway in made:

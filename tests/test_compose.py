@@ -200,3 +200,94 @@ def test_in_stack_registrar_registers_a_labelled_container_and_the_gateway_route
 def test_compose_down_leaves_no_container_network_or_volume(stack):
     stack.down()
     assert stack.leftovers() == {"containers": [], "networks": [], "volumes": []}
+
+
+# --- the cluster files (no engine needed) -------------------------------------------------------
+
+CLUSTER = ("cluster.yml",)
+CLUSTER_OFFLINE = ("cluster.yml", "cluster-offline.yml")
+SERVERS = ("consul-server-1", "consul-server-2", "consul-server-3")
+
+
+def test_cluster_file_has_three_servers_a_client_agent_two_gateways_and_a_balancer():
+    config = compose_config(*CLUSTER)
+    services = config["services"]
+    assert set(services) == {*SERVERS, "consul", "gateway-1", "gateway-2", "balancer", *settings.SHOP_SERVICES}
+    volumes = set()
+    for name in SERVERS:
+        server = services[name]
+        assert re.fullmatch(r"hashicorp/consul:\d+\.\d+\.\d+", server["image"]), "Consul image must be pinned"
+        assert {"agent", "-server", "-bootstrap-expect=3"} <= set(server["command"])
+        joins = {arg.split("=", 1)[1] for arg in server["command"] if arg.startswith("-retry-join=")}
+        assert joins == set(SERVERS) - {name}, f"{name} joins the two others"
+        (volume,) = [v["source"] for v in server["volumes"] if v["target"] == "/consul/data" and v["type"] == "volume"]
+        volumes.add(volume)
+    assert len(volumes) == 3, "a volume each"
+    assert [name for name in SERVERS if "-ui" in services[name]["command"]] == ["consul-server-1"], "UI on one server"
+    client = services["consul"]
+    assert "-server" not in client["command"] and {a for a in client["command"] if a.startswith("-retry-join=")}
+    for name in (*settings.SHOP_SERVICES, "gateway-1", "gateway-2"):
+        assert services[name]["environment"]["CONSUL_HTTP_ADDR"] == "http://consul:8500", f"{name} talks to the client agent"
+    for name in ("gateway-1", "gateway-2"):
+        gateway = services[name]
+        assert "--accept-proxy" in gateway["command"] and not gateway.get("ports"), "reached only through the balancer"
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port["host_ip"] == "127.0.0.1", f"{name} publishes {port} beyond loopback"
+    assert re.fullmatch(r"haproxy:2\.6\.\d+", services["balancer"]["image"])
+
+
+def test_balancer_is_l4_sends_proxy_v2_and_checks_each_gateways_ready(tmp_path):
+    config = compose_config(*CLUSTER)
+    (mount,) = config["services"]["balancer"]["volumes"]
+    text = Path(mount["source"]).read_text()
+    assert "mode tcp" in text and "option httpchk GET /ready" in text
+    default_server = next(line.split() for line in text.splitlines() if line.strip().startswith("default-server"))
+    assert {"send-proxy-v2", "check"} <= set(default_server) and default_server[default_server.index("port") + 1] == "9180"
+    assert {line.split()[2].split(":")[0] for line in text.splitlines() if line.strip().startswith("server ")} == {"gateway-1", "gateway-2"}
+    check = subprocess.run(["haproxy", "-c", "-f", mount["source"]], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+
+
+def test_cluster_offline_variant_keeps_the_shape_without_pulling_an_image():
+    real, offline = compose_config(*CLUSTER)["services"], compose_config(*CLUSTER_OFFLINE)["services"]
+    assert set(offline) == set(real) - set(SERVERS), "the servers are left out (profile), all else stays"
+    for name, service in offline.items():
+        assert service["image"].startswith("shopgate/"), f"{name} would pull {service['image']}"
+        if "build" in service:
+            assert service["build"]["args"]["BASE_IMAGE"] == "shopgate/base:offline" and service["build"]["network"] == "none"
+        if name != "consul":
+            assert service.get("environment") == real[name].get("environment"), name
+            assert service.get("ports") == real[name].get("ports"), name
+    assert offline["consul"]["command"][:1] == ["catalog"] and "8500" in offline["consul"]["command"]
+    assert offline["balancer"]["volumes"] == real["balancer"]["volumes"], "the same balancer.cfg"
+
+
+# --- the HA variant, for real -----------------------------------------------------------------------
+
+_ha_spec = importlib.util.spec_from_file_location("ha_demo", COMPOSE_DIR / "ha_demo.py")
+ha_demo = sys.modules.setdefault("ha_demo", importlib.util.module_from_spec(_ha_spec))
+_ha_spec.loader.exec_module(ha_demo)
+
+
+@pytest.mark.compose
+def test_two_gateways_behind_the_balancer_survive_a_stop_a_controller_crash_and_a_killed_container(docker_engine):
+    docker_engine.base_image()
+    stack = scale_demo.ComposeStack(offline=True, compose_files=ha_demo.HA_FILES, project=f"sgha-{uuid.uuid4().hex[:6]}",
+                                    docker_env=docker_engine.env)
+    try:
+        demo = ha_demo.HADemo(stack, rate=20, hold=3, say=lambda _: None)
+        demo.up()
+        # Through the balancer's send-proxy-v2 into the gateways' accept-proxy entry bind (either alone would break it).
+        assert requests.get(f"{stack.gateway_url}/api/v1/products", timeout=5).status_code == 200
+        graceful, crash, killed = demo.run()   # each raises if its own checks fail (one HAProxy, back UP, ...)
+        assert graceful.summary["failed"] == 0, graceful.summary["first_failures"]
+        assert crash.summary["failed"] == 0, crash.summary["first_failures"]
+        assert "one HAProxy in the container" in crash.note
+        assert killed.summary["failed"] <= 16, "only the requests in flight on the killed gateway may fail"
+        assert "gateway-1 0," in killed.note, killed.note
+        for phase in (graceful, crash, killed):
+            assert phase.summary["requests"] > 50, phase.summary
+    finally:
+        stack.down()
+    assert stack.leftovers() == {"containers": [], "networks": [], "volumes": []}

@@ -1,4 +1,5 @@
-"""`shopgate demo --short`: starts its own stack, runs every step under load, reports 0 failed requests."""
+"""`shopgate demo --short`: starts its own stack, runs every step under load, reports 0 failed requests,
+0 answers from the wrong environment and a sticky client that never moved."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def test_short_demo_reports_zero_failed_requests(tmp_path):
     watching = threading.Thread(target=remember_until_exit, args=(stack, proc), daemon=True)
     watching.start()
     try:
-        out, progress = proc.communicate(timeout=150)
+        out, progress = proc.communicate(timeout=240)
         watching.join()
     finally:
         if proc.poll() is None:
@@ -45,9 +46,15 @@ def test_short_demo_reports_zero_failed_requests(tmp_path):
     assert load["requests"] >= 0.9 * report["rate"] * report["duration"], "the load kept its rate through every step"
     assert any(k.startswith("POST 201") for k in load["statuses"]), load["statuses"]
     labels = [step["label"] for step in report["steps"]]
-    assert len(labels) == 6, labels
+    assert len(labels) == 8, labels
     assert labels[0] == "scale products 2 → 4" and labels[1].startswith("SIGKILL products-")
     assert labels[2] == "scale products 3 → 1" and labels[3].startswith("roll users")
+    assert labels[6].startswith("staging environment") and labels[7] == "sticky products (cookie), scale products 1 → 2"
+    checks = report["checks"]
+    assert checks["staging requests"] == checks["sticky requests"] == 40, checks
+    assert checks["staging requests failed"] == checks["answered by the wrong environment"] == 0, checks
+    assert checks["sticky requests failed"] == checks["sticky client moved"] == 0, checks
+    assert checks["instances 10 new clients reached"] == 2, "after the scale-up new clients reach both instances"
     for step in report["steps"]:
         assert step["measures"] and all(m["gateway"] is not None and m["gateway"] >= 0 for m in step["measures"]), step
     # live progress went to stderr while it ran

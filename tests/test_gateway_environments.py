@@ -160,6 +160,14 @@ def test_proxy_protocol_v1_and_v2_source_addresses_reach_the_service(gateway):
     gateway.catalog.client().kv.put("shopgate/gateway/accept_proxy", "true")
     assert eventually("v1 accepted", lambda: send_raw(gateway.listen, v1))["forwarded_for"] == "203.0.113.7"
     assert send_raw(gateway.listen, proxy_v2("198.51.100.9", 40001, gateway.listen))["forwarded_for"] == "198.51.100.9"
+    eventually("both sources in HAProxy's log", lambda: request_log_clients(gateway) >= {"203.0.113.7:40000", "198.51.100.9:40001"})
+    assert "127.0.0.1" in {client.split(":")[0] for client in request_log_clients(gateway)}, "the plain request: its peer"
+
+
+def request_log_clients(gateway) -> set[str]:
+    """The client address:port of every request line in <state-dir>/haproxy.log whose request went to PATH."""
+    lines = (gateway.state_dir / "haproxy.log").read_text(errors="replace").splitlines()
+    return {line.split(" ", 1)[0] for line in lines if f"GET {PATH} HTTP/1.1" in line}
 
 
 def test_accept_proxy_flag(gateway_factory):

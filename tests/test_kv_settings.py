@@ -49,13 +49,15 @@ def test_every_service_key():
         "shopgate/services/products/sticky": b"cookie",
         "shopgate/services/products/sticky_cookie": b"shop.session",
         "shopgate/services/users/balance": b"source",
+        "shopgate/services/users/https_redirect": b"yes",
+        "shopgate/services/users/hsts": b"31536000",
     })
     assert errors == []
     assert services == {
         "products": BackendSettings(balance="leastconn", maxconn=50, timeout_connect_ms=1000, timeout_server_ms=90_000,
                                     tag_weights=(("canary", 0), ("stable", 100)), maintenance=True, min_slots=64,
                                     sticky=True, sticky_cookie="shop.session", discovery="dns"),
-        "users": BackendSettings(balance="source"),
+        "users": BackendSettings(balance="source", https_redirect=True, hsts_seconds=31_536_000),
     }
 
 
@@ -73,8 +75,10 @@ def test_every_service_key():
     ("shopgate/services/products/weights", b'{"canary": true}', "not a whole number"),
     ("shopgate/services/products/maintenance", b"maybe", "'maybe' is not true or false"),
     ("shopgate/services/products/slots", b"100000", "not a whole number in 1..1024"),
+    ("shopgate/services/products/https_redirect", b"always", "'always' is not true or false"),
+    ("shopgate/services/products/hsts", b"1y", "not a whole number in 0..63072000"),
     ("shopgate/services/products/colour", b"blue", "unknown key 'colour' (known: allow, auth, balance, deny, discovery, flap_hold, flap_limit, flap_window, "
-     "maintenance, maxconn, rate_burst, rate_limit, route_warning, slots, sticky, sticky_cookie, timeout_connect, timeout_server, weights)"),
+     "hsts, https_redirect, maintenance, maxconn, rate_burst, rate_limit, route_warning, slots, sticky, sticky_cookie, timeout_connect, timeout_server, weights)"),
     ("shopgate/services/products/discovery", b"srv", "'srv' is not one of runtime, dns"),
     ("shopgate/services/cart.v2/discovery", b"dns", "service 'cart.v2' cannot be found over DNS (_cart.v2._tcp.service.consul"),
     ("shopgate/services/cart_v2/discovery", b"dns", "a dot or underscore is not a DNS label character); its servers stay with the runtime API"),
@@ -114,7 +118,7 @@ def test_every_service_key():
     ("shopgate/gateway/retries", b"11", "not a whole number in 0..10"),
     ("shopgate/gateway/timeout_client", b"\xff\xfe", "value is not UTF-8 text"),
     ("shopgate/gateway/colour", b"blue", "unknown key 'colour'"),
-    ("shopgate/other/thing", b"x", "unknown key (expected shopgate/gateway/<key>, shopgate/gateway/environments/<env>/<key> or shopgate/services/<name>/<key>)"),
+    ("shopgate/other/thing", b"x", "unknown key (expected shopgate/gateway/<key>, shopgate/gateway/environments/<env>/<key>, shopgate/services/<name>/<key> or shopgate/tls/...)"),
 ])
 def test_an_invalid_value_is_reported_with_key_and_reason_and_the_default_stays(key, value, reason):
     gateway, services, errors = parse_settings({key: value})

@@ -21,6 +21,7 @@ from gateway.haproxy_syntax import DNS_SERVICE_NAME, SERVICE_NAME, UnsafeValue
 from gateway.model import Backend, BackendSettings, Instance, Route, RouteTable, RuntimePaths, Server, Snapshot
 from gateway.render import render_config
 from gateway.routing import build_route_table
+from gateway.tls_store import CertificateStore
 from shopgate.settings import TEMPLATES_DIR
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -79,6 +80,15 @@ def test_the_shop_config_is_valid_and_carries_the_zero_failure_defaults(tmp_path
     assert "server-state-file" not in config
 
 
+def test_accept_proxy_puts_the_proxy_protocol_on_the_entry_bind_only(tmp_path):
+    _, plain = render(SHOP, tmp_path)
+    _, config = render(SHOP, tmp_path, accept_proxy=True)
+    assert "accept-proxy" not in plain
+    assert [line.strip() for line in config.splitlines() if "accept-proxy" in line] == ["bind 127.0.0.1:18080 accept-proxy"]
+    check = haproxy_check(config, tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 def test_every_slot_is_written_with_its_instance_or_as_a_disabled_spare(tmp_path):
     _, config = render(SHOP, tmp_path)
     products = config.split("backend be_products\n")[1].split("\n\n")[0].splitlines()
@@ -97,7 +107,9 @@ def test_every_slot_is_written_with_its_instance_or_as_a_disabled_spare(tmp_path
 def test_routes_become_acls_in_match_order_with_strip(tmp_path):
     _, config = render(SHOP, tmp_path)
     frontend = config.split("frontend shopgate\n")[1].split("\n\n")[0].splitlines()
-    assert frontend[4:] == [
+    assert frontend[1:3] == ["    http-request set-header X-Forwarded-Proto https if { ssl_fc }",
+                             "    http-request set-header X-Forwarded-Proto http unless { ssl_fc }"]
+    assert frontend[6:] == [
         "    acl r1_host req.hdr(host),field(1,:),lower -m str shop.example",
         "    acl r1_path path /shop/users",
         "    acl r1_path path_beg /shop/users/",
@@ -135,6 +147,22 @@ def test_kv_settings_are_rendered(tmp_path):
                  "    timeout server 90000ms", "    timeout connect 500ms", "    server s3 127.0.0.3:9003 weight 10"):
         assert line in lines, line
     assert lines.count("    balance roundrobin") == 1       # users keeps the default
+
+
+def test_https_listener_redirect_and_hsts_render_only_with_https(tmp_path):
+    kv = {"shopgate/services/products/https_redirect": b"true", "shopgate/services/products/hsts": b"600"}
+    table = build_route_table(Snapshot(services=SHOP.services, kv=kv))
+    plain = render_config(table, TEMPLATES_DIR, runtime(tmp_path))
+    assert " ssl " not in plain and "redirect location" not in plain and "Strict-Transport-Security" not in plain
+    config = render_config(table, TEMPLATES_DIR, https_runtime(tmp_path))
+    product_route = next(i for i, r in enumerate(table.routes, 1) if r.backend == "be_products")
+    assert f"    bind 127.0.0.1:18443 ssl crt-list {tmp_path}/tls/crt-list alpn h2,http/1.1" in config
+    assert ("    http-request redirect location https://%[req.hdr(host),field(1,:)]:18443%[capture.req.uri] code 308"
+            f" if !{{ ssl_fc }} {{ var(txn.route) -m int {product_route} }}") in config
+    assert f"    http-response set-header Strict-Transport-Security max-age=600 if {{ ssl_fc }} {{ var(txn.route) -m int {product_route} }}" in config
+    assert config.count("redirect location") == 1   # users has no redirect
+    check = haproxy_check(config, tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_invalid_kv_values_are_reported_and_not_rendered(tmp_path):
@@ -236,8 +264,10 @@ kv_keys = st.one_of(
     st.tuples(st.one_of(st.sampled_from(["staging", "qa", "prod", "Staging"]), hostile), st.sampled_from(["bind", "hosts", "x"])).map(lambda t: f"shopgate/gateway/environments/{t[0]}/{t[1]}"),
     st.tuples(service_names, st.sampled_from(["balance", "maxconn", "timeout_connect", "timeout_server", "weights", "maintenance", "slots", "sticky", "sticky_cookie", "discovery", "x",
                                               "rate_limit", "rate_burst", "allow", "deny", "auth", "route_warning",
-                                              "flap_limit", "flap_window", "flap_hold"])).map(lambda t: f"shopgate/services/{t[0]}/{t[1]}"),
+                                              "flap_limit", "flap_window", "flap_hold", "https_redirect", "hsts"])).map(lambda t: f"shopgate/services/{t[0]}/{t[1]}"),
     hostile.map(lambda t: "shopgate/" + t),
+    hostile.map(lambda t: "shopgate/tls/certs/" + t),
+    hostile.map(lambda t: "shopgate/tls/sni/" + t),
 )
 _SHA512 = b"$6$abc$IdWKNKTJEb8LxY7CGg8YBXlvtfZzFw7Mp/r6niK9YB2mdvgY..TKjv1T..8RadRt2qvUHYRLr/TsVArtr91iR1"
 _BCRYPT = b"$2y$05$" + b"a" * 53
@@ -311,15 +341,23 @@ DATA_LINE_SHAPES = [re.compile(shape) for shape in (
     r'    http-request return status 429 content-type application/json string "\{\\"error\\": \\"too many requests\\"\}" '
     r"hdr Retry-After \d+ if \{ sc_http_req_rate\(0\) gt \d+ \}",
     rf"    http-request auth realm {_NAME} unless \{{ http_auth\(ul_be_{_NAME}(:{_ENV})?\) \}}",
+    r"    http-request redirect location https://%\[req\.hdr\(host\),field\(1,:\)\]:18443%\[capture\.req\.uri\] code 308 if !\{ ssl_fc \} \{ var\(txn\.route\) -m int \d+ \}",
+    r"    http-response set-header Strict-Transport-Security max-age=\d+ if \{ ssl_fc \} \{ var\(txn\.route\) -m int \d+ \}",
 )]
+
+
+def https_runtime(directory: Path) -> RuntimePaths:
+    """The HTTPS listener on, with a crt-list holding the default certificate (what the controller prepares)."""
+    CertificateStore(directory / "tls").prepare()
+    return runtime(directory, https="127.0.0.1:18443", tls_dir=directory / "tls")
 
 
 def fixed_template_lines(directory: Path) -> set[str]:
     """Lines of a config rendered from nothing (and one empty DNS-mode backend, for the resolvers section):
     text the template writes whatever the catalog says."""
     dns_only = RouteTable(backends=(Backend("be_x", "x", BackendSettings(discovery="dns"), ()),))
-    return set(render_config(RouteTable(), TEMPLATES_DIR, runtime(directory)).splitlines()) | \
-        set(render_config(dns_only, TEMPLATES_DIR, runtime(directory)).splitlines())
+    return set(render_config(RouteTable(), TEMPLATES_DIR, https_runtime(directory)).splitlines()) | \
+        set(render_config(dns_only, TEMPLATES_DIR, https_runtime(directory)).splitlines())
 
 
 def assert_safe_valid_and_complete(snapshot: Snapshot, held: frozenset[str] = frozenset()) -> None:
@@ -328,7 +366,7 @@ def assert_safe_valid_and_complete(snapshot: Snapshot, held: frozenset[str] = fr
     `held`: instances the flap hold-down keeps out (gateway.flap): written like the others, never ready."""
     with tempfile.TemporaryDirectory(prefix="shopgate-render-") as tmp:
         directory = Path(tmp)
-        paths = runtime(directory)
+        paths = https_runtime(directory)
         table = build_route_table(snapshot, taken_binds={paths.listen: "the entry point", paths.stats: "the stats page"}, held=held)
         assert not any(s.state == "ready" and s.instance_key in held for b in table.backends for s in b.servers)
         config = render_config(table, TEMPLATES_DIR, paths)
@@ -340,7 +378,7 @@ def assert_safe_valid_and_complete(snapshot: Snapshot, held: frozenset[str] = fr
         fixed = fixed_template_lines(directory)
         for line in config.splitlines():
             assert line in fixed or any(shape.fullmatch(line) for shape in DATA_LINE_SHAPES), f"unexpected line {line!r}"
-        assert all("\n" not in message and "\r" not in message for message in table.rejected)
+        assert all("\n" not in message and "\r" not in message for message in table.rejected + table.tls_rejected)
         for key, value in snapshot.kv.items():   # DNS mode asked for a name DNS cannot carry: reported by its key
             parts = key.split("/")
             service = parts[2] if len(parts) == 4 and parts[:2] == ["shopgate", "services"] and parts[3] == "discovery" else None

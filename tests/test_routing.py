@@ -263,6 +263,17 @@ def test_slots_are_unique_sized_with_headroom_and_kept_unless_the_backend_shrink
         previous = table
 
 
+def test_arrivals_take_slots_in_registration_order_however_they_were_batched():
+    """Two gateways on one catalog: one saw the instances arrive one by one, the other in one view."""
+    # Registered in the order c, a, b (CreateIndex); their ids sort a, b, c.
+    arrivals = [replace(inst("products", n), create_index=index) for n, index in ((3, 10), (1, 11), (2, 12))]
+    one_by_one = None
+    for count in range(1, 4):
+        one_by_one = build_route_table(snap(*arrivals[:count]), one_by_one)
+    at_once = build_route_table(snap(*sorted(arrivals, key=lambda i: i.id)))
+    assert slots_of(one_by_one, "products") == slots_of(at_once, "products") == {"products-3": "s1", "products-1": "s2", "products-2": "s3"}
+
+
 # ---------------------------------------------------------------- environments and sticky cookies
 
 

@@ -31,6 +31,18 @@ def test_endpoints_use_the_service_address_or_else_the_nodes():
     assert Endpoint("x", "::1", 80).base_url == "http://[::1]:80"
 
 
+def test_endpoints_are_only_those_of_the_callers_environment():
+    entries = [
+        {"Node": {"Address": "10.0.0.1"}, "Service": {"ID": "payments-1", "Port": 5001}},
+        {"Node": {"Address": "10.0.0.1"}, "Service": {"ID": "payments-2", "Port": 5002, "Tags": ["env=staging"]}},
+        {"Node": {"Address": "10.0.0.1"}, "Service": {"ID": "payments-3", "Port": 5003, "Meta": {"env": "staging"}}},
+        {"Node": {"Address": "10.0.0.1"}, "Service": {"ID": "payments-4", "Port": 5004, "Tags": ["env=staging", "env=qa"]}},
+    ]
+    assert [e.id for e in endpoints_from_health("payments", entries)] == ["payments-1"]
+    assert [e.id for e in endpoints_from_health("payments", entries, "staging")] == ["payments-2", "payments-3"]
+    assert endpoints_from_health("payments", entries, "qa") == [], "an instance claiming two environments is in none"
+
+
 @pytest.mark.parametrize("body, message", [
     ({}, "missing field: quantity"),
     ({"quantity": None}, "missing field: quantity"),

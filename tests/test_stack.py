@@ -16,7 +16,7 @@ import time
 import pytest
 import requests
 
-from shopgate.processes import pid_alive, shopgate_argv
+from shopgate.processes import free_port, pid_alive, shopgate_argv
 from shopgate.settings import SHOP_SERVICES
 from shopgate.tool.manifest import Manifest, Ports, ProcessRecord
 from stack_harness import StackUnderTest
@@ -182,3 +182,54 @@ def test_status_without_a_stack_says_so(tmp_path):
     result = subprocess.run(shopgate_argv("status", "--state-dir", str(tmp_path)), capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert f"no stack is running in {tmp_path}" in result.stderr
+
+
+def test_up_with_a_staging_environment(tmp_path):
+    """`up --env staging=PORT`: every service also runs in staging, served only on PORT; its orders stay
+    in staging (its own database, its own peers); `status` shows both environments; `down` stops all."""
+    stack = StackUnderTest(tmp_path)
+    staging_port = free_port()
+    staging_url = f"http://127.0.0.1:{staging_port}"
+    try:
+        result = stack.run("up", "--detach", "--instances", "1", "--env", f"staging={staging_port}", *stack.port_args(), timeout=240)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"{staging_url}/api/v1/<service>" in result.stdout and f"{stack.ports.entry_url}/api/v1/<service>" in result.stdout
+        manifest = stack.manifest()
+        ports = {env: {s: {r.port for r in manifest.instances(s, env)} for s in SHOP_SERVICES} for env in ("prod", "staging")}
+        assert all(len(p) == 1 for by_service in ports.values() for p in by_service.values()), ports
+        kv = requests.get(f"{stack.ports.catalog_url}/v1/kv/shopgate/gateway/environments/staging/bind?raw", timeout=5)
+        assert kv.text == f"127.0.0.1:{staging_port}"
+
+        for env, url in (("prod", stack.ports.entry_url), ("staging", staging_url)):
+            for service in SHOP_SERVICES:
+                answered = {requests.get(f"{url}/api/v1/{service}", timeout=5).headers["X-Instance"] for _ in range(6)}
+                assert answered == {f"{service}-{port}" for port in ports[env][service]}, (env, service, answered)
+
+        order = requests.post(f"{staging_url}/api/v1/orders", json={"user_id": 1, "product_id": 1, "quantity": 1}, timeout=15)
+        assert order.status_code == 201, order.text
+        location = order.headers["Location"]
+        assert requests.get(staging_url + location, timeout=5).status_code == 200
+        assert requests.get(stack.ports.entry_url + location, timeout=5).status_code == 404, "prod has its own orders"
+
+        status = stack.run("status")
+        assert "staging entry point" in status.stdout and staging_url in status.stdout
+        rows = [line.split() for line in status.stdout.splitlines() if line.startswith("products ")]
+        assert sorted(row[1] for row in rows) == ["prod", "staging"] and all("ready" in row for row in rows), rows
+
+        pids = stack.live_pids()
+        assert stack.run("down").returncode == 0
+        assert not [pid for pid in pids if pid_alive(pid)]
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", staging_port))   # the staging entry point is closed
+    finally:
+        stack.cleanup()
+
+
+def test_up_refuses_an_environment_port_that_is_taken_or_given_twice(tmp_path):
+    stack = StackUnderTest(tmp_path)
+    result = stack.run("up", "--detach", "--env", f"staging={stack.ports.gateway}", *stack.port_args(), timeout=30)
+    assert result.returncode == 1 and f"{stack.ports.gateway} (environment staging" in result.stderr
+    result = stack.run("up", "--detach", "--env", "prod=9999", *stack.port_args(), timeout=30)
+    assert result.returncode == 2 and "prod is served on the entry point" in result.stderr
+    assert stack.manifest() is None

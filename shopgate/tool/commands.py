@@ -23,7 +23,7 @@ from shopgate.consul_client import CatalogUnavailable
 from shopgate.tool.display import Progress, format_age, print_urls, table
 from shopgate.tool.lifecycle import prepare, scale, start_stack, stop_stack
 from shopgate.tool.manifest import SERVICE_STOP_TIMEOUT, Manifest, StackError, ensure_alive, manifest_lock, running_manifest
-from shopgate.tool.options import add_stack_arguments, ports_from_args, stop_on_sigterm
+from shopgate.tool.options import add_stack_arguments, environment_port, ports_from_args, stop_on_sigterm
 from shopgate.tool.probes import catalog_instances, gateway_status, is_routed
 
 
@@ -35,10 +35,15 @@ def up_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="shopgate up", description="Run the whole local stack: catalog, gateway with HAProxy, 5 services.")
     add_stack_arguments(parser)
     parser.add_argument("--detach", action="store_true", help="leave the stack running and return (stop it with `shopgate down`)")
+    parser.add_argument("--env", type=environment_port, action="append", default=[], metavar="NAME=PORT",
+                        help="also run every service in environment NAME, served on 127.0.0.1:PORT (repeatable)")
     args = parser.parse_args(argv)
+    environments = dict(args.env)
+    if len(environments) != len(args.env):
+        parser.error("--env: an environment is given twice")
     stop_on_sigterm()
     try:
-        manifest = prepare(args.state_dir, ports_from_args(args), args.templates, supervised=not args.detach)
+        manifest = prepare(args.state_dir, ports_from_args(args), args.templates, supervised=not args.detach, environments=environments)
     except StackError as exc:
         print(f"shopgate up: {exc}", file=sys.stderr)
         return 1
@@ -47,7 +52,7 @@ def up_main(argv: list[str]) -> int:
     try:
         start_stack(manifest, args.instances, progress)
         print(f"ready in {progress.elapsed():.1f}s")
-        print_urls(manifest.ports)
+        print_urls(manifest.urls())
         if args.detach:
             print(f"running detached; `shopgate status --state-dir {manifest.state_dir}` shows it, `shopgate down --state-dir {manifest.state_dir}` stops it")
             return 0
@@ -106,9 +111,9 @@ def collect_status(manifest: Manifest) -> dict:
     services = {}
     for service in manifest.services():
         rows: dict[tuple[str, int], dict] = {}
-        for record in manifest.instances(service):
+        for record in manifest.instances(service, environment=None):
             if record.running():
-                rows[(settings.LOOPBACK, record.port)] = {"process": record.name, "pid": record.pid}
+                rows[(settings.LOOPBACK, record.port)] = {"process": record.name, "pid": record.pid, "environment": record.environment}
         try:
             for entry in catalog_instances(manifest.ports.catalog_url, service):
                 rows.setdefault((entry.address, entry.port), {}).update({"id": entry.id, "health": entry.status})
@@ -130,7 +135,7 @@ def collect_status(manifest: Manifest) -> dict:
         ]
     return {
         "state_dir": str(manifest.state_dir),
-        "urls": dict(manifest.ports.urls()),
+        "urls": dict(manifest.urls()),
         "uptime_seconds": round(time.time() - manifest.started_at, 1),
         "components": {name: (r.pid if (r := manifest.component(name)) and r.running() else None) for name in ("catalog", "gateway")},
         "services": services,

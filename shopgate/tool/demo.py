@@ -8,6 +8,11 @@ Under one continuous load (GETs across all five services and order POSTs), in or
   4. roll every users instance, one by one: start the new one, then stop the old one
   5. edit a haproxy.cfg template (the gateway re-renders and reloads HAProxy)
   6. change a KV setting, shopgate/services/products/balance = leastconn (another reload)
+  7. a staging environment: KV gives it an entry port, a staging instance of products starts and is
+     routed there only; requests on the staging port and the prod load count every answer given by
+     the wrong environment (the floor: 0); then it stops and the key is put back
+  8. sticky sessions: KV products/sticky = cookie; a cookie-jar client stays on one instance while
+     products scales up by one (the floor: 0 moved); then the key is put back
 
 For each step the propagation is measured from the moment of the action: when the catalog showed
 the change, and when the gateway routed to (or stopped routing to) the changed set. Every request
@@ -37,6 +42,9 @@ from shopgate import settings
 from shopgate.consul_client import CatalogUnavailable
 from shopgate.tool.chart import StepSpan, render_chart
 from shopgate.tool.display import Progress, table
+from gateway.routing import KV_ENVIRONMENTS, default_cookie
+from gateway.status import status_key
+from shopgate.processes import free_port
 from shopgate.tool.lifecycle import prepare, scale, start_instance, start_stack, stop_records, stop_stack
 from shopgate.tool.load import Load, RequestRecord, shop_mix, summarize
 from shopgate.tool.manifest import SERVICE_STOP_TIMEOUT, Manifest, ProcessRecord, StackError, ensure_alive, manifest_lock
@@ -45,7 +53,14 @@ from shopgate.tool.probes import catalog_instances, gateway_status, passing_port
 
 STEP_TIMEOUT = 45.0
 KV_BALANCE_KEY = f"{settings.KV_PREFIX}services/products/balance"
+KV_STICKY_KEY = f"{settings.KV_PREFIX}services/products/sticky"
+DEMO_ENVIRONMENT = "staging"
+KV_STAGING_BIND_KEY = f"{KV_ENVIRONMENTS}{DEMO_ENVIRONMENT}/bind"
+#: What the demo may change in KV; each is put back at the end.
+DEMO_KV_KEYS = (KV_BALANCE_KEY, KV_STAGING_BIND_KEY, KV_STICKY_KEY)
 DEMO_HEADER = "X-Shopgate-Demo"
+#: The floors of the environment and sticky steps: each of these counts must stay 0.
+FLOOR_CHECKS = ("staging requests failed", "answered by the wrong environment", "sticky requests failed", "sticky client moved")
 
 
 class DemoError(Exception):
@@ -156,13 +171,15 @@ class Demo:
         self.state_dir, self.load, self.watcher, self.say = state_dir, load, watcher, say
         self.steps: list[StepResult] = []
         self.killed: list[ProcessRecord] = []
+        self.staged: list[ProcessRecord] = []     # instances of the staging step, stopped at the end whatever happens
+        self.checks: dict[str, int] = {}          # the environment and sticky steps' counts (FLOOR_CHECKS must be 0)
 
     @property
     def manifest(self) -> Manifest:
         return Manifest.load(self.state_dir)
 
-    def local(self, service: str) -> list[ProcessRecord]:
-        return [r for r in self.manifest.instances(service) if r.running()]
+    def local(self, service: str, environment: str = settings.DEFAULT_ENVIRONMENT) -> list[ProcessRecord]:
+        return [r for r in self.manifest.instances(service, environment) if r.running()]
 
     def begin(self, label: str) -> StepResult:
         step = StepResult(label, self.load.now())
@@ -182,10 +199,10 @@ class Demo:
 
     # -- membership
 
-    def _start(self, service: str, count: int) -> list[ProcessRecord]:
+    def _start(self, service: str, count: int, environment: str = settings.DEFAULT_ENVIRONMENT) -> list[ProcessRecord]:
         with manifest_lock(self.state_dir):
             manifest = self.manifest
-            return [start_instance(manifest, service) for _ in range(count)]
+            return [start_instance(manifest, service, environment) for _ in range(count)]
 
     def _stop(self, leaving: list[ProcessRecord]) -> None:
         stop_records(leaving, SERVICE_STOP_TIMEOUT)
@@ -197,16 +214,18 @@ class Demo:
             manifest.processes = [p for p in manifest.processes if p not in gone]
             manifest.save()
 
-    def _measure_in(self, service: str, new: list[ProcessRecord], since: float, change: str) -> Measure:
-        ports = {r.port for r in new}
+    def _measure_in(self, service: str, new: list[ProcessRecord], since: float, change: str,
+                    environment: str = settings.DEFAULT_ENVIRONMENT) -> Measure:
+        ports, key = {r.port for r in new}, status_key(service, environment)
         catalog = self.watcher.wait_for(f"{change} (catalog)", lambda s: ports <= s.passing.get(service, frozenset()), since, new)
-        gateway = self.watcher.wait_for(f"{change} (gateway)", lambda s: ports <= s.routed.get(service, frozenset()), since, new)
+        gateway = self.watcher.wait_for(f"{change} (gateway)", lambda s: ports <= s.routed.get(key, frozenset()), since, new)
         return Measure(change, catalog, gateway)
 
-    def _measure_out(self, service: str, gone: list[ProcessRecord], since: float, change: str) -> Measure:
-        ports = {r.port for r in gone}
+    def _measure_out(self, service: str, gone: list[ProcessRecord], since: float, change: str,
+                     environment: str = settings.DEFAULT_ENVIRONMENT) -> Measure:
+        ports, key = {r.port for r in gone}, status_key(service, environment)
         catalog = self.watcher.wait_for(f"{change} (catalog)", lambda s: not ports & s.passing.get(service, frozenset()), since)
-        gateway = self.watcher.wait_for(f"{change} (gateway)", lambda s: not ports & s.routed.get(service, frozenset()), since)
+        gateway = self.watcher.wait_for(f"{change} (gateway)", lambda s: not ports & s.routed.get(key, frozenset()), since)
         return Measure(change, catalog, gateway)
 
     def scale_up(self, service: str, count: int) -> None:
@@ -257,8 +276,9 @@ class Demo:
 
     # -- configuration
 
-    def _measure_reload(self, step: StepResult, change: str, before: int) -> None:
-        gateway = self.watcher.wait_for(f"{change} (reload)", lambda s: s.reloads > before, step.started)
+    def _measure_reload(self, step: StepResult, change: str, before: int, since: float | None = None) -> None:
+        """From `since` (the step's start unless given) until the gateway's next reload."""
+        gateway = self.watcher.wait_for(f"{change} (reload)", lambda s: s.reloads > before, step.started if since is None else since)
         error = gateway_status(self.manifest.ports).get("last_error")
         if error:
             raise DemoError(f"{change}: the gateway reports an error: {error}")
@@ -276,13 +296,85 @@ class Demo:
             self.measured(step, Measure(f"responses carry {DEMO_HEADER}", None, self.load.now() - step.started))
         self.end(step)
 
+    def _put_kv(self, step: StepResult, consul_url: str, key: str, value: bytes | str | None, change: str) -> None:
+        """Write (None: delete) a KV key the gateway renders, and measure the reload it makes."""
+        before, since = self.watcher.reloads(), self.load.now()
+        url = f"{consul_url}/v1/kv/{key}"
+        (requests.put(url, data=value, timeout=5) if value is not None else requests.delete(url, timeout=5)).raise_for_status()
+        self._measure_reload(step, change, before, since)
+
+    def stop_staged(self) -> None:
+        """The staging step's instances, whatever became of the step."""
+        self._stop([r for r in self.staged if r.running()])
+
+    def count(self, check: str, value: int) -> None:
+        self.checks[check] = self.checks.get(check, 0) + value
+
+    def staging(self, consul_url: str, requests_count: int) -> None:
+        """A staging instance of products on its own entry point: it never answers prod, prod never answers it."""
+        service, env = "products", DEMO_ENVIRONMENT
+        port = self.manifest.environments.get(env)   # a stack started with `up --env staging=PORT` has it already
+        step = self.begin(f"{env} environment: one {service} instance on its own entry point")
+        self.watcher.focus.add(service)
+        if port is None:
+            port = free_port()
+            self._put_kv(step, consul_url, KV_STAGING_BIND_KEY, f"{settings.LOOPBACK}:{port}", f"HAProxy reloaded with a {env} frontend on :{port}")
+        since = self.load.now()
+        new = self._start(service, 1, env)
+        self.staged += new
+        self.measured(step, self._measure_in(service, new, since, f"{new[0].name} routed on :{port} only", env))
+        ours = {f"{service}-{r.port}" for r in self.local(service, env)}   # X-Instance is the instance id <service>-<port>
+        answers, failed = probe(f"http://{settings.LOOPBACK}:{port}/api/v1/{service}", requests_count)
+        wrong_there = sum(1 for instance in answers if instance not in ours)
+        self.say(f"    {len(answers) + failed} requests on :{port}: {failed} failed, {wrong_there} answered by another environment")
+        since = self.load.now()
+        self._stop(new)
+        self.measured(step, self._measure_out(service, new, since, f"{new[0].name} out", env))
+        if port not in self.manifest.environments.values():
+            self._put_kv(step, consul_url, KV_STAGING_BIND_KEY, None, f"HAProxy reloaded without the {env} frontend")
+        wrong_here = sum(1 for r in list(self.load.records) if r.started >= step.started and r.instance in ours)
+        self.say(f"    prod load during the step: {wrong_here} requests answered by {env}")
+        self.count("staging requests", len(answers) + failed)
+        self.count("staging requests failed", failed)
+        self.count("answered by the wrong environment", wrong_there + wrong_here)
+        self.end(step)
+
+    def sticky(self, consul_url: str, requests_count: int) -> None:
+        """KV sticky = cookie on products; a cookie-jar client keeps its instance while products scales up by one."""
+        service = "products"
+        before = len(self.local(service))
+        step = self.begin(f"sticky {service} (cookie), scale {service} {before} → {before + 1}")
+        self.watcher.focus.add(service)
+        saved = kv_value(consul_url, KV_STICKY_KEY)
+        if saved != b"cookie":
+            self._put_kv(step, consul_url, KV_STICKY_KEY, "cookie", "HAProxy reloaded with a sticky cookie")
+        url = f"{self.manifest.ports.entry_url}/api/v1/{service}"
+        with requests.Session() as client:
+            wait_until(f"a {default_cookie(service)} cookie", lambda: default_cookie(service) in client.get(url, timeout=3).cookies)
+            home = client.get(url, timeout=5).headers["X-Instance"]
+            answers, failed = probe(url, requests_count // 2, client)
+            since = self.load.now()
+            new = self._start(service, 1)
+            self.measured(step, self._measure_in(service, new, since, f"{new[0].name} routed"))
+            later, later_failed = probe(url, requests_count - requests_count // 2, client)
+        answers, failed = answers + later, failed + later_failed
+        moved = sum(1 for instance in answers if instance != home)
+        fresh, fresh_failed = probe(url, 10)   # new clients: the balancer still spreads them
+        self.count("sticky requests", len(answers) + failed)
+        self.count("sticky requests failed", failed + fresh_failed)
+        self.count("sticky client moved", moved)
+        self.count("instances 10 new clients reached", len(set(fresh)))
+        self.say(f"    cookie-jar client: {len(answers) + failed} requests, {failed} failed, {moved} answered by another instance than {home}; "
+                 f"10 clients without a cookie reached {len(set(fresh))} instances")
+        if saved != b"cookie":
+            self._put_kv(step, consul_url, KV_STICKY_KEY, saved, "HAProxy reloaded with the sticky key put back")
+        self.end(step)
+
     def set_balance(self, consul_url: str) -> None:
         """A KV change that must reload: leastconn, or back to roundrobin where leastconn is already set."""
         value = "roundrobin" if kv_value(consul_url, KV_BALANCE_KEY) == b"leastconn" else "leastconn"
         step = self.begin(f"KV {KV_BALANCE_KEY} = {value}")
-        before = self.watcher.reloads()
-        requests.put(f"{consul_url}/v1/kv/{KV_BALANCE_KEY}", data=value, timeout=5).raise_for_status()
-        self._measure_reload(step, f"HAProxy reloaded with balance {value}", before)
+        self._put_kv(step, consul_url, KV_BALANCE_KEY, value, f"HAProxy reloaded with balance {value}")
         self.end(step)
 
 
@@ -317,12 +409,29 @@ class TemplateEdit:
         return cls(main, text, text + "# edited by `shopgate demo`\n", "add a comment", False)
 
 
-def wait_until(what: str, probe: Callable[[], bool], timeout: float = STEP_TIMEOUT) -> None:
-    """Poll `probe` until it holds."""
+def probe(url: str, count: int, session: requests.Session | None = None) -> tuple[list[str], int]:
+    """`count` GETs, each on a new connection (`session` keeps only its cookies; without one, every
+    request is a new client): the X-Instance of every 200 answer, and how many got none."""
+    answers, failed = [], 0
+    get = session.get if session is not None else requests.get   # without a session: no cookie is kept
+    for _ in range(count):
+        try:
+            response = get(url, headers={"Connection": "close"}, timeout=10)
+            if response.status_code == 200 and response.headers.get("X-Instance"):
+                answers.append(response.headers["X-Instance"])
+            else:
+                failed += 1
+        except requests.RequestException:
+            failed += 1
+    return answers, failed
+
+
+def wait_until(what: str, holds: Callable[[], bool], timeout: float = STEP_TIMEOUT) -> None:
+    """Poll `holds` until it does."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(requests.RequestException):
-            if probe():
+            if holds():
                 return
         time.sleep(0.05)
     raise DemoError(f"{what}: not seen within {timeout:.0f}s")
@@ -339,10 +448,11 @@ class Plan:
     peak: int             # products scale up to this
     low: int              # ... and down to this
     pause: float          # seconds of plain load before, between and after the steps
+    probes: int           # requests of the staging step's client, and of the sticky step's
 
 
-FULL = Plan(rate=60, peak=6, low=1, pause=2.0)
-SHORT = Plan(rate=30, peak=4, low=1, pause=1.0)
+FULL = Plan(rate=60, peak=6, low=1, pause=2.0, probes=100)
+SHORT = Plan(rate=30, peak=4, low=1, pause=1.0, probes=40)
 
 
 def run_steps(demo: Demo, plan: Plan, templates: Path) -> None:
@@ -364,6 +474,10 @@ def run_steps(demo: Demo, plan: Plan, templates: Path) -> None:
     pause()
     demo.set_balance(consul_url)
     pause()
+    demo.staging(consul_url, plan.probes)
+    pause()
+    demo.sticky(consul_url, plan.probes)
+    pause()
 
 
 @dataclass
@@ -373,7 +487,12 @@ class Restore:
     products: int | None
     template: Path | None = None
     template_text: str | None = None
-    balance: bytes | None = None
+    kv: dict[str, bytes | None] = field(default_factory=dict)   # DEMO_KV_KEYS as they were (None: absent)
+
+    @classmethod
+    def taken(cls, catalog_url: str, products: int | None = None, template: Path | None = None,
+              template_text: str | None = None) -> "Restore":
+        return cls(products, template, template_text, {key: kv_value(catalog_url, key) for key in DEMO_KV_KEYS})
 
 
 def deregister_killed(state_dir: Path, killed: list[ProcessRecord]) -> None:
@@ -397,10 +516,13 @@ def restore(state_dir: Path, saved: Restore, say: Callable[[str], None]) -> None
     if saved.template is not None and saved.template_text is not None:
         saved.template.write_text(saved.template_text)
     with contextlib.suppress(requests.RequestException):
-        if saved.balance is None:
-            requests.delete(f"{catalog_url}/v1/kv/{KV_BALANCE_KEY}", timeout=5)
-        else:
-            requests.put(f"{catalog_url}/v1/kv/{KV_BALANCE_KEY}", data=saved.balance, timeout=5)
+        for key, value in saved.kv.items():
+            if kv_value(catalog_url, key) == value:
+                continue
+            if value is None:
+                requests.delete(f"{catalog_url}/v1/kv/{key}", timeout=5)
+            else:
+                requests.put(f"{catalog_url}/v1/kv/{key}", data=value, timeout=5)
     with manifest_lock(state_dir):
         manifest = Manifest.load(state_dir)
         if saved.products is not None and manifest is not None \
@@ -437,6 +559,8 @@ def format_report(report: dict) -> str:
                 "—" if m["gateway"] is None else f"+{m['gateway']:.2f}s",
                 str(step["failed"]) if first else ""))
     lines += ["  " + line for line in table(header, rows)]
+    if report["checks"]:
+        lines += ["", "  " + ", ".join(f"{name} {count}" for name, count in report["checks"].items())]
     if load["first_failures"]:
         lines += ["", "  first failed requests:"] + [f"    {f}" for f in load["first_failures"]]
     if report.get("error"):
@@ -454,7 +578,8 @@ def build_report(demo: Demo, records: list[RequestRecord], plan: Plan, error: st
         step.failed = sum(r.failed for r in records if step.started <= r.started < end)
     load = summarize(records)
     return {
-        "ok": load["failed"] == 0 and error is None,
+        "ok": load["failed"] == 0 and error is None and not any(demo.checks.get(check) for check in FLOOR_CHECKS),
+        "checks": demo.checks,
         "error": error,
         "rate": plan.rate,
         "duration": round(max((r.started for r in records), default=0.0), 1),
@@ -486,6 +611,7 @@ def run_demo(state_dir: Path, plan: Plan, chart: Path | None, templates: Path, s
         records = load.stop()
         watcher.stop()
         deregister_killed(state_dir, demo.killed)
+        demo.stop_staged()
         if saved is not None:
             restore(state_dir, saved, say)
     path = None
@@ -506,7 +632,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     plan = SHORT if args.short else FULL
     if args.rate:
-        plan = Plan(args.rate, plan.peak, plan.low, plan.pause)
+        plan = Plan(args.rate, plan.peak, plan.low, plan.pause, plan.probes)
     out = sys.stderr if args.json else sys.stdout
     started = time.monotonic()
 
@@ -527,15 +653,15 @@ def main(argv: list[str]) -> int:
             manifest = prepare(state_dir, ports_from_args(args), copy, supervised=True)
             with contextlib.redirect_stdout(out):
                 start_stack(manifest, args.instances, Progress(out))
-            # The catalog keeps its data in the state dir: the KV key is put back, the stack itself is stopped.
-            templates, saved = copy, Restore(None, balance=kv_value(manifest.ports.catalog_url, KV_BALANCE_KEY))
+            # The catalog keeps its data in the state dir: the KV keys are put back, the stack itself is stopped.
+            templates, saved = copy, Restore.taken(manifest.ports.catalog_url)
         else:
             say(f"using the stack running in {state_dir}")
             templates = Path(existing.templates)
             edit = TemplateEdit.plan(templates)
-            saved = Restore(len([r for r in existing.instances("products") if r.running()]), edit.path, edit.original,
-                            kv_value(existing.ports.catalog_url, KV_BALANCE_KEY))
-            say(f"(the template step edits {edit.path}; it is restored at the end, as are products and the KV key)")
+            saved = Restore.taken(existing.ports.catalog_url, len([r for r in existing.instances("products") if r.running()]),
+                                  edit.path, edit.original)
+            say(f"(the template step edits {edit.path}; it is restored at the end, as are products and the KV keys)")
         report = run_demo(state_dir, plan, args.chart, templates, saved, say)
     except (StackError, DemoError, RuntimeError, requests.RequestException) as exc:
         print(f"shopgate demo: {exc}", file=sys.stderr)

@@ -13,7 +13,7 @@ from typing import Callable, Sequence, TextIO
 import requests
 
 from shopgate.consul_client import CatalogUnavailable
-from shopgate.tool.manifest import Ports, ProcessRecord, StackError, ensure_alive
+from shopgate.tool.manifest import ProcessRecord, StackError, ensure_alive
 
 
 class Progress:
@@ -74,9 +74,9 @@ def format_age(value: object) -> str:
     return "—" if value in (None, "") else str(value)
 
 
-def print_urls(ports: Ports, out: TextIO | None = None) -> None:
+def print_urls(urls: list[tuple[str, str]], out: TextIO | None = None) -> None:
     out = out or sys.stdout
     print("", file=out)
-    for label, url in ports.urls():
+    for label, url in urls:
         print(f"  {label:<18} {url}", file=out)
     print("", file=out, flush=True)

@@ -65,12 +65,13 @@ class Ports:
 class ProcessRecord:
     """One process the stack started, with what it takes to recognise it later."""
 
-    name: str                    # "catalog", "gateway", "products-3"
+    name: str                    # "catalog", "gateway", "products-3", "products@staging-1"
     pid: int
     argv: list[str]
     log: str
     service: str | None = None   # set for shop service instances
     port: int | None = None
+    environment: str = settings.DEFAULT_ENVIRONMENT   # a shop service instance's environment
 
     def running(self) -> bool:
         """Alive and still running our argv (a reused pid runs something else)."""
@@ -94,16 +95,29 @@ class Manifest:
     next_index: dict[str, int] = field(default_factory=dict)
     supervisor: ProcessRecord | None = None   # the foreground `shopgate up`, None when detached
     started_at: float = field(default_factory=time.time)
+    environments: dict[str, int] = field(default_factory=dict)   # `up --env NAME=PORT`: its entry port
 
     @property
     def path(self) -> Path:
         return self.state_dir / MANIFEST
 
+    def environment_url(self, environment: str) -> str:
+        """The entry point of an environment: prod's, or the port `up --env` gave it."""
+        if environment == settings.DEFAULT_ENVIRONMENT:
+            return self.ports.entry_url
+        return f"http://{settings.LOOPBACK}:{self.environments[environment]}"
+
+    def urls(self) -> list[tuple[str, str]]:
+        """The stack's URLs, with each further environment's entry point after prod's."""
+        first, *rest = self.ports.urls()
+        return [first, *[(f"{name} entry point", f"{self.environment_url(name)}/api/v1/<service>") for name in self.environments], *rest]
+
     def component(self, name: str) -> ProcessRecord | None:
         return next((p for p in self.processes if p.name == name and p.service is None), None)
 
-    def instances(self, service: str) -> list[ProcessRecord]:
-        return [p for p in self.processes if p.service == service]
+    def instances(self, service: str, environment: str | None = settings.DEFAULT_ENVIRONMENT) -> list[ProcessRecord]:
+        """The instances of `service` in `environment` (prod by default; None: in every environment)."""
+        return [p for p in self.processes if p.service == service and environment in (None, p.environment)]
 
     def services(self) -> list[str]:
         seen = [p.service for p in self.processes if p.service]

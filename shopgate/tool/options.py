@@ -11,6 +11,7 @@ import argparse
 import signal
 from pathlib import Path
 
+from gateway.haproxy_syntax import ENVIRONMENT_NAME
 from shopgate import settings
 from shopgate.tool.manifest import Ports
 
@@ -20,6 +21,18 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def environment_port(text: str) -> tuple[str, int]:
+    """`--env staging=8081`: an environment other than prod and the loopback port of its entry point."""
+    name, equals, port = text.partition("=")
+    if not equals or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PORT, e.g. staging=8081")
+    if not ENVIRONMENT_NAME.fullmatch(name):
+        raise argparse.ArgumentTypeError(f"{text!r}: environment {name!r} is not 1-32 of a-z 0-9 _ - starting with a letter or digit")
+    if name == settings.DEFAULT_ENVIRONMENT:
+        raise argparse.ArgumentTypeError(f"{text!r}: {name} is served on the entry point (--gateway-port)")
+    return name, int(port)
 
 
 def add_stack_arguments(parser: argparse.ArgumentParser) -> None:

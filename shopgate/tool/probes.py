@@ -47,8 +47,9 @@ def routed_ports(status: dict, service: str) -> set[int]:
     return {int(s["port"]) for s in servers if is_routed(s) and s.get("port")}
 
 
-def entry_routes(ports: Ports, service: str) -> bool:
+def entry_routes(entry_url: str, service: str) -> bool:
+    """An entry point (prod's, or an environment's) answers for `service`."""
     try:
-        return requests.get(f"{ports.entry_url}/api/v1/{service}", timeout=3).status_code == 200
+        return requests.get(f"{entry_url}/api/v1/{service}", timeout=3).status_code == 200
     except requests.RequestException:
         return False
