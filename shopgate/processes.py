@@ -189,6 +189,14 @@ def main_thread_schedstat(pid: int) -> tuple[float, float] | None:
     return int(on_cpu) / 1e9, int(waiting) / 1e9
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU time a process has used so far, user + system, all its threads (/proc/<pid>/stat); None when it is gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_model() -> str | None:
     """The machine's CPU model name as the kernel reports it (None where /proc/cpuinfo has none)."""
     try:
