@@ -72,6 +72,7 @@ def test_a_reload_folds_dynamic_servers_into_slots_without_a_failed_request(gate
         assert set(stats_column(gateway, "be_products", "status")) == {f"s{n}" for n in range(1, 17)}
         eventually("all 6 routed from slots", lambda: gateway.routed("products", everyone))
         eventually("all 6 take traffic", lambda: served_by(load, everyone) == {str(p) for p in everyone})
+        eventually("some load after the reload", lambda: len(load.records) > 300)
     finally:
         records = load.stop()
 
