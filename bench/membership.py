@@ -52,7 +52,7 @@ def main() -> int:
                 reloads = rig.metric("shopgate_gateway_reloads_total")
                 change_rows = latency_rows(adds, removes, controller)
                 sizes[-1] += (f"{rig.rss_mb():.0f}",)
-                print(f"  reloads in total (the first load included): {reloads:.0f}")
+                print(f"  reloads after the first full config (a cold start, not a reload): {reloads:.0f}")
         finally:
             rig.close()
     print(table(("catalog", "long-polls held", "controller RSS MB", "RSS after changes MB"), [row + ("",) * (4 - len(row)) for row in sizes]))

@@ -178,6 +178,15 @@ def process_rss_kib(pid: int) -> int | None:
     return next((int(line.split()[1]) for line in lines if line.startswith("VmRSS:")), None)
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, all threads) a process has used so far; None when it is gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    # /proc/<pid>/stat fields 14 and 15 (utime, stime) in clock ticks; `fields` starts at field 3
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_model() -> str | None:
     """The machine's CPU model name as the kernel reports it (None where /proc/cpuinfo has none)."""
     try:
