@@ -22,7 +22,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _harness import percentile  # noqa: E402
-from gateway.haproxy import MasterCLI  # noqa: E402
+from gateway.haproxy import HAProxyError, MasterCLI  # noqa: E402
 from shopgate.processes import ManagedProcess, free_port, free_udp_tcp_port, process_rss_kib, shopgate_argv, wait_for_http  # noqa: E402
 
 FIRST_PORT = 20000
@@ -84,11 +84,15 @@ class Gateway:
         return states
 
     def wait_for(self, backend: str, address: str, predicate, timeout: float = 30.0, interval: float = 0.002) -> float:
-        """Poll HAProxy every `interval` until predicate(admin state of `address` or None); the monotonic time it held."""
+        """Poll HAProxy every `interval` until predicate(admin state of `address` or None); the monotonic time it held.
+        A master socket that is busy (its accept queue full: EAGAIN) is asked again at the next poll."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if predicate(self.admin_states(backend).get(address)):
-                return time.monotonic()
+            try:
+                if predicate(self.admin_states(backend).get(address)):
+                    return time.monotonic()
+            except HAProxyError:
+                pass
             time.sleep(interval)
         raise TimeoutError(f"{backend} {address}: not within {timeout}s\n{self.log_tail()}")
 

@@ -13,7 +13,8 @@ added until 1, then 5, then 10 run; once all have synced, the bench flips health
   own flips and metric reads taken out), and the sum of the controllers' `catalog.requests` (/status);
 * the catalog's CPU time per second (user + system, from /proc), i.e. the share of one core;
 * propagation: from the flip's API call until each gateway's HAProxy shows the slot's new admin state
-  (polled through the master CLI every 5 ms), p50/p99/max over every (flip, gateway) pair.
+  (polled through the master CLI every 5 ms, at most two pollers per gateway), p50/p99/max over every
+  (flip, gateway) pair.
 
 HAProxy's checks: only `--flippers` services (20, spread over the 2,000) start passing; the others
 start critical, so their slots sit in `maint` and HAProxy runs no check for them. The instances
@@ -82,7 +83,8 @@ def measure(rig: Rig, gateways: list[Gateway], flippers: list[int], critical: di
     before = phase.snapshot()
     sampler.start()
     flips = int(seconds * rate)
-    with ThreadPoolExecutor(len(gateways) * 4) as pool:
+    pools = {id(gateway): ThreadPoolExecutor(2) for gateway in gateways}   # at most 2 pollers on one master socket
+    try:
         waits = []
         begun = time.monotonic()
         for n in range(flips):
@@ -92,7 +94,7 @@ def measure(rig: Rig, gateways: list[Gateway], flippers: list[int], critical: di
             started = time.monotonic()
             (rig.fail_check if critical[service] else rig.pass_check)(f"svc{service:05d}-0")
             phase.own_requests += 1
-            waits += [pool.submit(phase.wait_on, gateway, f"be_svc{service:05d}", f"127.0.0.1:{FIRST_PORT + service}", critical[service], started)
+            waits += [pools[id(gateway)].submit(phase.wait_on, gateway, f"be_svc{service:05d}", f"127.0.0.1:{FIRST_PORT + service}", critical[service], started)
                       for gateway in gateways]
         time.sleep(max(0.0, begun + seconds - time.monotonic()))
         stop.set()
@@ -100,6 +102,9 @@ def measure(rig: Rig, gateways: list[Gateway], flippers: list[int], critical: di
         after = phase.snapshot()
         for wait in waits:
             wait.result()
+    finally:
+        for pool in pools.values():
+            pool.shutdown(cancel_futures=True)
     elapsed = after[0] - before[0]
     own = phase.own_requests - 1   # a read counts itself: the opening one is in `before` already
     return {"flips": flips, "seconds": elapsed,
