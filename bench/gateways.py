@@ -160,12 +160,12 @@ def main() -> int:
             figures = measure(rig, gateways, flippers, critical, args.seconds, args.rate)
             load = load_average()
             print(f"  {count} gateway(s): {figures['flips']} flips in {figures['seconds']:.1f}s; load average {load}", flush=True)
-            rows.append((count, f"{figures['held']:.1f}", f"{figures['polls']:.1f}", f"{figures['catalog_rps']:.1f}", f"{figures['gateways_rps']:.1f}",
+            rows.append((count, f"{figures['flips'] / figures['seconds']:.1f}", f"{figures['held']:.1f}", f"{figures['polls']:.1f}", f"{figures['catalog_rps']:.1f}", f"{figures['gateways_rps']:.1f}",
                          f"{figures['cpu'] * 100:.1f}", f"{figures['p50']:.0f}", f"{figures['p99']:.0f}", f"{figures['max']:.0f}", load.split(" (")[0]))
     finally:
         rig.close()
     print(f"{args.services} services, one instance and one check each; {args.rate:g} health flips/s for {args.seconds:g}s per row")
-    print(table(("gateways", "long-polls held (catalog)", "long-polls (controllers)", "catalog req/s", "controllers' req/s",
+    print(table(("gateways", "flips/s done", "long-polls held (catalog)", "long-polls (controllers)", "catalog req/s", "controllers' req/s",
                  "catalog CPU % of a core", "propagation p50 ms", "p99 ms", "max ms", "load average 1/5/15"), rows))
     print(f"load average at the end: {load_average()}")
     return 0
