@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _harness import percentile  # noqa: E402
 from gateway.haproxy import HAProxyError, MasterCLI  # noqa: E402
-from shopgate.processes import ManagedProcess, free_port, free_udp_tcp_port, process_rss_kib, shopgate_argv, wait_for_http  # noqa: E402
+from shopgate.processes import ManagedProcess, free_port, free_udp_tcp_port, process_cpu_seconds, process_rss_kib, shopgate_argv, wait_for_http  # noqa: E402
 
 FIRST_PORT = 20000
 #: srv_admin_state flags (HAProxy's SRV_ADMF_FMAINT, SRV_ADMF_FDRAIN): set by `state maint` / `state drain`.
@@ -98,6 +98,10 @@ class Gateway:
 
     def rss_mb(self) -> float:
         return (process_rss_kib(self.process.pid) or 0) / 1024
+
+    def cpu_seconds(self) -> float:
+        """CPU time the controller process has used so far (user + system, every thread)."""
+        return process_cpu_seconds(self.process.pid) or 0.0
 
 
 class Rig:
@@ -213,6 +217,9 @@ class Rig:
 
     def rss_mb(self) -> float:
         return self.gateway.rss_mb()
+
+    def cpu_seconds(self) -> float:
+        return self.gateway.cpu_seconds()
 
     def close(self) -> None:
         for gateway in (*self.more_gateways, self.gateway):

@@ -35,7 +35,7 @@ from shopgate.processes import free_port  # noqa: E402
 REAL_FILE = COMPOSE_DIR / "docker-compose.yml"
 OFFLINE_FILE = COMPOSE_DIR / "offline.yml"
 #: Host-side published ports, as the compose file names them (each bound on 127.0.0.1 only).
-PORT_VARIABLES = ("SHOPGATE_CONSUL_PORT", "SHOPGATE_GATEWAY_PORT", "SHOPGATE_STATS_PORT", "SHOPGATE_STATUS_PORT")
+PORT_VARIABLES = ("SHOPGATE_CONSUL_PORT", "SHOPGATE_GATEWAY_PORT", "SHOPGATE_STATS_PORT", "SHOPGATE_STATUS_PORT", "SHOPGATE_HTTPS_PORT")
 
 
 

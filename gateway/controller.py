@@ -16,8 +16,9 @@ One loop owns HAProxy; everything else only wakes it:
 The plan is made once, here: it decides whether a reload must wait for RELOAD_INTERVAL, and the
 Applier carries out that same plan.
 
-Debounce: a burst is applied once it has been quiet for MIN_QUIET or has lasted MAX_WAIT.
-Reloads are further spaced by RELOAD_INTERVAL; runtime-API changes are not.
+Debounce: a change that needs only the runtime API is applied at once (planning one change costs
+one service's work, gateway.routing/gateway.diff); a change that needs a reload waits until its burst
+has been quiet for MIN_QUIET or has lasted MAX_WAIT, and reloads are further spaced by RELOAD_INTERVAL.
 
 HAProxy's life, one per state dir (it runs in a session of its own, so it outlives the controller):
 
@@ -56,7 +57,7 @@ from gateway.haproxy_syntax import BIND_ADDRESS
 from gateway.kv_settings import parse_settings, settings_from_env
 from gateway.metrics import GatewayMetrics
 from gateway.model import ApplyPlan, RouteTable, RuntimePaths, Snapshot
-from gateway.routing import build_route_table
+from gateway.routing import build_route_table, rebuilt_services, running_settings
 from gateway.status import StatusServer, status_view, tls_view
 from gateway.template_watch import TemplateWatcher
 from gateway.tls import BadCertificate, certificate_entry
@@ -241,9 +242,7 @@ class Controller:
 
     def _observe_flaps(self, snapshot: Snapshot, now: float) -> frozenset[str]:
         """Count the health flips in `snapshot` (gateway.flap) and return the instance keys held out now."""
-        running = self.applier.running
-        last_good = {b.service: b.settings for b in running.backends} if running else None
-        _, service_settings, _ = parse_settings(snapshot.kv, last_good)   # routing reports the errors (kv_defaults: gateway-wide only)
+        _, service_settings, _ = parse_settings(snapshot.kv, running_settings(self.applier.running))   # routing reports the errors (kv_defaults: gateway-wide only)
         self._flap = observe(self._flap, snapshot.services, service_settings, now)
         return self._flap.held(now)
 
@@ -276,8 +275,7 @@ class Controller:
         with self._lock:
             if self._first_event is None or now < self._not_before:
                 return
-            if now - self._last_event < MIN_QUIET and now - self._first_event < MAX_WAIT:
-                return
+            quiet = now - self._last_event >= MIN_QUIET or now - self._first_event >= MAX_WAIT
             snapshot = self._snapshot or self._applied_snapshot or Snapshot()
             edited, seen_at = self._templates_edited, self._seen_at or now
         recovered = [t for t in (self.watcher.recovered_at, self._adopted_at) if t is not None]
@@ -299,8 +297,11 @@ class Controller:
             wanted = self._route_table(snapshot, self.applier.running, held)
             plan = plan_changes(self.applier.running, wanted)
         self._wanted = wanted
+        self.metrics.services_rebuilt.inc(len(rebuilt_services(wanted)))
         if self.config.always_reload:
             plan = as_reload(plan, "--always-reload")
+        if (edited or plan.needs_reload) and not quiet:
+            return   # a reload waits for its burst to settle; runtime changes went out at once
         if not edited and plan.needs_reload and now - self._last_reload < RELOAD_INTERVAL:
             self._not_before = self._last_reload + RELOAD_INTERVAL
             return

@@ -34,15 +34,8 @@ def plan_changes(running: RouteTable | None, wanted: RouteTable) -> ApplyPlan:
     certificates = certificate_changes(running.certificates, wanted.certificates)
     reasons = _settings_reasons(running.settings, wanted.settings)
     reasons += _route_reasons(running.routes, wanted.routes)
-    old_backends = {b.name: b for b in running.backends}
-    new_backends = {b.name: b for b in wanted.backends}
-    reasons += [f"backend {name} added" for name in new_backends if name not in old_backends]
-    reasons += [f"backend {name} removed" for name in old_backends if name not in new_backends]
     membership: list[MembershipChange] = []
-    for name, new in new_backends.items():
-        old = old_backends.get(name)
-        if old is None or old is new:
-            continue
+    for old, new in _changed_backends(running.backends, wanted.backends, reasons):
         backend_reasons = _backend_reasons(old, new)
         if backend_reasons:
             reasons += backend_reasons
@@ -72,6 +65,21 @@ def certificate_changes(running: tuple[CertEntry, ...], wanted: tuple[CertEntry,
         elif before != entry:
             changes.append(CertChange("update", entry, sni_changed=before.sni != entry.sni))
     return tuple(changes)
+
+
+def _changed_backends(old: tuple[Backend, ...], new: tuple[Backend, ...], reasons: list[str]) -> list[tuple[Backend, Backend]]:
+    """(old, new) of each backend in both tables that is not the very same object; added and removed
+    backends go to `reasons`. Routing reuses unchanged backends as they were, so when both tables
+    list the same names in the same order one identity test per backend finds the few that changed."""
+    if len(old) == len(new):
+        pairs = [(a, b) for a, b in zip(old, new) if a is not b]
+        if all(a.name == b.name for a, b in pairs):
+            return pairs
+    old_backends = {b.name: b for b in old}
+    new_backends = {b.name: b for b in new}
+    reasons += [f"backend {name} added" for name in new_backends if name not in old_backends]
+    reasons += [f"backend {name} removed" for name in old_backends if name not in new_backends]
+    return [(old_backends[name], b) for name, b in new_backends.items() if name in old_backends and old_backends[name] is not b]
 
 
 def as_reload(plan: ApplyPlan, why: str) -> ApplyPlan:
@@ -104,7 +112,7 @@ def _describe(route: Route) -> str:
 
 
 def _route_reasons(old: tuple[Route, ...], new: tuple[Route, ...]) -> list[str]:
-    if old == new:
+    if old is new or old == new:
         return []
     before, after = set(old), set(new)
     reasons = [f"route added: {_describe(r)}" for r in new if r not in before]

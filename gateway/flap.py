@@ -14,8 +14,8 @@ each service's settings and the time (monotonic seconds, passed in), and returns
 `held(now)` is the set of instance keys routing keeps out, `next_expiry(now)` when the controller
 must look again so a held instance comes back without any catalog change.
 
-What counts as a flip is what the controller sees: it observes each catalog view it applies, so
-two flips folded into one debounce burst (20 ms) count as none. The history is kept for
+What counts as a flip is what the controller sees: it observes each catalog view it plans from, so
+two flips folded into one view (the watcher's, or a burst waiting for a reload) count as none. The history is kept for
 services with a `flap_limit` only; it is dropped for an instance that leaves the catalog (it starts
 afresh when it re-registers) and for a service whose `flap_limit` is removed (its holds end at once).
 
@@ -75,9 +75,9 @@ def observe(state: FlapState, services: Mapping[str, Iterable[Instance]], settin
             now: float) -> FlapState:
     """The state after seeing `services` (service -> instances) at `now`; `settings` holds each service's flap keys."""
     observed: dict[str, Mapping[str, History]] = {}
-    for service, instances in services.items():
-        service_settings = settings.get(service)
-        if service_settings is None or service_settings.flap_limit is None:
+    for service, service_settings in settings.items():   # only services with KV: not every service per view
+        instances = services.get(service)
+        if instances is None or service_settings.flap_limit is None:
             continue
         before = state.services.get(service, {})
         after = {}

@@ -28,6 +28,8 @@ class GatewayMetrics:
         self.rejected_configs = Counter("shopgate_gateway_rejected_configs_total", "Rendered configs refused (render error, haproxy -c, failed reload)", registry=r)
         self.errors = Counter("shopgate_gateway_errors_total", "Errors by stage", ["stage"], registry=r)
         self.haproxy_restarts = Counter("shopgate_gateway_haproxy_restarts_total", "HAProxy restarted after it died", registry=r)
+        self.services_rebuilt = Counter("shopgate_gateway_services_rebuilt_total",
+                                        "Services whose part of the route table was built afresh (a change to one service adds 1)", registry=r)
         self.guard_holds = Counter("shopgate_gateway_guard_holds_total", "Catalog views held back by the empty-catalog guard", registry=r)
         self.long_polls = Gauge("shopgate_gateway_long_polls", "Blocking catalog queries in flight", registry=r)
         self.last_good_config_age = Gauge("shopgate_gateway_last_good_config_age_seconds", "Age of the config HAProxy runs", registry=r)

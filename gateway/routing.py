@@ -36,6 +36,7 @@ import operator
 import time
 from dataclasses import replace
 from functools import lru_cache
+from itertools import chain, compress
 from typing import Iterable, Mapping, NamedTuple
 
 from gateway.haproxy_syntax import ENVIRONMENT_NAME, HOSTNAME, SERVICE_NAME, address_problem, display, path_problem, port_problem
@@ -102,40 +103,119 @@ def build_route_table(
     `held`: instance keys the flap hold-down (gateway.flap) keeps out, routed as if unhealthy.
     `now` (unix time, default: the clock): when certificates are judged valid.
     """
-    last_good = {b.service: b.settings for b in previous.backends} if previous else None
-    gateway_settings, service_settings, rejected = parse_settings(snapshot.kv, last_good, taken_binds)
+    gateway_settings, service_settings, rejected = parse_settings(snapshot.kv, running_settings(previous), taken_binds)
     previous_services = previous.memo.get("services", {}) if previous else {}
     previous_backends = {b.name: b for b in previous.backends} if previous and not previous_services else {}
-    services: dict[str, _ServiceResult] = {}
-    for service in sorted(snapshot.services):
+    order = _service_order(snapshot, previous)
+    sizing = (min_slots, headroom)
+    inputs = tuple(map(snapshot.services.__getitem__, order.names))
+    with_settings = frozenset(service_settings.keys() & order.known)
+    to_check = _services_to_check(previous, order, inputs, with_settings, held, sizing)
+    services: dict[str, _ServiceResult] = dict(previous_services) if to_check is not None else {}
+    rebuilt: list[str] = []
+    for service in order.names if to_check is None else sorted(to_check):
         instances = snapshot.services[service]
         settings = service_settings.get(service, _DEFAULT_SETTINGS)
-        service_held = frozenset(i.key for i in instances if i.key in held) if held else frozenset()
         result = previous_services.get(service)
+        service_held = frozenset(i.key for i in instances if i.key in held) if held else frozenset()
         if result is None or not result.built_from(instances, settings, service_held, min_slots, headroom):
             if not isinstance(service, str) or not SERVICE_NAME.fullmatch(service):
                 rejected.append(f"service {display(service)}: name must be 1-63 of A-Z a-z 0-9 _ . - starting with a letter or digit")
                 continue
             previous_named = {b.name: b for b in result.backends} if result else previous_backends
-            result = _build_service(service, instances, settings, service_held, previous_named, min_slots, headroom)
+            built = _build_service(service, instances, settings, service_held, previous_named, min_slots, headroom)
+            if result is not None and built.routes == result.routes:
+                built = built._replace(routes=result.routes)   # so the route resolution below is reused
+            result = built
+            rebuilt.append(service)
         services[service] = result
-        rejected.extend(result.rejected)
-    route_inputs = tuple(result.routes for result in services.values())
+        if to_check is None and result.rejected:
+            rejected.extend(result.rejected)
+    if to_check is not None:   # every service is valid here (else the full pass runs): their reports in name order
+        rejected.extend(chain.from_iterable(map(operator.attrgetter("rejected"), services.values())))
+    route_inputs = tuple(map(operator.attrgetter("routes"), services.values()))
     routes, conflicts = _routes(route_inputs, previous)
     served = {e.name for e in gateway_settings.environments} | {DEFAULT_ENVIRONMENT}
-    unserved = sorted({r.environment for r in routes} - served)
+    unserved = sorted(_route_environments(routes, previous) - served)
     rejected.extend(f"environment {env}: no {KV_ENVIRONMENTS}{env}/bind or /hosts, its instances get no traffic" for env in unserved)
     certs, tls_rejected = certificates(snapshot.kv, snapshot.cert_files, time.time() if now is None else now,
                                        previous.certificates if previous else ())
     return RouteTable(
         routes=routes,
-        backends=tuple(backend for result in services.values() for backend in result.backends),
+        backends=tuple(chain.from_iterable(map(operator.attrgetter("backends"), services.values()))),
         settings=gateway_settings,
         rejected=tuple(rejected + conflicts),
         certificates=certs,
         tls_rejected=tls_rejected,
-        memo={"services": services, "routes": (route_inputs, routes, conflicts)},
+        memo={"services": services, "routes": (route_inputs, routes, conflicts), "order": order, "rebuilt": tuple(rebuilt),
+              "inputs": (inputs, with_settings, bool(held), sizing),
+              "environments": _route_environments(routes, previous)},
     )
+
+
+def _services_to_check(previous: RouteTable | None, order: "_Order", inputs: tuple, with_settings: frozenset[str],
+                       held: frozenset[str], sizing: tuple[int, int]) -> set[str] | None:
+    """The services that may differ from `previous`, or None when every service must be looked at.
+
+    The watcher hands an unchanged service on as the very same tuple, so comparing the instance
+    tuples by identity (in C, no Python per service) finds the changed ones; services with KV settings
+    (now or before) are always looked at. The full pass runs when the set of services changed, an
+    instance is held (flap hold-down), the sizing changed, or a name is invalid."""
+    if previous is None or held or "inputs" not in previous.memo or previous.memo.get("order") is not order:
+        return None
+    previous_inputs, previous_settings, previous_held, previous_sizing = previous.memo["inputs"]
+    if previous_held or previous_sizing != sizing or len(previous.memo["services"]) != len(order.names):
+        return None
+    return set(compress(order.names, map(operator.is_not, inputs, previous_inputs))) | with_settings | previous_settings
+
+
+def _route_environments(routes: tuple[Route, ...], previous: RouteTable | None) -> frozenset[str]:
+    """The environments the routes serve; the previous table's answer when the routes are the same tuple."""
+    if previous is not None and previous.routes is routes and "environments" in previous.memo:
+        return previous.memo["environments"]
+    return frozenset(r.environment for r in routes)
+
+
+def rebuilt_services(table: RouteTable) -> tuple[str, ...]:
+    """The services whose part of `table` was built afresh rather than reused from the previous table."""
+    return table.memo.get("rebuilt", tuple(b.service for b in table.backends))
+
+
+def running_settings(table: RouteTable | None) -> Mapping[str, BackendSettings] | None:
+    """service -> the settings its backend runs with in `table` (kv_settings' `last_good`), looked up
+    per service on demand rather than copied whole for every change."""
+    if table is None:
+        return None
+    if "services" not in table.memo:
+        return {b.service: b.settings for b in table.backends}
+    return _RunningSettings(table.memo["services"])
+
+
+class _RunningSettings(Mapping):
+    def __init__(self, services: Mapping[str, "_ServiceResult"]):
+        self._services = services
+
+    def __getitem__(self, service: str) -> BackendSettings:
+        return self._services[service].backends[-1].settings
+
+    def __iter__(self):
+        return iter(self._services)
+
+    def __len__(self) -> int:
+        return len(self._services)
+
+
+class _Order(NamedTuple):
+    names: tuple[str, ...]      # the snapshot's services, sorted
+    known: frozenset[str]
+
+
+def _service_order(snapshot: Snapshot, previous: RouteTable | None) -> _Order:
+    """The services in name order, re-sorted only when the set of services changed."""
+    order = previous.memo.get("order") if previous is not None else None
+    if order is not None and len(order.names) == len(snapshot.services) and snapshot.services.keys() == order.known:
+        return order
+    return _Order(tuple(sorted(snapshot.services)), frozenset(snapshot.services))
 
 
 def _routes(route_inputs: tuple[list["_Candidate"], ...], previous: RouteTable | None) -> tuple[tuple[Route, ...], list[str]]:
@@ -164,7 +244,7 @@ class _ServiceResult(NamedTuple):
     rejected: list[str]
 
     def built_from(self, instances: tuple[Instance, ...], settings: BackendSettings, held: frozenset[str], min_slots: int, headroom: int) -> bool:
-        return ((self.instances is instances or self.instances == instances) and self.settings == settings
+        return ((self.instances is instances or self.instances == instances) and (self.settings is settings or self.settings == settings)
                 and self.held == held and self.sizing == (min_slots, headroom))
 
 

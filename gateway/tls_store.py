@@ -4,7 +4,9 @@
         default.pem             the default certificate (first crt-list line): --default-cert, or self-signed
         kv-<name>.pem           one per accepted certificate, mode 0600 (they hold private keys)
         file-<name>.pem
-        crt-list                `<pem> <sni>...` per line, rewritten atomically (tmp + rename)
+        crt-list                `<pem> <sni>...` per line, rewritten atomically (tmp + rename); the default
+                                certificate's line is `default.pem !*`: without the filter HAProxy would also
+                                serve it for the names in its SAN, ahead of a KV or file certificate for them
 
 HAProxy 2.6's runtime API changes certificates in memory only (management guide 9.3):
 
@@ -30,7 +32,7 @@ from gateway.haproxy import HAProxyError, MasterCLI
 from gateway.haproxy_syntax import check_token
 from gateway.model import CertChange
 from gateway.tls import CertEntry, crt_list_line
-from shopgate.certs import issue
+from shopgate.certs import issue, write_secret
 
 log = logging.getLogger("shopgate.gateway.tls")
 
@@ -53,9 +55,9 @@ class CertificateStore:
         check_token(str(self.dir))
         default = self.dir / DEFAULT_PEM
         if default_cert is not None:
-            _write_secret(default, default_cert.read_bytes())
+            write_secret(default, default_cert.read_bytes())
         elif not default.exists():
-            _write_secret(default, issue(None, ("shopgate.invalid",)))
+            write_secret(default, issue(None, ("shopgate.invalid",)))
         self.write(())
 
     def path(self, entry: CertEntry) -> str:
@@ -67,8 +69,8 @@ class CertificateStore:
         for entry in entries:
             target = self.dir / entry.file_name
             if not target.exists() or target.read_bytes() != entry.pem:
-                _write_secret(target, entry.pem)
-        lines = [check_token(str(self.dir / DEFAULT_PEM))]
+                write_secret(target, entry.pem)
+        lines = [f"{check_token(str(self.dir / DEFAULT_PEM))} !*"]   # "!*": served when no name matches, never for its own SAN names
         lines += [crt_list_line(str(self.dir), entry) for entry in entries]
         temporary = self.crt_list.with_suffix(".tmp")
         temporary.write_text("\n".join(lines) + "\n")
@@ -106,12 +108,3 @@ def _quietly(cli: MasterCLI, commands: list[str]) -> None:
         except HAProxyError as error:
             log.debug("undoing: %s", error)
 
-
-def _write_secret(path: Path, data: bytes) -> None:
-    """Write a file holding a private key: created 0600, replaced atomically."""
-    temporary = path.with_suffix(".tmp")
-    temporary.unlink(missing_ok=True)
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-    os.replace(temporary, path)

@@ -1,4 +1,5 @@
-"""Making certificates: a local CA, certificates it issues, and the gateway's self-signed default.
+"""Making certificates: a local CA, certificates it issues, and the gateway's self-signed default;
+and writing key files (0600, atomically).
 
 Written once here for the gateway (its default certificate), `shopgate up` (a local CA and a
 `localhost` certificate) and the tests and benches (good and bad bundles). Keys are EC P-256:
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -45,6 +48,24 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
+
+
+def load_issuer(certificate_pem: bytes, key_pem_bytes: bytes) -> Issuer:
+    """A CA kept on disk (its certificate and unencrypted key), to issue more certificates later."""
+    key = serialization.load_pem_private_key(key_pem_bytes, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError("the CA key is not an EC key")
+    return Issuer(x509.load_pem_x509_certificate(certificate_pem), key)
+
+
+def write_secret(path: Path, data: bytes) -> None:
+    """Write a file holding a private key: created 0600, replaced atomically."""
+    temporary = path.with_suffix(".tmp")
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+    os.replace(temporary, path)
 
 
 def make_ca(common_name: str = "shopgate local CA", days: int = 3650) -> Issuer:

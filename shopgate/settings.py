@@ -17,6 +17,7 @@ SHOP_SERVICES: tuple[str, ...] = ("users", "products", "inventory", "orders", "p
 LOOPBACK = "127.0.0.1"
 CATALOG_PORT = 8500          # Consul HTTP API + UI
 GATEWAY_PORT = 8080          # HAProxy entry point
+HTTPS_PORT = 8443            # HAProxy entry point, HTTPS (the local stack's; `shopgate gateway` has it off unless --https)
 STATS_PORT = 8404            # HAProxy stats page and /metrics
 STATUS_PORT = 9180           # controller /status and /metrics
 DNS_PORT = 8600              # Consul DNS interface (UDP + TCP) of the catalog

@@ -78,9 +78,9 @@ def screenshot(url: str, path: str | os.PathLike, width: int = 1280, height: int
     return path
 
 
-def page_dom(url: str, wait_ms: int = 3000, timeout_s: float = 30) -> str:
-    """The serialized DOM of `url` after its scripts ran for `wait_ms` of (virtual) time."""
-    return _run([f"--virtual-time-budget={wait_ms}", "--dump-dom", url], timeout_s)
+def page_dom(url: str, wait_ms: int = 3000, timeout_s: float = 30, extra: tuple[str, ...] = ()) -> str:
+    """The serialized DOM of `url` after its scripts ran for `wait_ms` of (virtual) time; `extra`: more flags."""
+    return _run([f"--virtual-time-budget={wait_ms}", *extra, "--dump-dom", url], timeout_s)
 
 
 def page_text(url: str, wait_ms: int = 3000, timeout_s: float = 30) -> str:

@@ -21,12 +21,13 @@ from shopgate.tool.manifest import Manifest, Ports
 class StackUnderTest:
     def __init__(self, tmp_path: Path):
         self.state_dir = tmp_path / "stack"
-        self.ports = Ports(free_port(), free_port(), free_port(), free_port())
+        self.ports = Ports(free_port(), free_port(), free_port(), free_port(), free_port())
         self.seen_groups: set[int] = set()
 
     def port_args(self) -> list[str]:
         return ["--catalog-port", str(self.ports.catalog), "--gateway-port", str(self.ports.gateway),
-                "--stats-port", str(self.ports.stats), "--status-port", str(self.ports.status)]
+                "--stats-port", str(self.ports.stats), "--status-port", str(self.ports.status),
+                "--https-port", str(self.ports.https)]
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """`shopgate ARGS --state-dir <this stack>`; its output is kept for assertions."""

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 
+from catalog.watch import Watchers
 from catalog_helpers import Api, eventually
 
 
@@ -128,3 +129,28 @@ def test_metrics_count_every_request_the_catalog_received(catalog):
     text = api.call("GET", "/v1/agent/metrics?format=prometheus").text
     assert "# TYPE shopgate_catalog_http_requests counter" in text
     assert f"shopgate_catalog_http_requests_total {before + 9}" in text.splitlines()
+
+
+def test_one_change_answers_watchers_in_the_order_they_parked():
+    """Fairness under a burst: the watcher that has waited longest is answered first."""
+    watchers = Watchers()
+    answered: list[int] = []
+
+    async def watch(number: int) -> None:
+        await watchers.block(("kvs",), 1, 30.0, lambda: (index, None))
+        answered.append(number)
+
+    async def run() -> None:
+        tasks = []
+        for number in range(50):
+            tasks.append(asyncio.create_task(watch(number)))
+            await asyncio.sleep(0)          # let it park before the next one
+        assert watchers.held == 50 and not answered
+        nonlocal index
+        index = 2
+        watchers.notify(["kvs"])
+        await asyncio.gather(*tasks)
+
+    index = 1
+    asyncio.run(run())
+    assert answered == list(range(50))

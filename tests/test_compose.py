@@ -68,7 +68,9 @@ def test_real_consul_file_is_valid_and_keeps_its_promises():
         service = services[name]
         assert not service.get("ports") and service.get("init") is True and service.get("healthcheck")
         assert service["environment"]["CONSUL_HTTP_ADDR"] == "http://consul:8500"
-    assert {p["target"] for p in services["gateway"]["ports"]} == {8080, 8404, 9180}
+    assert {p["target"] for p in services["gateway"]["ports"]} == {8080, 8404, 9180, 8443}
+    command = services["gateway"]["command"]
+    assert command[command.index("--https") + 1] == "0.0.0.0:8443", "HTTPS on, certificates from KV"
     assert set(config["networks"]) == {"shopgate"}
     assert all(set(s["networks"]) == {"shopgate"} for s in services.values())
     # The registry build starts from the pinned official Python image.

@@ -46,7 +46,7 @@ def test_short_demo_reports_zero_failed_requests(tmp_path):
     assert load["requests"] >= 0.9 * report["rate"] * report["duration"], "the load kept its rate through every step"
     assert any(k.startswith("POST 201") for k in load["statuses"]), load["statuses"]
     labels = [step["label"] for step in report["steps"]]
-    assert len(labels) == 8, labels
+    assert len(labels) == 9, labels
     assert labels[0] == "scale products 2 → 4" and labels[1].startswith("SIGKILL products-")
     assert labels[2] == "scale products 3 → 1" and labels[3].startswith("roll users")
     assert labels[6].startswith("staging environment") and labels[7] == "sticky products (cookie), scale products 1 → 2"
@@ -55,6 +55,12 @@ def test_short_demo_reports_zero_failed_requests(tmp_path):
     assert checks["staging requests failed"] == checks["answered by the wrong environment"] == 0, checks
     assert checks["sticky requests failed"] == checks["sticky client moved"] == 0, checks
     assert checks["instances 10 new clients reached"] == 2, "after the scale-up new clients reach both instances"
+    # the certificate renewal under HTTPS load: served, no reload, every HTTPS request and handshake fine
+    rotation = report["steps"][8]
+    assert labels[8] == "renew the HTTPS certificate in KV shopgate/tls/certs/localhost"
+    assert rotation["notes"] and rotation["notes"][0].startswith("reloads unchanged"), rotation
+    assert rotation["https_requests"] > 0 and rotation["failed"] == 0 and rotation["failed_handshakes"] == 0, rotation
+    assert load["https_requests"] >= load["requests"] // 4 and load["failed_handshakes"] == 0
     for step in report["steps"]:
         assert step["measures"] and all(m["gateway"] is not None and m["gateway"] >= 0 for m in step["measures"]), step
     # live progress went to stderr while it ran

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from gateway.apply import membership_commands
 from gateway.diff import as_reload, plan_changes
 from gateway.model import Instance, MembershipChange, Snapshot
-from gateway.routing import build_route_table
+from gateway.routing import build_route_table, rebuilt_services
 
 
 def inst(n: int, status: str = "passing", tags: tuple[str, ...] = (), service: str = "p") -> Instance:
@@ -184,3 +184,28 @@ def test_a_sticky_instance_recovering_in_its_own_slot_and_canary_weights_stay_ru
 def test_staging_instances_never_join_a_prod_backend_and_their_arrival_adds_a_backend():
     plan = plan_between((inst(1),), (inst(1), inst(2, tags=("env=staging",))))
     assert plan.structural_reasons[:2] == ("route added: /api/v1/p -> be_p:staging", "backend be_p:staging added")
+
+
+def test_one_changed_service_among_1000_is_planned_alone():
+    """The incremental path: one instance failing among 1,000 services rebuilds that service only, and
+    the plan is that one slot's runtime commands, no reload; the table is what a full rebuild gives."""
+    services = [f"svc{n:04d}" for n in range(1000)]
+    running = table(*(inst(n, service=name) for name in services for n in (1, 2)))
+    changed = {name: running.memo["services"][name].instances for name in services}   # the watcher's tuples, reused
+    changed["svc0500"] = (changed["svc0500"][0], replace(changed["svc0500"][1], status="critical"))
+    snapshot = Snapshot(services=changed)
+    wanted = build_route_table(snapshot, running)
+    plan = plan_changes(running, wanted)
+    assert not plan.needs_reload
+    commands = [c for change in plan.membership for c in membership_commands(change)]
+    assert commands == ["set server be_svc0500/s2 state drain"]
+    assert rebuilt_services(wanted) == ("svc0500",)
+    assert wanted == build_route_table(snapshot, replace(running, memo={}))   # the full pass agrees
+
+
+def test_a_new_service_among_many_rebuilds_only_itself():
+    running = table(*(inst(1, service=f"svc{n:03d}") for n in range(50)))
+    services = {name: running.memo["services"][name].instances for name in running.memo["services"]}
+    wanted = build_route_table(Snapshot(services={**services, "extra": (inst(1, service="extra"),)}), running)
+    assert rebuilt_services(wanted) == ("extra",)
+    assert plan_changes(running, wanted).structural_reasons == ("route added: /api/v1/extra -> be_extra", "backend be_extra added")

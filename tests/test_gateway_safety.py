@@ -126,8 +126,10 @@ def test_kv_settings_are_applied_and_invalid_ones_reported(gateway):
 
     kv.put("shopgate/services/products/balance", "fastest\n    bind :1")
     kv.put("shopgate/gateway/retries", "many")
-    rejected = eventually("invalid settings are reported", lambda: [
-        r for r in gateway.status()["rejected"] if r.startswith(("shopgate/services/products/balance:", "shopgate/gateway/retries:"))])
+    def reported() -> list[str]:   # the two writes may reach the controller in two views: wait for both
+        found = [r for r in gateway.status()["rejected"] if r.startswith(("shopgate/services/products/balance:", "shopgate/gateway/retries:"))]
+        return found if len(found) >= 2 else []
+    rejected = eventually("both invalid settings are reported", reported)
     assert len(rejected) == 2, rejected
     config = (gateway.state_dir / "haproxy.cfg").read_text()
     assert "fastest" not in config and "bind :1" not in config

@@ -8,7 +8,10 @@ that no process of it is left.
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import signal
+import stat
 import socket
 import subprocess
 import time
@@ -57,6 +60,27 @@ def test_entry_point_routes_to_both_instances_of_every_service(stack):
     for service in SHOP_SERVICES:
         seen = instances_answering(stack, service)
         assert len(seen) == 2 and all(s.startswith(f"{service}-") for s in seen), seen
+
+
+def test_https_with_the_local_ca_curl_line_and_status(stack):
+    """The curl line `up` prints works as printed (the local CA verifies the KV certificate), over HTTP/2 too,
+    and `status` names the certificate served; a client without SNI (by IP) gets the localhost one as default."""
+    ca = stack.state_dir / "tls-local" / "ca.pem"
+    line = next(line.split("try HTTPS", 1)[1].strip() for line in stack.up_output.splitlines() if "try HTTPS" in line)
+    assert line == f"curl --cacert {ca} https://localhost:{stack.ports.https}/api/v1/products"
+    assert f"local CA           {ca}" in stack.up_output and f"https://localhost:{stack.ports.https}/api/v1/<service>" in stack.up_output
+    for extra in (["--http1.1"], ["--http2"]):
+        result = subprocess.run([*shlex.split(line), *extra, "-sS", "-D", "-", "-o", "/dev/null"], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        head = result.stdout.lower()
+        assert head.startswith("http/2 200" if extra == ["--http2"] else "http/1.1 200") and "x-instance: products-" in head, head
+    by_ip = subprocess.run(["curl", "--cacert", str(ca), "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                            f"https://127.0.0.1:{stack.ports.https}/api/v1/users"], capture_output=True, text=True, timeout=30)
+    assert by_ip.stdout == "200", by_ip.stderr
+    assert stat.S_IMODE(os.stat(stack.state_dir / "tls-local" / "ca-key.pem").st_mode) == 0o600
+    status = stack.run("status").stdout
+    assert f"https: 127.0.0.1:{stack.ports.https} serves shopgate/tls/certs/localhost (localhost, expires in 90 days" in status, status
+    assert "rejected 0" in status and f"try HTTPS          {line}" in status
 
 
 def test_a_second_stack_in_the_same_dir_is_refused(stack):

@@ -6,7 +6,9 @@ made by a local CA (shopgate.certs). The reload counter in /status must not move
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 import json
 import os
 import socket
@@ -19,7 +21,9 @@ import time
 import pytest
 import requests
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from browser import page_dom
 from gateway_harness import eventually, gateway_factory  # noqa: F401  (fixture)
 from shopgate.certs import issue, make_ca
 from shopgate.processes import free_port
@@ -132,6 +136,20 @@ def test_kv_certificate_served_by_sni_and_removed_without_reload(https_gateway, 
     assert gateway.metric('shopgate_gateway_certificate_updates_total{result="applied"}') >= 4
 
 
+def test_a_default_certificate_never_shadows_a_kv_certificate_for_its_names(gateway_factory, tmp_path, ca):
+    """`--default-cert` for localhost (as `shopgate up` runs it) and a renewed localhost certificate in KV:
+    SNI localhost gets the KV one, a client without SNI the default."""
+    default_file = tmp_path / "default.pem"
+    default_file.write_bytes(issue(ca, ("localhost",)))
+    gateway = gateway_factory(args=("--https", f"127.0.0.1:{free_port()}", "--default-cert", str(default_file)))
+    gateway.https_port = int(gateway.status()["tls"]["https"].rpartition(":")[2])
+    gateway.ca = ca
+    assert serial(gateway.https_port, "localhost") == serial_of(default_file.read_bytes())
+    renewed = serve(gateway, "localhost", "localhost")
+    assert serial(gateway.https_port, None) == serial_of(default_file.read_bytes())
+    assert serial(gateway.https_port, "localhost") == serial_of(renewed)
+
+
 def _bad_bundles(ca) -> dict[str, tuple[bytes, str]]:
     good = issue(ca, ("bad.test",))
     leaf_and_key = good.split(b"-----END CERTIFICATE-----\n", 1)
@@ -242,3 +260,21 @@ def test_rotation_under_https_load_fails_nothing(https_gateway, ca):
     assert results["ok"] > 50
     assert len(seen) == 11
     assert gateway.status()["reloads"] == reloads
+
+
+def spki_pin(bundle: bytes) -> str:
+    """Chromium's --ignore-certificate-errors-spki-list value for the bundle's leaf: base64 SHA-256 of its SPKI."""
+    spki = x509.load_pem_x509_certificates(bundle)[0].public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+def test_headless_chromium_loads_a_page_over_https_trusting_the_certificate(https_gateway, ca):
+    """Chromium trusts the served certificate by its SPKI pin (no NSS database) and shows the routed answer;
+    pinned to another key it refuses the page, so the page came over TLS with exactly this certificate."""
+    gateway = https_gateway
+    bundle = serve(gateway, "local", "localhost")
+    url = f"https://localhost:{gateway.https_port}/api/v1/products"
+    dom = page_dom(url, wait_ms=1000, extra=(f"--ignore-certificate-errors-spki-list={spki_pin(bundle)}",))
+    assert '"service":"products"' in dom.replace(" ", ""), dom[:500]
+    other = page_dom(url, wait_ms=1000, extra=(f"--ignore-certificate-errors-spki-list={spki_pin(issue(ca, ('localhost',)))}",))
+    assert '"service"' not in other, other[:500]

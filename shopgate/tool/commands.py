@@ -22,6 +22,7 @@ from shopgate import settings
 from shopgate.consul_client import CatalogUnavailable
 from shopgate.tool.display import Progress, format_age, print_urls, table
 from shopgate.tool.lifecycle import prepare, scale, start_stack, stop_stack
+from shopgate.tool.local_tls import tls_lines
 from shopgate.tool.manifest import SERVICE_STOP_TIMEOUT, Manifest, StackError, ensure_alive, manifest_lock, running_manifest
 from shopgate.tool.options import add_stack_arguments, environment_port, ports_from_args, stop_on_sigterm
 from shopgate.tool.probes import catalog_instances, gateway_status, is_routed
@@ -52,7 +53,7 @@ def up_main(argv: list[str]) -> int:
     try:
         start_stack(manifest, args.instances, progress)
         print(f"ready in {progress.elapsed():.1f}s")
-        print_urls(manifest.urls())
+        print_urls(stack_urls(manifest))
         if args.detach:
             print(f"running detached; `shopgate status --state-dir {manifest.state_dir}` shows it, `shopgate down --state-dir {manifest.state_dir}` stops it")
             return 0
@@ -70,6 +71,11 @@ def up_main(argv: list[str]) -> int:
     print("")
     stop_stack(manifest)
     return code
+
+
+def stack_urls(manifest: Manifest) -> list[tuple[str, str]]:
+    """Every URL of the stack, then the local CA and a curl line that trusts it."""
+    return [*manifest.urls(), *tls_lines(manifest.state_dir, manifest.ports)]
 
 
 # ---------------------------------------------------------------- down
@@ -135,13 +141,23 @@ def collect_status(manifest: Manifest) -> dict:
         ]
     return {
         "state_dir": str(manifest.state_dir),
-        "urls": dict(manifest.urls()),
+        "urls": dict(stack_urls(manifest)),
         "uptime_seconds": round(time.time() - manifest.started_at, 1),
         "components": {name: (r.pid if (r := manifest.component(name)) and r.running() else None) for name in ("catalog", "gateway")},
         "services": services,
-        "gateway": {k: gateway.get(k) for k in ("last_apply", "last_error", "reloads", "runtime_updates", "rejected", "config_age_seconds", "haproxy_pid")},
+        "gateway": {k: gateway.get(k) for k in ("last_apply", "last_error", "reloads", "runtime_updates", "rejected", "config_age_seconds", "haproxy_pid", "tls")},
         "gateway_error": gateway_error,
     }
+
+
+def format_tls(tls: dict) -> str:
+    """One line on the HTTPS entry point: each certificate served, by name and expiry, and what was refused."""
+    if not tls.get("https"):
+        return "https: off"
+    served = ", ".join(f"{c['source']} ({' '.join(c['sni'])}, expires in {c['expires_in_days']:.0f} days"
+                       f"{', EXPIRING' if c['expiring'] else ''}, sha256 {c['fingerprint_sha256'][:16]}…)"
+                       for c in tls.get("certificates", [])) or "the default certificate only"
+    return f"https: {tls['https']} serves {served}; rejected {len(tls.get('rejected', []))}"
 
 
 def format_status(report: dict) -> str:
@@ -170,6 +186,7 @@ def format_status(report: dict) -> str:
             f"gateway: haproxy pid {gw.get('haproxy_pid') or '—'}, last apply {format_age(gw.get('last_apply'))}, "
             f"last error {gw.get('last_error') or '—'}, reloads {gw.get('reloads', 0)}, "
             f"runtime updates {gw.get('runtime_updates', 0)}, rejected inputs {len(rejected) if isinstance(rejected, list) else rejected}")
+        lines.append(format_tls(gw.get("tls") or {}))
     return "\n".join(lines)
 
 

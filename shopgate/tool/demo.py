@@ -13,6 +13,9 @@ Under one continuous load (GETs across all five services and order POSTs), in or
      the wrong environment (the floor: 0); then it stops and the key is put back
   8. sticky sessions: KV products/sticky = cookie; a cookie-jar client stays on one instance while
      products scales up by one (the floor: 0 moved); then the key is put back
+  9. renew the HTTPS certificate: a new one from the local CA written to KV shopgate/tls/certs/localhost,
+     served with no reload while a third of the load arrives over HTTPS (a new TLS handshake per request,
+     verified against the local CA); the step fails if HAProxy reloaded
 
 For each step the propagation is measured from the moment of the action: when the catalog showed
 the change, and when the gateway routed to (or stopped routing to) the changed set. Every request
@@ -29,6 +32,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -46,10 +50,11 @@ from gateway.routing import KV_ENVIRONMENTS, default_cookie
 from gateway.status import status_key
 from shopgate.processes import free_port
 from shopgate.tool.lifecycle import prepare, scale, start_instance, start_stack, stop_records, stop_stack
-from shopgate.tool.load import Load, RequestRecord, shop_mix, summarize
+from shopgate.tool.load import Load, RequestRecord, over_https, shop_mix, summarize
+from shopgate.tool.local_tls import LOCAL_CERT_KEY, LOCAL_NAMES, ca_path, issue_local_certificate, leaf_der, put_local_certificate
 from shopgate.tool.manifest import SERVICE_STOP_TIMEOUT, Manifest, ProcessRecord, StackError, ensure_alive, manifest_lock
 from shopgate.tool.options import add_stack_arguments, ports_from_args, stop_on_sigterm
-from shopgate.tool.probes import catalog_instances, gateway_status, passing_ports, routed_ports
+from shopgate.tool.probes import catalog_instances, gateway_status, passing_ports, routed_ports, served_certificate
 
 STEP_TIMEOUT = 45.0
 KV_BALANCE_KEY = f"{settings.KV_PREFIX}services/products/balance"
@@ -162,6 +167,9 @@ class StepResult:
     finished: float = 0.0
     measures: list[Measure] = field(default_factory=list)
     failed: int = 0                      # failed requests that started during this step
+    https_requests: int = 0              # ... of which over HTTPS, and handshakes that failed
+    failed_handshakes: int = 0
+    notes: list[str] = field(default_factory=list)
 
 
 class Demo:
@@ -377,6 +385,25 @@ class Demo:
         self._put_kv(step, consul_url, KV_BALANCE_KEY, value, f"HAProxy reloaded with balance {value}")
         self.end(step)
 
+    # -- certificates
+
+    def rotate_certificate(self) -> None:
+        """A renewed localhost certificate (same CA) into KV under HTTPS load: served, and no reload."""
+        ports = self.manifest.ports
+        step = self.begin(f"renew the HTTPS certificate in KV {LOCAL_CERT_KEY}")
+        before = int(gateway_status(ports).get("reloads") or 0)
+        bundle = issue_local_certificate(self.state_dir)
+        put_local_certificate(ports.catalog_url, bundle)
+        wait_until("the renewed certificate served", lambda: served_certificate(ports.https, LOCAL_NAMES[0]) == leaf_der(bundle))
+        self.measured(step, Measure(f"renewed certificate served for {LOCAL_NAMES[0]}", None, self.load.now() - step.started))
+        time.sleep(1.0)   # HTTPS load on the renewed certificate, before the reload count is read again
+        after = int(gateway_status(ports).get("reloads") or 0)
+        if after != before:
+            raise DemoError(f"the certificate renewal reloaded HAProxy ({before} → {after} reloads)")
+        step.notes.append(f"reloads unchanged ({before} → {after})")
+        self.say(f"    ✓ reloads unchanged ({before} → {after})")
+        self.end(step)
+
 
 @dataclass(frozen=True)
 class TemplateEdit:
@@ -478,6 +505,8 @@ def run_steps(demo: Demo, plan: Plan, templates: Path) -> None:
     pause()
     demo.sticky(consul_url, plan.probes)
     pause()
+    demo.rotate_certificate()
+    pause()
 
 
 @dataclass
@@ -544,7 +573,8 @@ def format_report(report: dict) -> str:
         f"shopgate demo — {len(report['steps'])} steps under {report['rate']:.0f} req/s for {report['duration']:.1f}s "
         f"(load generator: {report['load_generator']})",
         "",
-        f"  requests {load['requests']}   failed {load['failed']}   p50 {load['p50_ms']} ms   p99 {load['p99_ms']} ms   max {load['max_ms']} ms",
+        f"  requests {load['requests']} ({load['https_requests']} over HTTPS)   failed {load['failed']}   "
+        f"failed handshakes {load['failed_handshakes']}   p50 {load['p50_ms']} ms   p99 {load['p99_ms']} ms   max {load['max_ms']} ms",
         "  answers  " + ", ".join(f"{k}: {v}" for k, v in load["statuses"].items()),
         "",
     ]
@@ -559,6 +589,8 @@ def format_report(report: dict) -> str:
                 "—" if m["gateway"] is None else f"+{m['gateway']:.2f}s",
                 str(step["failed"]) if first else ""))
     lines += ["  " + line for line in table(header, rows)]
+    lines += [f"  step {number}: {note}; {step['https_requests']} HTTPS requests, {step['failed_handshakes']} failed handshakes"
+              for number, step in enumerate(report["steps"], 1) for note in step["notes"]]
     if report["checks"]:
         lines += ["", "  " + ", ".join(f"{name} {count}" for name, count in report["checks"].items())]
     if load["first_failures"]:
@@ -575,7 +607,10 @@ def build_report(demo: Demo, records: list[RequestRecord], plan: Plan, error: st
     steps = demo.steps
     for index, step in enumerate(steps):
         end = steps[index + 1].started if index + 1 < len(steps) else float("inf")
-        step.failed = sum(r.failed for r in records if step.started <= r.started < end)
+        during = [r for r in records if step.started <= r.started < end]
+        step.failed = sum(r.failed for r in during)
+        step.https_requests = sum(r.tls for r in during)
+        step.failed_handshakes = sum(r.failed_handshake for r in during)
     load = summarize(records)
     return {
         "ok": load["failed"] == 0 and error is None and not any(demo.checks.get(check) for check in FLOOR_CHECKS),
@@ -583,7 +618,7 @@ def build_report(demo: Demo, records: list[RequestRecord], plan: Plan, error: st
         "error": error,
         "rate": plan.rate,
         "duration": round(max((r.started for r in records), default=0.0), 1),
-        "load_generator": "shopgate.tool.load (asyncio + aiohttp, one connection per request)",
+        "load_generator": "shopgate.tool.load (asyncio + aiohttp, one connection per request; every 3rd over HTTPS)",
         "load": load,
         "steps": [asdict(s) for s in steps],
         "chart": str(chart) if chart else None,
@@ -593,9 +628,11 @@ def build_report(demo: Demo, records: list[RequestRecord], plan: Plan, error: st
 def run_demo(state_dir: Path, plan: Plan, chart: Path | None, templates: Path, saved: Restore | None,
              say: Callable[[str], None]) -> dict:
     manifest = Manifest.load(state_dir)
-    base_url = manifest.ports.entry_url
-    load = Load(base_url, shop_mix(base_url), rate=plan.rate, concurrency=32, duration=3600)
-    say(f"steady load: {plan.rate:.0f} req/s through {base_url} (GETs on all five services + order POSTs)")
+    base_url, https_url = manifest.ports.entry_url, manifest.ports.https_entry_url
+    trust = ssl.create_default_context(cafile=str(ca_path(state_dir)))
+    load = Load(base_url, over_https(shop_mix(base_url), https_url), rate=plan.rate, concurrency=32, duration=3600, ssl_context=trust)
+    say(f"steady load: {plan.rate:.0f} req/s through {base_url}, every 3rd through {https_url} "
+        f"(GETs on all five services + order POSTs; HTTPS verified against the local CA)")
     load.start()
     watcher = Watcher(manifest, load.now).start()
     demo = Demo(state_dir, load, watcher, say)

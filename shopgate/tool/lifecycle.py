@@ -26,8 +26,9 @@ from gateway.status import status_key
 from shopgate import settings
 from shopgate.processes import ManagedProcess, free_port, free_udp_tcp_port, group_members, pid_alive, process_cmdline, shopgate_argv
 from shopgate.tool.display import Progress
+from shopgate.tool.local_tls import LOCAL_CERT_KEY, LOCAL_NAMES, issue_local_certificate, leaf_der, local_cert_path, put_local_certificate
 from shopgate.tool.manifest import SERVICE_STOP_TIMEOUT, Manifest, Ports, ProcessRecord, StackError, manifest_lock
-from shopgate.tool.probes import entry_routes, gateway_status, passing_ports, routed_ports
+from shopgate.tool.probes import entry_routes, gateway_status, passing_ports, routed_ports, served_certificate
 
 
 def stop_records(records: list[ProcessRecord], timeout: float) -> None:
@@ -153,8 +154,9 @@ def stack_dns_port() -> int:
 
 
 def start_stack(manifest: Manifest, instances: int, progress: Progress) -> None:
-    """Catalog, then gateway, then every service in prod and in each further environment (whose bind
-    is written to KV first); return once each environment's entry point routes to each service."""
+    """Catalog, the local certificate in KV, then gateway (HTTP and HTTPS), then every service in prod and
+    in each further environment (whose bind is written to KV first); return once the gateway serves the
+    certificate and each environment's entry point routes to each service."""
     state, ports = manifest.state_dir, manifest.ports
     dns_port = stack_dns_port()
     catalog = start_process(manifest, "catalog", shopgate_argv(
@@ -162,13 +164,18 @@ def start_stack(manifest: Manifest, instances: int, progress: Progress) -> None:
         "--dns-port", str(dns_port)))
     progress.wait("catalog", lambda: (requests.get(f"{ports.catalog_url}/v1/status/leader", timeout=2).status_code == 200, "starting"),
                   30, [catalog], ports.catalog_url)
+    bundle = issue_local_certificate(state)
+    put_local_certificate(ports.catalog_url, bundle)   # in KV before the gateway's first view
     gateway = start_process(manifest, "gateway", shopgate_argv(
         "gateway", "--consul", ports.catalog_url,
         "--listen", f"{settings.LOOPBACK}:{ports.gateway}", "--stats", f"{settings.LOOPBACK}:{ports.stats}",
         "--status", f"{settings.LOOPBACK}:{ports.status}", "--state-dir", str(state / "gateway"),
-        "--templates", manifest.templates, "--consul-dns", f"{settings.LOOPBACK}:{dns_port}"))
+        "--templates", manifest.templates, "--consul-dns", f"{settings.LOOPBACK}:{dns_port}",
+        "--https", f"{settings.LOOPBACK}:{ports.https}", "--default-cert", str(local_cert_path(state))))
     progress.wait("gateway + HAProxy", lambda: (gateway_status(ports).get("haproxy_pid") is not None, "starting"),
                   30, [catalog, gateway], ports.entry_url)
+    progress.wait("HTTPS certificate", lambda: (served_certificate(ports.https, LOCAL_NAMES[0]) == leaf_der(bundle), "adding it through the runtime API"),
+                  30, [catalog, gateway], f"{ports.https_entry_url} (KV {LOCAL_CERT_KEY})")
     environments = [settings.DEFAULT_ENVIRONMENT, *manifest.environments]
     for environment, port in manifest.environments.items():
         put_environment_bind(manifest, environment, f"{settings.LOOPBACK}:{port}")
@@ -214,7 +221,7 @@ def stop_stack(manifest: Manifest, out: TextIO | None = None) -> None:
 def scratch_stack(instances: int = 1, out: TextIO = sys.stderr) -> Iterator[Manifest]:
     """A whole stack on free ports in a temporary directory, stopped on exit — for benchmarks."""
     with tempfile.TemporaryDirectory(prefix="shopgate-stack-") as tmp:
-        ports = Ports(free_port(), free_port(), free_port(), free_port())
+        ports = Ports(free_port(), free_port(), free_port(), free_port(), free_port())
         manifest = prepare(Path(tmp), ports, settings.TEMPLATES_DIR, supervised=True)
         try:
             with contextlib.redirect_stdout(out):

@@ -15,7 +15,8 @@ import itertools
 import statistics
 import threading
 import time
-from dataclasses import dataclass
+import ssl
+from dataclasses import dataclass, replace
 
 import aiohttp
 import requests
@@ -36,6 +37,7 @@ class Target:
     body: dict | None = None
     weight: int = 1
     expect: tuple[int, ...] = (200,)
+    base: str | None = None      # another base URL than the load's (the HTTPS entry point)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,12 @@ class RequestRecord:
     status: int                  # 0 when no HTTP response came back
     error: str | None = None     # set exactly when the request failed
     instance: str | None = None  # X-Instance response header: which service instance answered
+    tls: bool = False            # sent over HTTPS
+
+    @property
+    def failed_handshake(self) -> bool:
+        """No TLS session: the certificate did not verify or the handshake broke off."""
+        return self.tls and self.error is not None and any(word in self.error for word in ("SSL", "Certificate"))
 
     @property
     def failed(self) -> bool:
@@ -77,18 +85,23 @@ def shop_mix(base_url: str, products: int = 3, gets_per_order: int = 8) -> list[
     return mix
 
 
+def over_https(targets: list[Target], https_base: str, every: int = 3) -> list[Target]:
+    """The same mix with every `every`-th request sent to `https_base`: the same routes over TLS."""
+    return [replace(t, base=https_base) if index % every == every - 1 else t for index, t in enumerate(targets)]
+
+
 class Load:
     """Run `targets` against `base_url` at `rate` req/s in a background thread (or in the caller's, with `run`)."""
 
     def __init__(self, base_url: str, targets: list[Target], *, rate: float = 100, concurrency: int = 32,
                  duration: float | None = None, max_requests: int | None = None, timeout: float = 10,
-                 keepalive: bool = False):
+                 keepalive: bool = False, ssl_context: ssl.SSLContext | None = None):
         if duration is None and max_requests is None:
             raise ValueError("a load needs a bound: duration or max_requests")
         self.base_url = base_url.rstrip("/")
         self.schedule = [t for t in targets for _ in range(t.weight)]
         self.rate, self.concurrency, self.duration, self.max_requests = rate, concurrency, duration, max_requests
-        self.timeout, self.keepalive = timeout, keepalive
+        self.timeout, self.keepalive, self.ssl_context = timeout, keepalive, ssl_context
         self.records: list[RequestRecord] = []
         self.started_at: float | None = None     # time.monotonic() of request 0
         self._stop = threading.Event()
@@ -121,7 +134,7 @@ class Load:
     # -- the load itself
 
     async def _main(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.concurrency, force_close=not self.keepalive)
+        connector = aiohttp.TCPConnector(limit=self.concurrency, force_close=not self.keepalive, ssl=self.ssl_context or True)
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             self.started_at = time.monotonic()
@@ -142,14 +155,16 @@ class Load:
 
     async def _send(self, session: aiohttp.ClientSession, target: Target) -> RequestRecord:
         started = self.now()
+        base = (target.base or self.base_url).rstrip("/")
+        tls = base.startswith("https:")
         try:
-            async with session.request(target.method, self.base_url + target.path, json=target.body) as response:
+            async with session.request(target.method, base + target.path, json=target.body) as response:
                 body = await response.read()
                 error = None if response.status in target.expect else f"HTTP {response.status}: {body[:120].decode(errors='replace')}"
                 return RequestRecord(started, self.now() - started, target.method, target.path, response.status,
-                                     error, response.headers.get("X-Instance"))
+                                     error, response.headers.get("X-Instance"), tls)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            return RequestRecord(started, self.now() - started, target.method, target.path, 0, f"{type(exc).__name__}: {exc}")
+            return RequestRecord(started, self.now() - started, target.method, target.path, 0, f"{type(exc).__name__}: {exc}", tls=tls)
 
 
 # ---------------------------------------------------------------- figures
@@ -170,11 +185,13 @@ def summarize(records: list[RequestRecord]) -> dict:
     return {
         "requests": len(records),
         "failed": len(failures),
+        "https_requests": sum(r.tls for r in records),
+        "failed_handshakes": sum(r.failed_handshake for r in records),
         "statuses": dict(sorted(collections.Counter(f"{r.method} {r.status}" for r in records).items())),
         "rate": round(len(records) / span, 1) if span else 0.0,
         "p50_ms": round(percentile(latencies, 0.50), 1),
         "p99_ms": round(percentile(latencies, 0.99), 1),
         "max_ms": round(max(latencies, default=0.0), 1),
         "mean_ms": round(statistics.fmean(latencies), 1) if latencies else 0.0,
-        "first_failures": [f"{r.started:7.2f}s {r.method} {r.path}: {r.error}" for r in failures[:10]],
+        "first_failures": [f"{r.started:7.2f}s {r.method} {'https' if r.tls else 'http'} {r.path}: {r.error}" for r in failures[:10]],
     }

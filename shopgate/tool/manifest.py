@@ -35,6 +35,7 @@ class Ports:
     gateway: int = settings.GATEWAY_PORT
     stats: int = settings.STATS_PORT
     status: int = settings.STATUS_PORT
+    https: int = settings.HTTPS_PORT
 
     @property
     def catalog_url(self) -> str:
@@ -43,6 +44,11 @@ class Ports:
     @property
     def entry_url(self) -> str:
         return f"http://{settings.LOOPBACK}:{self.gateway}"
+
+    @property
+    def https_entry_url(self) -> str:
+        """HTTPS by the name the local certificate is for (`localhost`), so that clients verify it."""
+        return f"https://localhost:{self.https}"
 
     @property
     def stats_url(self) -> str:
@@ -55,6 +61,7 @@ class Ports:
     def urls(self) -> list[tuple[str, str]]:
         return [
             ("entry point", self.entry_url + "/api/v1/<service>"),
+            ("entry point HTTPS", self.https_entry_url + "/api/v1/<service>"),
             ("HAProxy stats", self.stats_url),
             ("catalog UI", self.catalog_url + "/ui/"),
             ("controller status", self.status_url),

@@ -43,11 +43,12 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gateway-port", type=int, default=settings.GATEWAY_PORT)
     parser.add_argument("--stats-port", type=int, default=settings.STATS_PORT)
     parser.add_argument("--status-port", type=int, default=settings.STATUS_PORT)
+    parser.add_argument("--https-port", type=int, default=settings.HTTPS_PORT, help="HTTPS entry point, certificate from a local CA (default: %(default)s)")
     parser.add_argument("--templates", type=Path, default=settings.TEMPLATES_DIR, help="haproxy.cfg templates, watched live (default: %(default)s)")
 
 
 def ports_from_args(args: argparse.Namespace) -> Ports:
-    return Ports(args.catalog_port, args.gateway_port, args.stats_port, args.status_port)
+    return Ports(args.catalog_port, args.gateway_port, args.stats_port, args.status_port, args.https_port)
 
 
 def _raise_interrupt(signum, frame):

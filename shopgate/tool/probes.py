@@ -8,8 +8,12 @@ decide "passing" and "routed" here, so they agree with each other and with the g
 
 from __future__ import annotations
 
+import socket
+import ssl
+
 import requests
 
+from shopgate import settings
 from shopgate.consul_client import ConsulAddress, connect, read
 from shopgate.consul_client.health import HealthEntry, decode_health_entries
 from shopgate.tool.manifest import Ports
@@ -53,3 +57,17 @@ def entry_routes(entry_url: str, service: str) -> bool:
         return requests.get(f"{entry_url}/api/v1/{service}", timeout=3).status_code == 200
     except requests.RequestException:
         return False
+
+
+def served_certificate(port: int, server_name: str) -> bytes | None:
+    """The leaf certificate (DER) the HTTPS entry point presents for SNI `server_name`, or None when
+    no handshake completes. Looked at, not verified: callers compare it with the one they expect."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((settings.LOOPBACK, port), timeout=3) as raw:
+            with context.wrap_socket(raw, server_hostname=server_name) as tls:
+                return tls.getpeercert(binary_form=True)
+    except OSError:
+        return None
