@@ -8,6 +8,7 @@ instance (re-)registered within seconds.
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 
@@ -196,3 +197,55 @@ def test_one_failed_check_keeps_a_lone_instance_in_discovery_two_in_a_row_take_i
         assert peers.healthy("users", fresh=True) == []
         with pytest.raises(PeerUnavailable, match="no healthy prod instance"):
             peers.request("users", "GET", "/api/v1/users/1")
+
+
+class DroppingServer:
+    """A real HTTP server that reads each request and closes the first connection without an answer
+    (what a kept-alive connection looks like when the instance closes it as the request goes out),
+    then answers 200. It records every request line it read."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.requests: list[str] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.requests.append(data.split(b"\r\n", 1)[0].decode())
+                if len(self.requests) > 1:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_dropped_connection_is_asked_again_once_for_a_get_never_for_a_post(catalog):
+    """A lone instance whose connection drops as the request goes out: a GET is asked again and
+    answered; a POST is not sent twice (the instance may have carried it out)."""
+    for method, answered in (("GET", True), ("POST", False)):
+        server = DroppingServer()
+        try:
+            catalog.client().agent.service.register("lone", service_id=f"lone-{server.port}", address="127.0.0.1",
+                                                    port=server.port, check={"TTL": "10m", "Status": "passing"})
+            peers = Peers(ConsulAddress.parse(catalog.url))
+            if answered:
+                assert peers.request("lone", method, "/x").status_code == 200
+            else:
+                with pytest.raises(PeerUnavailable, match="no instance answered"):
+                    peers.request("lone", method, "/x")
+            assert server.requests == [f"{method} /x HTTP/1.1"] * (2 if answered else 1)
+        finally:
+            catalog.client().agent.service.deregister(f"lone-{server.port}")
+            server.close()
