@@ -5,7 +5,10 @@ port with a fresh --data-dir (so every write goes through the write-ahead
 journal, as in production). Watchers are raw asyncio HTTP/1.1 connections on
 uvloop so that the client's own cost stays small next to the server's; the
 latency of a watcher is from just before the change's request is sent until
-its whole response has arrived.
+its whole response has arrived. Next to each latency the bench prints the
+server's main thread time on a CPU and time spent waiting for one (the
+kernel's schedstat): on a shared machine the waiting shows what others' work
+added to the figure.
 
     .venv/bin/python bench/catalog.py [--watchers 1000] [--registrations 2000] [--rounds 5]
 """
@@ -27,7 +30,8 @@ import requests  # noqa: E402
 import uvloop  # noqa: E402
 
 from _harness import percentile  # noqa: E402
-from shopgate.processes import ManagedProcess, free_port, process_rss_kib, shopgate_argv, wait_for_http  # noqa: E402
+from shopgate.processes import (ManagedProcess, free_port, main_thread_schedstat, process_rss_kib,  # noqa: E402
+                                shopgate_argv, wait_for_http)
 
 
 class Exchange(asyncio.Protocol):
@@ -102,8 +106,15 @@ async def registrations_per_second(url: str, total: int, concurrency: int) -> fl
         return total / (time.perf_counter() - started)
 
 
-async def wake_round(url: str, port: int, path_of, watchers: int, change) -> list[float]:
-    """Hold `watchers` blocking queries, make one change, return each watcher's latency (s) from the change."""
+def schedstat_delta(pid: int, before: tuple[float, float]) -> tuple[float, float]:
+    after = main_thread_schedstat(pid) or before
+    return after[0] - before[0], after[1] - before[1]
+
+
+async def wake_round(url: str, port: int, path_of, watchers: int, change, pid: int
+                     ) -> tuple[list[float], tuple[float, float]]:
+    """Hold `watchers` blocking queries, make one change; each watcher's latency (s) from the change, and the
+    server's main thread (seconds on a CPU, seconds waiting for one) from the change until all returned."""
     index = int(requests.get(url + path_of(0), timeout=10).headers["X-Consul-Index"])  # index=0: answers at once
     exchanges = await open_watchers(port, path_of(index), watchers)
     deadline = time.monotonic() + 60
@@ -112,11 +123,13 @@ async def wake_round(url: str, port: int, path_of, watchers: int, change) -> lis
             raise RuntimeError(f"only {held(url)} of {watchers} watchers held")
         await asyncio.sleep(0.05)
     assert not any(e.done.done() for e in exchanges), "a watcher returned before the change"
+    sched = main_thread_schedstat(pid) or (0.0, 0.0)
     started = time.perf_counter()
     await asyncio.get_running_loop().run_in_executor(None, change)
     results = await asyncio.gather(*(e.done for e in exchanges))
+    server = schedstat_delta(pid, sched)
     assert all(status == 200 for _, status, _ in results)
-    return [finished - started for finished, _, _ in results]
+    return [finished - started for finished, _, _ in results], server
 
 
 def table(rows: list[tuple[str, str]]) -> str:
@@ -137,10 +150,15 @@ async def run(args: argparse.Namespace) -> None:
             wait_for_http(f"{url}/v1/status/leader", process=server)
             rows = [("server RSS at start", f"{rss_mib(server.pid):.1f} MiB")]
 
+            sched = main_thread_schedstat(server.pid) or (0.0, 0.0)
             rate1 = await registrations_per_second(url, args.registrations // 4, 1)
             rate = await registrations_per_second(url, args.registrations, 16)
+            on_cpu, waiting = schedstat_delta(server.pid, sched)
+            registered = args.registrations // 4 + args.registrations
             rows += [("registrations/s (1 client, sequential)", f"{rate1:,.0f}"),
                      ("registrations/s (16 concurrent clients)", f"{rate:,.0f}"),
+                     ("server main thread per registration: on a CPU / waiting for one",
+                      f"{on_cpu / registered * 1e6:.0f} / {waiting / registered * 1e6:.0f} us"),
                      ("server RSS after registrations", f"{rss_mib(server.pid):.1f} MiB")]
             print(table(rows), flush=True)
 
@@ -150,25 +168,30 @@ async def run(args: argparse.Namespace) -> None:
             def health_watch(index: int) -> str:
                 return f"/v1/health/service/web?index={index}&wait=60s"
 
-            kv_rounds: list[list[float]] = []
+            kv_rounds = []
             for round_ in range(args.rounds):
                 kv_rounds.append(await wake_round(url, port, kv_watch, args.watchers, lambda: requests.put(
-                    f"{url}/v1/kv/shopgate/round", data=str(round_), timeout=10)))
+                    f"{url}/v1/kv/shopgate/round", data=str(round_), timeout=10), server.pid))
             held_rss = rss_mib(server.pid)
 
-            reg_rounds: list[list[float]] = []
+            reg_rounds = []
             for round_ in range(args.rounds):
                 registration = {"Name": "web", "ID": f"web-{round_}", "Port": 9000 + round_}
                 reg_rounds.append(await wake_round(url, port, health_watch, args.watchers, lambda: requests.put(
-                    f"{url}/v1/agent/service/register", json=registration, timeout=10)))
+                    f"{url}/v1/agent/service/register", json=registration, timeout=10), server.pid))
 
-            def latency_rows(what: str, rounds: list[list[float]]) -> list[tuple[str, str]]:
-                values = [latency for one_round in rounds for latency in one_round]
-                per_round = " ".join(f"{max(one_round) * 1000:.0f}" for one_round in rounds)
+            def latency_rows(what: str, rounds: list[tuple[list[float], tuple[float, float]]]
+                             ) -> list[tuple[str, str]]:
+                values = [latency for one_round, _ in rounds for latency in one_round]
+                per_round = " ".join(f"{max(one_round) * 1000:.0f}" for one_round, _ in rounds)
+                on_cpu = sum(server[0] for _, server in rounds) / len(rounds)
+                waiting = sum(server[1] for _, server in rounds) / len(rounds)
                 return [(f"wake-up after {what}: p50", f"{percentile(values, 0.5) * 1000:.1f} ms"),
                         (f"wake-up after {what}: p99", f"{percentile(values, 0.99) * 1000:.1f} ms"),
                         (f"wake-up after {what}: all returned", f"{max(values) * 1000:.1f} ms "
-                                                                f"(per round: {per_round} ms)")]
+                                                                f"(per round: {per_round} ms)"),
+                        (f"wake-up after {what}: server on a CPU / waiting for one",
+                         f"{on_cpu * 1000:.1f} / {waiting * 1000:.1f} ms per round")]
 
             rows = [("blocking watchers held at once", f"{args.watchers} (x {args.rounds} rounds each)"),
                     *latency_rows("a KV write", kv_rounds),

@@ -41,6 +41,9 @@ def refuse_conflicting(query: Query, *flags: str) -> None:
         raise BadRequest(f"Conflicting flags: {', '.join(given)} cannot be combined")
 
 
+RAW_VALUE_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
+
+
 @routes.get("/v1/kv/{key:.*}")
 async def kv_get(request: web.Request) -> web.Response:
     agent, query = agent_of(request), query_of(request)
@@ -85,13 +88,10 @@ async def kv_get(request: web.Request) -> web.Response:
             return store.kv_index(), None
         return entry.modify_index, (entry.value if raw else [kv_json(entry)])
 
-    response = await indexed(request, (key_topic(key),), read_one, not_found=lambda data: data is None,
-                             content_type="text/plain" if raw else "application/json")
-    if raw:
-        # As Consul: a stored value must never run as a page in a browser.
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Content-Security-Policy"] = "sandbox"
-    return response
+    # As Consul: a raw stored value must never run as a page in a browser.
+    return await indexed(request, (key_topic(key),), read_one, not_found=lambda data: data is None,
+                         content_type="text/plain" if raw else "application/json",
+                         headers=RAW_VALUE_HEADERS if raw else {})
 
 
 @routes.put("/v1/kv/{key:.*}")

@@ -1,9 +1,9 @@
-"""What every endpoint shares: Consul's headers, JSON bodies, and indexed (blocking) reads.
+"""What every endpoint shares: JSON bodies, and indexed (blocking) reads with Consul's headers.
 
 `indexed()` answers a read with `X-Consul-Index` and friends, holding it
-first when the client sent `?index=`. Serialized bodies are cached per
-(query, store index) so that a thousand watchers of one query woken by one
-change cost one serialization.
+first when the client sent `?index=`. Answers are serialized and encoded
+once per (query, store index) (`catalog.answers`), so that a thousand
+watchers of one query woken by one change cost one serialization.
 """
 
 from __future__ import annotations
@@ -13,10 +13,21 @@ from typing import Any, Callable
 from aiohttp import web
 
 from catalog.agent import Agent
+from catalog.answers import Answer
 from catalog.parsing import BadRequest, Fields, Query, decode_json
 from catalog.shapes import Fragments, dumps
 
 AGENT_KEY = web.AppKey("agent", Agent)
+
+
+class RequestCount:
+    """HTTP requests the catalog has received since it started (what its clients cost it, e.g. a fleet of gateways)."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+
+REQUESTS_KEY = web.AppKey("requests", RequestCount)
 
 #: Query parameters that do not change what a read returns (they say how to wait or whom to trust).
 _NOT_PART_OF_RESULT = {"index", "wait", "stale", "consistent", "cached", "token", "dc", "near"}
@@ -38,34 +49,24 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return web.Response(body=dumps(data), status=status, content_type="application/json", headers=headers)
 
 
-def consul_headers(index: int, consistency: str) -> dict[str, str]:
-    return {
-        "X-Consul-Index": str(max(index, 1)),
-        "X-Consul-KnownLeader": "true",
-        "X-Consul-LastContact": "0",
-        "X-Consul-Effective-Consistency": consistency,
-    }
-
-
 async def read_fields(request: web.Request, where: str) -> Fields:
     return Fields(decode_json(await request.read(), where), where)
 
 
 class BodyCache:
-    """Serialized answers of the current store index, shared by every watcher of the same query."""
+    """Encoded answers of the current store index, shared by every watcher of the same query."""
 
     def __init__(self) -> None:
         self.index = -1
-        self.bodies: dict[str, tuple[int, int, bytes]] = {}
+        self.answers: dict[str, Answer] = {}
 
-    def get(self, key: str, store_index: int, read: Callable[[], tuple[int, Any, int]]) -> tuple[int, int, bytes]:
+    def get(self, key: str, store_index: int, read: Callable[[], Answer]) -> Answer:
         if store_index != self.index:
-            self.bodies.clear()
+            self.answers.clear()
             self.index = store_index
-        hit = self.bodies.get(key)
+        hit = self.answers.get(key)
         if hit is None:
-            index, data, status = read()
-            hit = self.bodies[key] = (index, status, data if isinstance(data, bytes) else dumps(data))
+            hit = self.answers[key] = read()
         return hit
 
 
@@ -79,10 +80,12 @@ def fragments_of(request: web.Request, kind: str) -> Fragments:
 
 async def indexed(request: web.Request, topics: tuple[str, ...], read: Callable[[], tuple[int, Any]],
                   not_found: Callable[[Any], bool] = lambda data: False,
-                  content_type: str = "application/json") -> web.Response:
+                  content_type: str = "application/json", headers: dict[str, str] | None = None
+                  ) -> web.StreamResponse:
     """Answer an indexed read; block first when `?index=` asks to.
 
     `not_found(data)` turns the answer into a 404 (still with its index); `read` may return bytes to send as they are.
+    `headers` are the endpoint's own (the answer is encoded once: headers cannot be added to it afterwards).
     """
     query = query_of(request)
     consistency = query.consistency()
@@ -92,16 +95,14 @@ async def indexed(request: web.Request, topics: tuple[str, ...], read: Callable[
     key = request.path + "?" + "&".join(
         f"{k}={v}" for k, v in sorted(request.query.items()) if k not in _NOT_PART_OF_RESULT)
 
-    def read_once() -> tuple[int, tuple[int, bytes]]:
-        def produce() -> tuple[int, Any, int]:
+    def read_once() -> tuple[int, Answer]:
+        def produce() -> Answer:
             index, data = read()
-            return index, data, (404 if not_found(data) else 200)
+            return Answer.of(index, 404 if not_found(data) else 200,
+                             data if isinstance(data, bytes) else dumps(data), content_type, headers or {})
 
-        index, status, body = cache.get(key, agent.store.index, produce)
-        return index, (status, body)
+        answer = cache.get(key, agent.store.index, produce)
+        return answer.index, answer
 
-    index, (status, body) = await agent.watchers.block(topics, min_index, wait, read_once)
-    headers = consul_headers(index, consistency)
-    if status == 404:
-        return web.Response(status=404, headers=headers)
-    return web.Response(body=body, content_type=content_type, headers=headers)
+    _, answer = await agent.watchers.block(topics, min_index, wait, read_once)
+    return answer.response(request, consistency)

@@ -1,7 +1,8 @@
 """Blocking queries: hold a request until its index passes the client's, or its wait ends.
 
 Waiters park on futures keyed by topic (`kvs`, `checks`, `service:web` ...);
-a commit resolves the futures of the topics it touched — no polling loop.
+a commit resolves the futures of the topics it touched — no polling loop —
+in the order they parked, so the watcher that waited longest is answered first.
 A woken waiter re-reads its result and parks again if its index did not move.
 """
 
@@ -17,7 +18,8 @@ T = TypeVar("T")
 
 class Watchers:
     def __init__(self) -> None:
-        self._parked: dict[str, set[asyncio.Future]] = defaultdict(set)
+        # topic -> its parked futures, in parking order (a dict keeps insertion order; the values are unused)
+        self._parked: dict[str, dict[asyncio.Future, None]] = defaultdict(dict)
         self.held = 0  # blocking queries waiting right now
 
     def notify(self, topics: Iterable[str]) -> None:
@@ -49,7 +51,7 @@ class Watchers:
         future = loop.create_future()
         timer = loop.call_later(timeout, _resolve, future)
         for topic in topics:
-            self._parked[topic].add(future)
+            self._parked[topic][future] = None
         try:
             await future
         finally:
@@ -57,7 +59,7 @@ class Watchers:
             for topic in topics:
                 parked = self._parked.get(topic)
                 if parked is not None:
-                    parked.discard(future)
+                    parked.pop(future, None)
                     if not parked:
                         del self._parked[topic]
 

@@ -10,6 +10,9 @@ Membership (a slot gets, changes or loses an instance) goes through the runtime 
             server` takes no `cookie`): set server be/s addr A port P;
             weight W; state ready; health down. Either way HAProxy's own check must `rise` before
             the server takes traffic.
+    create  a dynamic server beyond the slots (gateway.routing): `add server` named after the instance,
+            the health check written out + `enable health`, then state ready + health down
+    delete  as remove, then `del server` (retried while HAProxy still counts connections on it)
     remove  state drain now; `state maint` once the server's sessions reach 0 (or after a bound);
             on a sticky backend `state maint` at once (in-flight requests still finish), since a
             draining server keeps taking the requests that carry its cookie
@@ -21,13 +24,14 @@ restarted controller changes only the difference.
 
 Structure (routes, backends, slot counts, settings, templates) goes through:
 
-    render -> haproxy -c -> atomic swap (tmp + rename, last good kept) -> master `reload`
+    fold dynamic servers into slots (routing.fold_extra) -> render -> haproxy -c -> atomic swap (tmp + rename, last good kept) -> master `reload`
     -> verify (new worker in `show proc`, failed count unchanged, every slot present)
     -> on any failure: restore the last good file, reload it, keep serving, report HAProxy's error.
 
 The config file always holds every server of the table it was rendered from, so a reload or a
 restart after a crash never resurrects or loses servers; the controller then re-plans from that
-table to the wanted one.
+table to the wanted one. Dynamic servers exist only in the running worker: a restarted HAProxy has
+none, and that re-plan creates them again (a reload writes them into slots first).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from gateway.adopt import same_structure
 from gateway.diff import certificate_changes
 from gateway.model import ApplyPlan, Backend, CertChange, MembershipChange, RouteTable, RuntimePaths
 from gateway.render import fleet_hash, render_config
+from gateway.routing import fold_extra
 from gateway.tls import CertEntry
 from gateway.tls_store import CertificateStore
 from shopgate import settings
@@ -97,33 +102,31 @@ class ConfigRejected(RuntimeError):
     """A config that was not applied; the message is the render error or HAProxy's own."""
 
 
-#: Balance algorithms under which HAProxy 2.6 refuses `add server` ("must use a dynamic load balancing").
-STATIC_BALANCE = frozenset({"source", "static-rr", "uri", "url_param", "hdr", "rdp-cookie"})
+def membership_commands(change: MembershipChange, add_server_maxconn: int | None | bool = False) -> list[str]:
+    """Runtime-API commands for one server change (remove, delete: only the drain; maint and del follow later).
 
-
-def membership_commands(change: MembershipChange, recreate_maxconn: int | None | bool = False) -> list[str]:
-    """Runtime-API commands for one slot change (remove: only the drain; maint follows later).
-
-    `recreate_maxconn` other than False: the add recreates the idle slot (`del server` + `add server`,
-    with the backend's maxconn, None for none), so its first health check runs at once."""
+    `add_server_maxconn` other than False: the server is made with `add server` (with the backend's
+    maxconn, None for none) — an idle slot recreated (`del server` first) or a dynamic server created —
+    so its first health check runs at once."""
     server = f"{check_token(change.backend)}/{check_token(change.slot)}"
-    if change.action == "add" and recreate_maxconn is not False:
-        maxconn = f" maxconn {int(recreate_maxconn)}" if recreate_maxconn else ""
-        return [f"del server {server}",
-                f"add server {server} {check_token(change.address)}:{int(change.port)} weight {int(change.weight)}{maxconn} {settings.HEALTH_CHECK}",
-                f"enable health {server}",
-                f"set server {server} state ready",
-                f"set server {server} health down"]
-    if change.action == "add":
+    if change.action in ("add", "create") and add_server_maxconn is not False:
+        maxconn = f" maxconn {int(add_server_maxconn)}" if add_server_maxconn else ""
+        commands = [f"del server {server}"] if change.action == "add" else []
+        return commands + [f"add server {server} {check_token(change.address)}:{int(change.port)} weight {int(change.weight)}{maxconn} {settings.HEALTH_CHECK}",
+                           f"enable health {server}"] + _admit(server, change.ready, [])   # `add server` starts in maint
+    if change.action in ("add", "create"):
         return [f"set server {server} addr {check_token(change.address)} port {int(change.port)}",
-                f"set server {server} weight {int(change.weight)}",
-                f"set server {server} state ready",
-                f"set server {server} health down"]
+                f"set server {server} weight {int(change.weight)}"] + _admit(server, change.ready, [f"set server {server} state maint"])
     if change.action == "weight":
         return [f"set server {server} weight {int(change.weight)}"]
-    if change.action in ("drain", "remove"):
+    if change.action in ("drain", "remove", "delete"):
         return [f"set server {server} state {'maint' if change.sticky else 'drain'}"]
     raise ValueError(f"unknown membership action {change.action!r}")
+
+
+def _admit(server: str, ready: bool, otherwise: list[str]) -> list[str]:
+    """Ready, but out until HAProxy's own check rises (`state ready` alone would mark it UP at once)."""
+    return [f"set server {server} state ready", f"set server {server} health down"] if ready else otherwise
 
 
 class Applier:
@@ -145,7 +148,9 @@ class Applier:
         self.runtime_updates = 0
         self.rejected_configs: deque[str] = deque(maxlen=20)
         self._refused: tuple[RouteTable, str, str | None] | None = None   # the last refused table, why, its text
-        self._draining: dict[tuple[str, str], float] = {}     # (backend, slot) -> give-up time
+        self._draining: dict[tuple[str, str], float] = {}     # (backend, server) -> give-up time
+        self._deleting: set[tuple[str, str]] = set()           # draining dynamic servers to `del server` once in maint
+        self._delete_give_up: dict[tuple[str, str], float] = {}  # refused `del server`: retried until then
         self.certificates = CertificateStore(runtime.tls_dir) if runtime.tls_dir is not None else None
         self.certs_held: tuple[CertEntry, ...] = ()   # what HAProxy serves and the files hold
         self.tls_refused: dict[str, tuple[str, str]] = {}   # id -> (fingerprint, "source: HAProxy refused it: ...")
@@ -175,7 +180,7 @@ class Applier:
         if plan.needs_reload:
             if force_reason is None and self._refused is not None and self._refused[0] == wanted:
                 raise ConfigRejected(self._refused[1])  # same input, same answer: do not re-run haproxy -c
-            self._structural(wanted, plan.structural_reasons)
+            wanted = self._structural(wanted, plan.structural_reasons)
         else:
             try:
                 self._membership(plan.membership)
@@ -183,7 +188,7 @@ class Applier:
                 log.warning("runtime API refused a change, reloading instead: %s", error)
                 self.metrics.errors.labels("runtime").inc()
                 plan = ApplyPlan(structural_reasons=(f"runtime API: {error}",))
-                self._structural(wanted, plan.structural_reasons)
+                wanted = self._structural(wanted, plan.structural_reasons)
         self.running = wanted
         self.last_apply = time.time()
         self.last_error = None
@@ -207,7 +212,7 @@ class Applier:
             return None
         if self._hash[0] is not running:
             try:
-                self._hash = (running, fleet_hash(running, self.templates_dir))
+                self._hash = (running, fleet_hash(fold_extra(running), self.templates_dir))   # dynamic servers count too
             except (jinja2.TemplateError, UnsafeValue, OSError):
                 return None
         return self._hash[1]
@@ -215,12 +220,14 @@ class Applier:
     def restart_haproxy(self) -> None:
         """HAProxy died: start it again on the last good config file, then the caller re-plans."""
         self._draining.clear()
+        self._deleting.clear()
         self.haproxy.start()
         self.running = replace(self.file_table, certificates=self.certs_held) if self.file_table else None
         self.metrics.haproxy_restarts.inc()
 
     def finish_drains(self) -> None:
-        """Put drained servers into maint once their sessions reached 0, or their bound passed."""
+        """Put drained servers into maint once their sessions reached 0, or their bound passed; then
+        `del server` the dynamic ones (HAProxy deletes only a server in maint without connections)."""
         now = time.monotonic()
         if not self._draining or not self.haproxy.alive() or now < self._next_drain_check:
             return
@@ -230,36 +237,57 @@ class Applier:
             done = [key for key, give_up in self._draining.items()
                     if now >= give_up or key not in stats or int(stats[key].get("scur") or 0) == 0]
             if done:
-                self.haproxy.cli.run([f"set server {b}/{s} state maint" for b, s in done])
+                self.haproxy.cli.run([f"set server {b}/{s} state maint" for b, s in done if (b, s) in stats])
         except HAProxyError as error:
             log.warning("finishing drains: %s", error)
             return
+        deleting = [key for key in done if key in self._deleting and key in stats]
         for key in done:
             self._draining.pop(key, None)
+        for backend, name in deleting:
+            try:
+                self.haproxy.cli.run([f"del server {backend}/{name}"])
+                self._deleting.discard((backend, name))
+            except HAProxyError as error:   # connections still attached (e.g. idle ones): try again shortly, bounded
+                if now < self._delete_give_up.setdefault((backend, name), now + self.drain_timeout):
+                    self._draining[(backend, name)] = now
+                else:
+                    log.warning("dynamic server %s/%s stays in maint: %s", backend, name, error)
+                    self._deleting.discard((backend, name))
+        for key in set(self._delete_give_up) - self._deleting:
+            del self._delete_give_up[key]
 
     # ---- membership: runtime API
 
     def _membership(self, changes: tuple[MembershipChange, ...]) -> None:
-        commands = [command for change in changes for command in membership_commands(change, self._recreate_maxconn(change))]
+        commands = [command for change in changes for command in membership_commands(change, self._add_server_maxconn(change))]
         self.haproxy.cli.run(commands)
         give_up = time.monotonic() + self.drain_timeout
         for change in changes:
             key = (change.backend, change.slot)
-            if change.action == "remove" and not change.sticky:
+            if change.action in ("remove", "delete") and not change.sticky:
                 self._draining[key] = give_up
             else:
                 self._draining.pop(key, None)
+            if change.action == "delete":
+                self._deleting.add(key)
+            else:
+                self._deleting.discard(key)
         self.runtime_updates += len(changes)
         self.metrics.runtime_updates.inc(len(changes))
 
-    def _recreate_maxconn(self, change: MembershipChange) -> int | None | bool:
-        """The maxconn to recreate an idle slot with for an add (None: no limit), or False when the slot
-        is not idle in HAProxy (in use, or still draining) or the backend's balance forbids `add server`."""
-        if change.action != "add" or self.running is None or (change.backend, change.slot) in self._draining:
+    def _add_server_maxconn(self, change: MembershipChange) -> int | None | bool:
+        """The maxconn to make the server with by `add server` (None: no limit), or False to `set server`
+        the one HAProxy has: a slot in use or still draining, a dynamic server not yet deleted, or a
+        backend whose balance, cookies or DNS mode rule out `add server`."""
+        key = (change.backend, change.slot)
+        if change.action not in ("add", "create") or self.running is None or key in self._draining or key in self._deleting:
             return False
         backend = self._running_backends().get(change.backend)
-        if backend is None or backend.settings.balance in STATIC_BALANCE or backend.settings.sticky or backend.settings.by_dns:
+        if backend is None or not backend.settings.runtime_servers:
             return False
+        if change.action == "create":
+            return backend.settings.maxconn
         slot = next((s for s in backend.servers if s.slot == change.slot), None)
         return backend.settings.maxconn if slot is not None and slot.state == "maint" else False
 
@@ -302,9 +330,12 @@ class Applier:
 
     # ---- structure: render, validate, swap, reload, verify
 
-    def _structural(self, wanted: RouteTable, reasons: tuple[str, ...]) -> None:
+    def _structural(self, wanted: RouteTable, reasons: tuple[str, ...]) -> RouteTable:
+        """Render, validate, swap, reload (or start) `wanted` with its dynamic servers folded into slots;
+        returns the table HAProxy now runs."""
         why = "; ".join(reasons)
-        text = self._render(wanted, why)
+        rendered = fold_extra(wanted)
+        text = self._render(rendered, why)
         if self._refused is not None and self._refused[2] == text:
             raise ConfigRejected(self._refused[1])   # the same text again (e.g. a repeated editor event)
         self.files.candidate.write_text(text)
@@ -313,22 +344,24 @@ class Applier:
             raise self._reject(wanted, why, f"haproxy -c: {problem}", text)
         if not self.haproxy.alive():
             os.replace(self.files.candidate, self.files.config)
-            self.file_table = wanted   # valid: what a restart will run, even if this start fails
+            self.file_table = rendered   # valid: what a restart will run, even if this start fails
             self.haproxy.start()
-            self._accepted(wanted, why, "started")
-            return
+            self._accepted(rendered, why, "started")
+            return rendered
         shutil.copyfile(self.files.config, self.files.last_good)
         os.replace(self.files.candidate, self.files.config)
         try:
             self.haproxy.reload()
-            self._verify(wanted)
+            self._verify(rendered)
         except HAProxyError as error:
             self._restore()
             raise self._reject(wanted, why, f"reload: {error}", deterministic=False) from error
-        self._draining.clear()   # the new worker runs the rendered states
+        self._draining.clear()   # the new worker runs the rendered states (and has no dynamic servers)
+        self._deleting.clear()
         self.reloads += 1
         self.metrics.reloads.inc()
-        self._accepted(wanted, why, "reloaded")
+        self._accepted(rendered, why, "reloaded")
+        return rendered
 
     def _render(self, wanted: RouteTable, why: str) -> str:
         try:

@@ -428,7 +428,7 @@ class Controller:
             rejected_configs=self.applier.rejected_configs, last_good_at=self.metrics.last_good_at,
             haproxy_pid=self.haproxy.pid if alive else None, config_hash=self.applier.config_hash(), ready=self.ready(),
             catalog={"reachable": self.watcher.reachable, "last_error": self.watcher.last_error,
-                     "long_polls": self.watcher.long_polls_in_flight},
+                     "long_polls": self.watcher.long_polls_in_flight, "requests": self.watcher.requests_made},
             guard_reason=self.guard.reason, flap_held=self._flap.report(time.monotonic()), now=time.time(),
             tls=tls_view(self.config.https, self.applier.certs_held, (self._wanted or running).tls_rejected,
                          [reason for _, reason in self.applier.tls_refused.values()], time.time(), self.config.expiring_days),

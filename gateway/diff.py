@@ -7,6 +7,10 @@ which the runtime API changes without a reload (except giving a slot a hostname:
 those only when it loads its config). Service maintenance and canary tag weights are
 expressed through server states and weights, so toggling them needs no reload either.
 
+Dynamic servers (Backend.extra, beyond the slots) are membership too: one appearing is created
+(`add server`), one vanishing is deleted after draining; their other changes are a slot's.
+The slot count alone is structure.
+
 Sticky backends: HAProxy 2.6's runtime API cannot set a server's cookie (`set server` takes addr,
 agent*, check-*, fqdn, health, ssl, state, weight; `add server` rejects `cookie`), so a slot that
 gets an instance with another cookie than the one HAProxy has is structural: the reload writes it.
@@ -41,9 +45,11 @@ def plan_changes(running: RouteTable | None, wanted: RouteTable) -> ApplyPlan:
             reasons += backend_reasons
         elif not reasons:
             membership += _slot_changes(old, new)
+            if old.extra or new.extra:
+                membership += _extra_changes(old, new)
     reasons += [
         f"backend {c.backend}: {c.slot} gets hostname address {c.address} (the runtime API sets IP addresses only)"
-        for c in membership if c.action == "add" and not _is_ip(c.address)
+        for c in membership if c.action in ("add", "create") and not _is_ip(c.address)
     ]
     if reasons:
         return ApplyPlan(structural_reasons=tuple(reasons), certificates=certificates)
@@ -145,6 +151,23 @@ def _slot_changes(old: Backend, new: Backend) -> list[MembershipChange]:
             change = slot_change(new.name, before, after, new.settings.sticky)
             if change is not None:
                 changes.append(change)
+    return changes
+
+
+def _extra_changes(old: Backend, new: Backend) -> list[MembershipChange]:
+    """Dynamic servers: create the new ones, delete the vanished ones, change the others as slots."""
+    before = {s.slot: s for s in old.extra}
+    after = {s.slot: s for s in new.extra}
+    changes = []
+    for name, server in after.items():
+        prior = before.get(name)
+        if prior is None:
+            changes.append(MembershipChange(new.name, name, "create", server.address, server.port, server.weight, ready=server.state == "ready"))
+        elif prior is not server and prior != server:
+            change = slot_change(new.name, prior, server)
+            if change is not None:
+                changes.append(change)
+    changes += [MembershipChange(new.name, name, "delete", s.address, s.port, s.weight) for name, s in before.items() if name not in after]
     return changes
 
 

@@ -55,9 +55,10 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Server:
-    """One server slot of a backend. Empty slots are rendered `disabled` at 127.0.0.1:1."""
+    """One server slot of a backend (empty slots are rendered `disabled` at 127.0.0.1:1), or one of its
+    dynamic servers (`Backend.extra`), created with `add server` once the slots are used up."""
 
-    slot: str                    # HAProxy server name inside its backend: "s1", "s2", ...
+    slot: str                    # HAProxy server name inside its backend: "s1", "s2", ... (a dynamic server: from its instance id)
     instance_key: str | None     # Instance.key occupying the slot, None for a spare slot
     address: str = "127.0.0.1"
     port: int = 1
@@ -73,6 +74,10 @@ class Server:
     def enabled(self) -> bool:
         """Rendered without `disabled`. A fresh worker gives draining servers no new requests either."""
         return self.state == "ready"
+
+
+#: Balance algorithms under which HAProxy 2.6 refuses `add server` ("must use a dynamic load balancing").
+STATIC_BALANCE = frozenset({"source", "static-rr", "uri", "url_param", "hdr", "rdp-cookie"})
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,12 @@ class BackendSettings:
         return self.discovery == "dns"
 
     @property
+    def runtime_servers(self) -> bool:
+        """HAProxy 2.6 can `add server` here: a dynamic balance algorithm, no cookie (`add server` takes
+        none), servers placed by the controller (not the resolver)."""
+        return self.balance not in STATIC_BALANCE and not self.sticky and not self.by_dns
+
+    @property
     def rate_window_ms(self) -> int:
         """Requests are counted over burst/rate seconds: on average `rate_limit`/s, at once up to the burst."""
         return max(1000, -(-1000 * (self.rate_burst or self.rate_limit or 1) // (self.rate_limit or 1)))
@@ -121,16 +132,26 @@ class BackendSettings:
 
 @dataclass(frozen=True)
 class Backend:
-    """An HAProxy backend for one service, with a fixed number of server slots."""
+    """An HAProxy backend for one service, with a fixed number of server slots, and dynamic servers
+    beyond them once they are used up (only where `settings.runtime_servers`).
+
+    Dynamic servers live in HAProxy's runtime state only: render does not write them; the next
+    structural change folds them into slots (gateway.routing.fold_extra) before rendering."""
 
     name: str                    # safe HAProxy identifier, e.g. "be_products"
     service: str
     settings: BackendSettings
     servers: tuple[Server, ...]  # len(servers) == slot count (occupied + spare)
     environment: str = "prod"    # the environment whose instances (and only those) fill the slots
+    extra: tuple[Server, ...] = ()   # dynamic servers (`add server`), named after their instance ids, sorted by name
 
     def server(self, slot: str) -> Server:
-        return next(s for s in self.servers if s.slot == slot)
+        return next(s for s in self.all_servers if s.slot == slot)
+
+    @property
+    def all_servers(self) -> tuple[Server, ...]:
+        """The slots, then the dynamic servers."""
+        return self.servers + self.extra if self.extra else self.servers
 
 
 @dataclass(frozen=True)
@@ -236,15 +257,17 @@ class RuntimePaths:
 
 @dataclass(frozen=True)
 class MembershipChange:
-    """One server slot to change through the runtime API (no reload)."""
+    """One server to change through the runtime API (no reload): a slot, or a dynamic server."""
 
     backend: str
-    slot: str
+    slot: str                    # the server's name
     action: str                  # "add" (set addr+port, ready, health down) | "remove" (drain -> maint) | "weight" | "drain"
+                                 # | dynamic servers: "create" (add server [+ ready, health down]) | "delete" (drain -> maint -> del server)
     address: str = "127.0.0.1"
     port: int = 1
     weight: int = 100
     sticky: bool = False         # drain/remove on a sticky backend: straight to maint, so its clients move now
+    ready: bool = True           # create: take traffic once HAProxy's check rises (False: stays in maint)
 
 
 @dataclass(frozen=True)

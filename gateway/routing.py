@@ -13,6 +13,14 @@ for running HAProxy without reloads:
   and shrinks only when eight times that size would still fit, so flapping does not reload
   (spare slots are disabled servers: they cost a config line, not a check or a connection).
 
+Dynamic servers beyond the slots. Where HAProxy 2.6 can `add server` (BackendSettings.runtime_servers:
+a dynamic balance algorithm, not sticky, not DNS mode), a backend that runs out of slots does not
+grow: further instances become dynamic servers (`Backend.extra`), named after their instance ids
+(`dynamic_server_name`), created and deleted through the runtime API. They keep their names while
+registered; a new instance still takes a free slot first. The next structural change renders
+`fold_extra(table)`: enough slots for everyone, the dynamic servers moved into them. Elsewhere
+(`balance source` and other static algorithms, sticky cookies, DNS mode) the slots grow by reload.
+
 Instances the flap hold-down holds out (gateway.flap, computed by the controller) come in as a
 set of instance keys and are routed like unhealthy ones: they keep their slot, in `maint`.
 
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import operator
+import re
 import time
 from dataclasses import replace
 from functools import lru_cache
@@ -86,6 +95,45 @@ def default_cookie(service: str) -> str:
 def slot_name(index: int) -> str:
     """Server name of slot `index` (0-based): s1, s2, ..."""
     return f"s{index + 1}"
+
+
+_SLOT_NAME = re.compile(r"s[0-9]+")
+_NOT_SERVER_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def dynamic_server_name(instance_id: str, instance_key: str, taken: set[str]) -> str:
+    """A dynamic server's HAProxy name: the instance id in server-name characters (gateway.haproxy_syntax.SERVER_NAME),
+    so the stats page says whom it holds; a hash of the instance key is appended where that name is taken
+    or reads like a slot's (s1, s2, ...)."""
+    base = _NOT_SERVER_NAME_CHARS.sub("_", instance_id)[:48] or "_"
+    if base in taken or _SLOT_NAME.fullmatch(base):
+        return f"{base}-{cookie_value(instance_key)}"
+    return base
+
+
+def fold_extra(table: RouteTable) -> RouteTable:
+    """`table` with each backend's dynamic servers moved into slots, for a render (what a reload runs): as many
+    slots as a backend of that size gets from scratch, occupied slots kept where they are."""
+    if not any(b.extra for b in table.backends):
+        return table
+    services = dict(table.memo.get("services", {}))
+    folded: dict[str, Backend] = {}
+    for backend in table.backends:
+        if not backend.extra:
+            continue
+        result = services.get(backend.service)
+        min_slots, headroom = result.sizing if result is not None else (MIN_SLOTS, SLOT_HEADROOM)
+        members = sum(s.occupied for s in backend.servers) + len(backend.extra)
+        count = max(len(backend.servers), slot_count(members, None, max(min_slots, backend.settings.min_slots or 0), headroom))
+        servers = list(backend.servers) + [_spare(slot_name(i)) for i in range(len(backend.servers), count)]
+        free = [i for i, server in enumerate(servers) if not server.occupied]
+        for index, server in zip(free, backend.extra):
+            servers[index] = replace(server, slot=slot_name(index))
+        folded[backend.name] = replace(backend, servers=tuple(servers), extra=())
+    for service, result in services.items():
+        if any(b.name in folded for b in result.backends):
+            services[service] = result._replace(backends=tuple(folded.get(b.name, b) for b in result.backends))
+    return replace(table, backends=tuple(folded.get(b.name, b) for b in table.backends), memo={**table.memo, "services": services})
 
 
 def build_route_table(
@@ -333,15 +381,25 @@ def _backend(service: str, environment: str, instances: list[Instance], settings
         if previous is not None and previous.settings == settings and previous.servers == servers:
             return previous
         return Backend(name=backend_name(service), service=service, settings=settings, servers=servers)
-    count = slot_count(len(instances), len(previous.servers) if previous else None, floor, headroom)
+    current = len(previous.servers) if previous else None
+    count = slot_count(len(instances), current, floor, headroom)
+    # Out of slots where `add server` works: dynamic servers instead of more slots (no reload).
+    overflow = settings.runtime_servers and current is not None and floor <= current
+    if overflow and count > current:
+        count = current
     old_servers = previous.servers if previous else ()
     old_slot = {s.instance_key: i for i, s in enumerate(old_servers) if s.occupied}
+    old_extra = {s.instance_key: s for s in previous.extra} if overflow and previous.extra else {}
     by_slot: dict[int, Instance] = {}
+    kept_extra: list[Instance] = []
     newcomers: list[Instance] = []
+    left_over: list[Instance] = []   # no free slot: dynamic servers
     for instance in instances:
         index = old_slot.get(instance.key)
         if index is not None and index < count:
             by_slot[index] = instance
+        elif instance.key in old_extra:
+            kept_extra.append(instance)
         else:
             newcomers.append(instance)
     if newcomers:
@@ -353,24 +411,39 @@ def _backend(service: str, environment: str, instances: list[Instance], settings
         free = [i for i in range(count) if i not in by_slot and i not in vacated] + sorted(vacated)
         for index, instance in zip(free, newcomers):
             by_slot[index] = instance
-    servers = []
-    for index in range(count):
-        name = slot_name(index)
-        old = old_servers[index] if index < len(old_servers) else None
-        instance = by_slot.get(index)
-        if instance is None:
-            servers.append(_spare(name))
-            continue
-        weight, state = _weight(instance, settings), _state(instance, settings, held)
-        cookie = cookie_value(instance.key) if settings.sticky else None
-        if (old is not None and old.instance_key == instance.key and old.address == instance.address and old.port == instance.port
-                and old.weight == weight and old.state == state and old.cookie == cookie):
-            servers.append(old)  # unchanged: reuse, so comparisons stay cheap
-        else:
-            servers.append(Server(name, instance.key, instance.address, instance.port, weight, state, cookie))
-    if previous is not None and previous.settings == settings and len(servers) == len(old_servers) and all(a is b for a, b in zip(servers, old_servers)):
+        left_over = newcomers[len(free):]
+    servers = [_server(slot_name(index), by_slot.get(index), old_servers[index] if index < len(old_servers) else None, settings, held)
+               for index in range(count)]
+    extra = _extra(kept_extra, left_over, old_extra, settings, held)
+    if (previous is not None and previous.settings == settings and len(servers) == len(old_servers) and all(a is b for a, b in zip(servers, old_servers))
+            and len(extra) == len(previous.extra) and all(a is b for a, b in zip(extra, previous.extra))):
         return previous
-    return Backend(name=backend_name(service, environment), service=service, settings=settings, servers=tuple(servers), environment=environment)
+    return Backend(name=backend_name(service, environment), service=service, settings=settings, servers=tuple(servers), environment=environment,
+                   extra=extra)
+
+
+def _server(name: str, instance: Instance | None, old: Server | None, settings: BackendSettings, held: frozenset[str]) -> Server:
+    """Server `name` holding `instance` (a spare when None); `old` itself when nothing changed, so comparisons stay cheap."""
+    if instance is None:
+        return _spare(name)
+    weight, state = _weight(instance, settings), _state(instance, settings, held)
+    cookie = cookie_value(instance.key) if settings.sticky else None
+    if (old is not None and old.instance_key == instance.key and old.address == instance.address and old.port == instance.port
+            and old.weight == weight and old.state == state and old.cookie == cookie):
+        return old
+    return Server(name, instance.key, instance.address, instance.port, weight, state, cookie)
+
+
+def _extra(kept: list[Instance], new: list[Instance], old: Mapping[str, Server], settings: BackendSettings,
+           held: frozenset[str]) -> tuple[Server, ...]:
+    """The dynamic servers: `kept` instances under their old names, `new` ones named after their ids; sorted by name."""
+    servers = [_server(old[i.key].slot, i, old[i.key], settings, held) for i in kept]
+    taken = {s.slot for s in servers}
+    for instance in sorted(new, key=lambda i: i.key):
+        name = dynamic_server_name(instance.id, instance.key, taken)
+        taken.add(name)
+        servers.append(_server(name, instance, None, settings, held))
+    return tuple(sorted(servers, key=lambda s: s.slot))
 
 
 # ---------------------------------------------------------------- routes

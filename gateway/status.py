@@ -44,14 +44,15 @@ def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str
             "discovery": backend.settings.discovery,
             "routes": [r.url_prefix + r.strip_option for r in running.routes if r.backend == backend.name],
             "slots": len(backend.servers),
+            "dynamic_servers": len(backend.extra),
             "guards": guards_view(backend.settings),
             "flap_held": [{**held, "held_until": round(now + held["held_for_seconds"], 3)}
                           for held in (flap_held or {}).get(backend.service, [])
-                          if any(s.instance_key == held["instance"] for s in backend.servers)],   # this environment's
+                          if any(s.instance_key == held["instance"] for s in backend.all_servers)],   # this environment's
             "servers": dns_servers(backend.name, [s.slot for s in backend.servers], live) if backend.settings.by_dns else [
                 {"slot": s.slot, "instance": s.instance_key, "address": s.address, "port": s.port, "weight": s.weight,
-                 "state": s.state, "haproxy_status": live.get((backend.name, s.slot), {}).get("status")}
-                for s in backend.servers if s.occupied
+                 "state": s.state, "haproxy_status": live.get((backend.name, s.slot), {}).get("status"), "dynamic": dynamic}
+                for servers, dynamic in ((backend.servers, False), (backend.extra, True)) for s in servers if s.occupied
             ],
         }
     return {

@@ -178,6 +178,17 @@ def process_rss_kib(pid: int) -> int | None:
     return next((int(line.split()[1]) for line in lines if line.startswith("VmRSS:")), None)
 
 
+def main_thread_schedstat(pid: int) -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds runnable but waiting for one) of a process's main thread, from the scheduler's
+    own accounting (/proc/<pid>/schedstat, nanoseconds); None when the process is gone or the kernel keeps none.
+    The waiting time is what other work on the machine cost it."""
+    try:
+        on_cpu, waiting = Path(f"/proc/{pid}/schedstat").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
 def process_cpu_seconds(pid: int) -> float | None:
     """CPU time a process has used so far, user + system, all its threads (/proc/<pid>/stat); None when it is gone."""
     fields = _stat_fields(pid)

@@ -147,6 +147,21 @@ class Gateway:
         wait_for_http(f"http://127.0.0.1:{port}/health", timeout=15, process=process)
         return Backend(service, port, process)
 
+    def start_backends(self, service: str, count: int, drain: float = 1.0) -> list[Backend]:
+        """`count` instances of `service` served by ONE backend process (gateway_backend.py --ports), which
+        all leave together on its SIGTERM: many instances without as many interpreters."""
+        ports: list[int] = []
+        while len(ports) < count:   # the kernel may hand out a port twice in a row
+            port = free_port()
+            if port not in ports:
+                ports.append(port)
+        process = self.start_process(f"{service}-x{count}-{ports[0]}", [
+            sys.executable, str(BACKEND_SCRIPT), "--service", service, "--consul", self.catalog.url,
+            "--ports", ",".join(map(str, ports)), "--drain", str(drain)])
+        for port in ports:
+            wait_for_http(f"http://127.0.0.1:{port}/health", timeout=30, process=process)
+        return [Backend(service, port, process) for port in ports]
+
     def stop(self) -> None:
         """Stop the controller, then any HAProxy it left behind (by pid)."""
         if self.process is not None:

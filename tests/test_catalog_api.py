@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
+import socket
+
 import pytest
 import requests
 
@@ -84,6 +87,52 @@ def test_index_headers_are_present_and_never_zero(catalog):
         assert int(response.headers["X-Consul-Index"]) >= 1, path
         assert response.headers["X-Consul-KnownLeader"] == "true"
         assert "X-Consul-LastContact" in response.headers
+
+
+def raw_exchange(port: int, request: bytes) -> bytes:
+    """Send raw HTTP bytes on a fresh connection and read until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def test_indexed_answers_keep_http_semantics_on_every_kind_of_request(catalog):
+    """Indexed answers are written as prepared bytes: keep-alive, Connection: close, HEAD and HTTP/1.0 still hold."""
+    api = Api(catalog.url)
+    api.put("/v1/kv/app/colour", data="blue")
+    expected = api.call("GET", "/v1/kv/app/colour")
+
+    kept = http.client.HTTPConnection("127.0.0.1", catalog.port, timeout=10)
+    answers = []
+    for _ in range(2):      # two requests on one connection: the first answer left it usable
+        kept.request("GET", "/v1/kv/app/colour?stale")
+        response = kept.getresponse()
+        answers.append((response.status, response.getheader("X-Consul-Index"),
+                        response.getheader("X-Consul-Effective-Consistency"), response.getheader("Date"),
+                        response.read()))
+    kept.request("HEAD", "/v1/kv/app/colour")
+    head = kept.getresponse()
+    assert head.read() == b"" and int(head.getheader("Content-Length")) == len(expected.content)
+    kept.close()
+    for status, index, consistency, date, body in answers:
+        assert (status, index, consistency, body) == (200, expected.headers["X-Consul-Index"], "stale",
+                                                       expected.content)
+        assert date.endswith(" GMT")
+
+    closing = raw_exchange(catalog.port, b"GET /v1/kv/app/colour HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head_bytes, _, body = closing.partition(b"\r\n\r\n")
+    assert head_bytes.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nConnection: close" in head_bytes
+    assert body == expected.content      # and the server closed the connection after it (recv returned b"")
+
+    old = raw_exchange(catalog.port, b"GET /v1/kv/app/colour HTTP/1.0\r\n\r\n")
+    assert old.startswith(b"HTTP/1.0 200 OK\r\n") and old.endswith(expected.content)
+
+    missing = raw_exchange(catalog.port, b"GET /v1/kv/app/none HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert missing.startswith(b"HTTP/1.1 404 Not Found\r\n") and b"\r\nX-Consul-Index: " in missing
+    assert b"\r\nContent-Length: 0\r\n" in missing and missing.endswith(b"\r\n\r\n")  # no body
 
 
 def test_acl_token_is_required_when_configured(catalog_factory):

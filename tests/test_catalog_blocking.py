@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 
+from catalog.watch import Watchers
 from catalog_helpers import Api, eventually
 
 
@@ -109,3 +110,47 @@ def test_a_missing_key_watch_waits_for_that_key_only(catalog):
         response = watch.result(timeout=10)
     # Had the unrelated write answered the watch, it would have been a 404.
     assert response.status_code == 200 and response.json()[0]["Value"] == "b24="
+
+
+def test_metrics_count_every_request_the_catalog_received(catalog):
+    """What a fleet of watchers costs the catalog is read from its own counter (bench/gateways.py does)."""
+    api = Api(catalog.url)
+
+    def received() -> int:
+        counters = {c["Name"]: c["Count"] for c in api.get("/v1/agent/metrics")["Counters"]}
+        return counters["shopgate.catalog.http_requests"]
+
+    before = received()
+    for _ in range(5):
+        api.get("/v1/catalog/services")
+    api.call("GET", "/v1/kv/missing", expect=404)
+    api.call("GET", "/v1/health/service/web?index=notanumber", expect=400)
+    assert received() == before + 7 + 1   # the seven above and this read itself
+    text = api.call("GET", "/v1/agent/metrics?format=prometheus").text
+    assert "# TYPE shopgate_catalog_http_requests counter" in text
+    assert f"shopgate_catalog_http_requests_total {before + 9}" in text.splitlines()
+
+
+def test_one_change_answers_watchers_in_the_order_they_parked():
+    """Fairness under a burst: the watcher that has waited longest is answered first."""
+    watchers = Watchers()
+    answered: list[int] = []
+
+    async def watch(number: int) -> None:
+        await watchers.block(("kvs",), 1, 30.0, lambda: (index, None))
+        answered.append(number)
+
+    async def run() -> None:
+        tasks = []
+        for number in range(50):
+            tasks.append(asyncio.create_task(watch(number)))
+            await asyncio.sleep(0)          # let it park before the next one
+        assert watchers.held == 50 and not answered
+        nonlocal index
+        index = 2
+        watchers.notify(["kvs"])
+        await asyncio.gather(*tasks)
+
+    index = 1
+    asyncio.run(run())
+    assert answered == list(range(50))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import threading
+from contextlib import closing
 
-from catalog_helpers import Api
+from catalog_helpers import Api, eventually
 
 
 def _register_some(api: Api) -> None:
@@ -105,3 +107,22 @@ def test_the_node_keeps_its_name_and_services_across_restarts(catalog_factory):
     assert api.get("/v1/agent/self")["Config"]["NodeName"] == "edge-a"
     assert set(api.get("/v1/agent/services")) == {"web"}
     assert [n["Node"] for n in api.get("/v1/catalog/nodes")] == ["edge-a"]
+
+
+def test_the_write_ahead_log_is_checkpointed_in_the_background(catalog, tmp_path):
+    """Checkpoints run off the commit path; they must still run, or the WAL would grow without end."""
+    api = Api(catalog.url)
+    for n in range(50):
+        api.put(f"/v1/kv/shopgate/many/{n}", data=str(n))
+
+    def in_the_database_file_alone() -> bool:
+        copy = tmp_path / "copy.db"     # the database file without its -wal: only what was checkpointed
+        copy.write_bytes((catalog.data_dir / "catalog.db").read_bytes())
+        with closing(sqlite3.connect(copy)) as db:
+            try:
+                return db.execute("SELECT count(*) FROM records WHERE tbl='kvs' AND key LIKE 'shopgate/many/%'"
+                                  ).fetchone()[0] == 50
+            except sqlite3.OperationalError:    # not even the table was checkpointed yet
+                return False
+
+    eventually(in_the_database_file_alone, timeout=20, what="the 50 writes to reach the database file")

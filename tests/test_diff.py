@@ -101,9 +101,26 @@ def test_structural_changes_say_why():
         "gateway setting stats_user: None -> a", "gateway setting stats_password: changed")
 
 
-def test_exhausted_slots_mean_a_reload_with_more_slots():
+def test_exhausted_slots_mean_dynamic_servers_created_and_deleted_without_reload():
     two = (inst(1), inst(2))                     # 4 slots (headroom x2)
-    plan = plan_between(two, two + (inst(3), inst(4), inst(5)))
+    grown = two + (inst(3), inst(4), inst(5), inst(6))
+    plan = plan_between(two, grown)
+    assert not plan.needs_reload
+    assert [(c.slot, c.action) for c in plan.membership] == [("s3", "add"), ("s4", "add"), ("p-5", "create"), ("p-6", "create")]
+    running = table(*two)
+    wanted = table(*grown, previous=running)
+    back = plan_changes(wanted, table(*two, previous=wanted))
+    assert [(c.slot, c.action) for c in back.membership] == [("s3", "remove"), ("s4", "remove"), ("p-5", "delete"), ("p-6", "delete")]
+    assert membership_commands(plan.membership[2], None) == [
+        "add server be_p/p-5 10.0.0.5:9005 weight 100 check inter 1s downinter 50ms fall 2 rise 1", "enable health be_p/p-5",
+        "set server be_p/p-5 state ready", "set server be_p/p-5 health down"]
+    assert membership_commands(back.membership[2]) == ["set server be_p/p-5 state drain"]
+
+
+def test_exhausted_slots_of_a_static_balance_backend_mean_a_reload_with_more_slots():
+    static = {"shopgate/services/p/balance": b"source"}
+    two = (inst(1), inst(2))
+    plan = plan_between(two, two + (inst(3), inst(4), inst(5)), kv_before=static, kv_after=static)
     assert plan.structural_reasons == ("backend be_p: slots 4 -> 16",)
     assert plan.membership == ()
 
@@ -130,9 +147,9 @@ def serving_view(servers) -> dict[str, tuple]:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    before=st.dictionaries(st.integers(1, 6), st.sampled_from(["passing", "critical", "maintenance"]), max_size=6),
-    after=st.dictionaries(st.integers(1, 6), st.sampled_from(["passing", "critical", "maintenance"]), max_size=6),
-    canary=st.sets(st.integers(1, 6)),
+    before=st.dictionaries(st.integers(1, 10), st.sampled_from(["passing", "critical", "maintenance"]), max_size=10),
+    after=st.dictionaries(st.integers(1, 10), st.sampled_from(["passing", "critical", "maintenance"]), max_size=10),
+    canary=st.sets(st.integers(1, 10)),
     weights=st.sampled_from([None, b'{"canary": 0}', b'{"canary": 30}']),
 )
 def test_applying_the_membership_plan_to_the_running_servers_gives_the_wanted_servers(before, after, canary, weights):
@@ -145,8 +162,15 @@ def test_applying_the_membership_plan_to_the_running_servers_gives_the_wanted_se
     plan = plan_changes(running, wanted)
     if plan.needs_reload:
         return  # the reload writes `wanted` whole
-    runtime = {s.slot: [s.address, s.port, s.weight, s.state == "ready"] for s in running.backend("be_p").servers}
+    runtime = {s.slot: [s.address, s.port, s.weight, s.state == "ready"] for s in running.backend("be_p").all_servers}
     for change in plan.membership:
+        if change.action == "create":
+            assert change.slot not in runtime
+            runtime[change.slot] = [change.address, change.port, change.weight, change.ready]
+            continue
+        if change.action == "delete":
+            del runtime[change.slot]
+            continue
         slot = runtime[change.slot]
         if change.action == "add":
             slot[:] = [change.address, change.port, change.weight, True]
@@ -154,7 +178,7 @@ def test_applying_the_membership_plan_to_the_running_servers_gives_the_wanted_se
             slot[2] = change.weight
         else:  # drain, remove: no new requests
             slot[3] = False
-    assert {name: tuple(v[:3]) for name, v in runtime.items() if v[3]} == serving_view(wanted.backend("be_p").servers)
+    assert {name: tuple(v[:3]) for name, v in runtime.items() if v[3]} == serving_view(wanted.backend("be_p").all_servers)
 
 
 STICKY = {"shopgate/services/p/sticky": b"cookie"}

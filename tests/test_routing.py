@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from gateway.model import Instance, Route, RouteTable, Snapshot
-from gateway.routing import build_route_table, cookie_value, frontends, parse_route_tag, slot_count
+from gateway.haproxy_syntax import SERVER_NAME
+from gateway.routing import build_route_table, cookie_value, dynamic_server_name, fold_extra, frontends, parse_route_tag, slot_count
 
 
 def inst(service: str, n: int, status: str = "passing", tags: tuple[str, ...] = (), address: str | None = None, port: int | None = None) -> Instance:
@@ -25,6 +26,11 @@ def snap(*instances: Instance, services: tuple[str, ...] = (), kv: dict[str, byt
 def slots_of(table: RouteTable, service: str) -> dict[str, str]:
     """instance id -> slot name."""
     return {s.instance_key.split("/", 1)[1]: s.slot for s in table.backend(f"be_{service}").servers if s.occupied}
+
+
+def names_of(table: RouteTable, service: str) -> dict[str, str]:
+    """instance id -> server name, slots and dynamic servers."""
+    return {s.instance_key.split("/", 1)[1]: s.slot for s in table.backend(f"be_{service}").all_servers if s.occupied}
 
 
 # ---------------------------------------------------------------- routes
@@ -171,25 +177,75 @@ def test_slot_count_has_headroom_grows_when_full_and_shrinks_with_hysteresis():
     assert slot_count(1, 4, floor=8, headroom=2) == 8           # a raised floor (KV slots) grows
 
 
+STATIC = {"shopgate/services/p/balance": b"source"}   # `add server` refused: the slots grow (by reload)
+
+
 def test_slots_are_kept_through_growth_and_shrink():
     five = [inst("p", n) for n in range(1, 6)]
-    t1 = build_route_table(snap(*five[:2]))
+    t1 = build_route_table(snap(*five[:2], kv=STATIC))
     assert len(t1.backend("be_p").servers) == 4
-    t2 = build_route_table(snap(*five), t1)
+    t2 = build_route_table(snap(*five, kv=STATIC), t1)
     assert len(t2.backend("be_p").servers) == 16
     assert slots_of(t2, "p")["p-1"] == "s1" and slots_of(t2, "p")["p-2"] == "s2"
-    t3 = build_route_table(snap(five[4]), t2)
+    t3 = build_route_table(snap(five[4], kv=STATIC), t2)
     assert len(t3.backend("be_p").servers) == 16                  # 1 of 16: not worth a reload
     assert slots_of(t3, "p") == {"p-5": "s5"}
     many = [inst("p", n) for n in range(1, 18)]
-    t4 = build_route_table(snap(*many), t3)
+    t4 = build_route_table(snap(*many, kv=STATIC), t3)
     assert len(t4.backend("be_p").servers) == 64 and slots_of(t4, "p")["p-5"] == "s5"
-    t5 = build_route_table(snap(*many[12:]), t4)                   # p-13..p-17 sit in s6..s17
+    t5 = build_route_table(snap(*many[12:], kv=STATIC), t4)                   # p-13..p-17 sit in s6..s17
     assert len(t5.backend("be_p").servers) == 64                  # 5 of 64: keep
-    t6 = build_route_table(snap(*many[13:]), t5)                   # 4 of 64 (needs 8, 8 x 8 <= 64): shrink
+    t6 = build_route_table(snap(*many[13:], kv=STATIC), t5)                   # 4 of 64 (needs 8, 8 x 8 <= 64): shrink
     assert len(t6.backend("be_p").servers) == 8
     assert sorted(slots_of(t6, "p").values()) == ["s1", "s2", "s3", "s4"]   # moved inside the smaller range
-    assert build_route_table(snap(*many[13:]), replace(t5, memo={})) == t6
+    assert build_route_table(snap(*many[13:], kv=STATIC), replace(t5, memo={})) == t6
+
+
+def test_out_of_slots_further_instances_become_dynamic_servers_named_after_them():
+    t1 = build_route_table(snap(inst("p", 1)))
+    assert len(t1.backend("be_p").servers) == 4
+    ten = [inst("p", n) for n in range(1, 11)]
+    t2 = build_route_table(snap(*ten), t1)
+    backend = t2.backend("be_p")
+    assert len(backend.servers) == 4 and all(s.occupied for s in backend.servers)   # no new slots: no reload
+    assert [s.slot for s in backend.extra] == [f"p-{n}" for n in sorted(range(5, 11), key=str)]
+    assert {s.state for s in backend.extra} == {"ready"}
+    # they keep their names while others come and go; a newcomer takes a freed slot first
+    t3 = build_route_table(snap(*ten[1:], inst("p", 11)), t2)
+    assert names_of(t3, "p")["p-11"] == "s1" and names_of(t3, "p")["p-7"] == "p-7"
+    # gone again: no dynamic server left, the slots stay
+    t4 = build_route_table(snap(ten[1]), t3)
+    assert t4.backend("be_p").extra == () and len(t4.backend("be_p").servers) == 4
+
+
+def test_dynamic_server_names_are_haproxy_server_names_unique_and_never_a_slots():
+    odd = [replace(inst("p", n), id=name) for n, name in enumerate(["s1", "a b/c#d", "a_b_c_d", "x" * 80, "é"], start=5)]
+    table = build_route_table(snap(inst("p", 1)))                                 # 4 slots
+    table = build_route_table(snap(*[inst("p", n) for n in range(1, 5)], *odd), table)
+    names = [s.slot for s in table.backend("be_p").extra]
+    assert len(set(names)) == 5 and all(SERVER_NAME.fullmatch(n) for n in names)
+    assert "s1" not in names and "a_b_c_d" in names and "x" * 48 in names
+
+
+def test_fold_extra_moves_dynamic_servers_into_enough_slots_and_keeps_the_slots():
+    t1 = build_route_table(snap(inst("p", 1)))
+    ten = [inst("p", n) for n in range(1, 11)]
+    t2 = build_route_table(snap(*ten), t1)
+    folded = fold_extra(t2)
+    backend = folded.backend("be_p")
+    assert backend.extra == () and len(backend.servers) == 32          # as a backend of 10 gets from scratch
+    assert names_of(folded, "p") == {**{f"p-{n}": f"s{n}" for n in range(1, 5)},
+                                     **{s.instance_key.split("/")[1]: s.slot for s in backend.servers[4:] if s.occupied}}
+    assert len(names_of(folded, "p")) == 10
+    # the next build starts from the folded slots (the memo follows)
+    assert build_route_table(snap(*ten), folded) == folded
+
+
+def test_sticky_dns_and_static_balance_backends_grow_slots_instead():
+    for kv in ({"shopgate/services/p/sticky": b"cookie"}, STATIC):
+        t1 = build_route_table(snap(inst("p", 1), kv=kv))
+        t2 = build_route_table(snap(*[inst("p", n) for n in range(1, 11)], kv=kv), t1)
+        assert t2.backend("be_p").extra == () and len(t2.backend("be_p").servers) == 32
 
 
 def test_kv_slots_raises_the_floor_for_one_service():
@@ -252,14 +308,16 @@ def test_slots_are_unique_sized_with_headroom_and_kept_unless_the_backend_shrink
     previous = None
     for view in history:
         table = build_route_table(snap(*(inst("p", n, status) for n, status in view.items()), services=("p",)), previous)
-        servers = table.backend("be_p").servers
-        occupied = [s.instance_key for s in servers if s.occupied]
-        assert sorted(occupied) == sorted(f"node1/p-{n}" for n in view)           # everyone has exactly one slot
+        backend = table.backend("be_p")
+        servers = backend.servers
+        occupied = [s.instance_key for s in backend.all_servers if s.occupied]
+        assert sorted(occupied) == sorted(f"node1/p-{n}" for n in view)           # everyone has exactly one server
+        assert len({s.slot for s in backend.all_servers}) == len(backend.all_servers)   # under a name of its own
         assert len(servers) >= max(4, 2 * len(view)) or (previous and len(servers) == len(previous.backend("be_p").servers))
-        assert len(servers) >= len(view)
+        assert not backend.extra or (previous and len(servers) == len(previous.backend("be_p").servers))   # dynamic: the slots ran out
         if previous is not None and len(servers) >= len(previous.backend("be_p").servers):
-            before = slots_of(previous, "p")
-            assert all(slots_of(table, "p")[i] == slot for i, slot in before.items() if int(i.split("-")[1]) in view)
+            before = names_of(previous, "p")
+            assert all(names_of(table, "p")[i] == name for i, name in before.items() if int(i.split("-")[1]) in view)
         previous = table
 
 
@@ -341,3 +399,14 @@ def test_sticky_slots_carry_a_cookie_derived_from_the_instance_whatever_its_slot
     assert other.backend("be_p").server("s1").cookie == cookies["node1/p-2"] == cookie_value("node1/p-2")
     plain = build_route_table(snap(inst("p", 1)))
     assert all(s.cookie is None for s in plain.backend("be_p").servers)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ids=st.lists(st.text(max_size=80), min_size=1, max_size=8))
+def test_any_instance_id_gives_a_safe_unique_dynamic_server_name(ids):
+    """Instance ids come from the catalog: as server names they reach `add server be/<name>` on the runtime API."""
+    taken: set[str] = set()
+    for n, instance_id in enumerate(ids):
+        name = dynamic_server_name(instance_id, f"node1/{n}", taken)
+        assert SERVER_NAME.fullmatch(name) and name not in taken and not (name[0] == "s" and name[1:].isdigit())
+        taken.add(name)
