@@ -156,6 +156,7 @@ class Applier:
         self.tls_refused: dict[str, tuple[str, str]] = {}   # id -> (fingerprint, "source: HAProxy refused it: ...")
         self._next_drain_check = 0.0
         self._hash: tuple[RouteTable | None, str | None] = (None, None)
+        self._backend_digests: dict = {}   # fleet_hash: backend digests kept between calls
         self._backends_of: RouteTable | None = None   # the table _backends indexes
         self._backends: dict[str, Backend] = {}
 
@@ -212,9 +213,10 @@ class Applier:
             return None
         if self._hash[0] is not running:
             try:
-                self._hash = (running, fleet_hash(fold_extra(running), self.templates_dir))   # dynamic servers count too
-            except (jinja2.TemplateError, UnsafeValue, OSError):
+                digest, self._backend_digests = fleet_hash(fold_extra(running), self.templates_dir, self._backend_digests)
+            except OSError:
                 return None
+            self._hash = (running, digest)   # dynamic servers count too (folded into slots)
         return self._hash[1]
 
     def restart_haproxy(self) -> None:

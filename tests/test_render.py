@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import jinja2
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from gateway.haproxy_syntax import DNS_SERVICE_NAME, SERVICE_NAME, UnsafeValue
 from gateway.model import Backend, BackendSettings, Instance, Route, RouteTable, RuntimePaths, Server, Snapshot
-from gateway.render import render_config
+from gateway.render import fleet_hash, render_config
 from gateway.routing import build_route_table
 from gateway.tls_store import CertificateStore
 from shopgate.settings import TEMPLATES_DIR
@@ -450,3 +451,24 @@ def test_template_edits_apply_on_the_next_render_and_a_broken_edit_raises(tmp_pa
     partial.write_text(partial.read_text().replace("{% if %}\n", "    timeout tarpit {{ no_such_value }}\n"))
     with pytest.raises(jinja2.UndefinedError):
         render_config(table, templates, runtime(tmp_path))
+
+
+def test_the_fleet_hash_is_equal_for_gateways_that_route_alike_and_rehashes_only_what_changed(tmp_path):
+    """Two gateways that built the same table each their own way hash alike; a server or a template
+    edit changes the hash; after one service changed, every other backend's digest is reused."""
+    first = build_route_table(SHOP)
+    second = build_route_table(Snapshot(services=dict(SHOP.services)))
+    digest, kept = fleet_hash(first, TEMPLATES_DIR, {})
+    assert fleet_hash(second, TEMPLATES_DIR, {})[0] == digest
+
+    products = SHOP.services["products"]
+    moved = build_route_table(Snapshot(services={**SHOP.services, "products": (replace(products[0], status="critical"), *products[1:])}), first)
+    moved_digest, moved_kept = fleet_hash(moved, TEMPLATES_DIR, kept)
+    assert moved_digest != digest
+    reused = [b for b in moved.backends if moved_kept[id(b)][1] is kept.get(id(b), (None, None))[1]]
+    assert {b.service for b in moved.backends} - {b.service for b in reused} == {"products"}
+
+    edited = tmp_path / "templates"
+    shutil.copytree(TEMPLATES_DIR, edited)
+    (edited / "frontend.cfg.j2").write_text((edited / "frontend.cfg.j2").read_text() + "\n")
+    assert fleet_hash(first, edited, kept)[0] != digest
