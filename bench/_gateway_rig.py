@@ -89,7 +89,7 @@ class Rig:
             "--state-dir", str(self.dir / "gateway"), *dns, *self.gateway_args, *extra_args), log_path=self.dir / "gateway.log").start()
         wait_for_http(f"http://127.0.0.1:{self.status_port}/metrics", timeout=60, process=self.gateway)
         deadline = time.monotonic() + 600
-        while self.metric("shopgate_gateway_reloads_total") < 1:
+        while not self.ready():   # HAProxy serves the first catalog view (a start, which the reload counter does not count)
             if time.monotonic() > deadline or not self.gateway.alive() or self.metric("shopgate_gateway_rejected_configs_total") > 0:
                 raise RuntimeError(f"gateway did not load the catalog:\n{self.gateway.log_tail()}")
             time.sleep(0.2)
@@ -135,6 +135,10 @@ class Rig:
                 return time.monotonic()
             time.sleep(0.002)
         raise TimeoutError(f"{backend} {address}: not within {timeout}s\n{self.gateway.log_tail()}")
+
+    def ready(self) -> bool:
+        """The controller's /ready: HAProxy serves the latest catalog view it applied."""
+        return self.http.get(f"http://127.0.0.1:{self.status_port}/ready", timeout=30).status_code == 200
 
     def metric(self, name: str, labels: str = "") -> float:
         text = self.http.get(f"http://127.0.0.1:{self.status_port}/metrics", timeout=30).text
