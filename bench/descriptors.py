@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _gateway_rig import Rig  # noqa: E402
-from _harness import load_average, machine, table  # noqa: E402
+from _harness import load_average, machine, table, wait  # noqa: E402
 from gateway.haproxy import check_config  # noqa: E402
 from shopgate.processes import process_open_files  # noqa: E402
 
@@ -60,16 +59,6 @@ def snapshot(rig: Rig, label: str) -> tuple:
             f"{rig.metric('shopgate_gateway_rejected_configs_total'):.0f}", "ok" if problem is None else "REFUSED", load_average())
 
 
-def wait(what: str, predicate, timeout: float = 600.0) -> float:
-    """Poll until `predicate()`; seconds it took (TimeoutError naming `what`)."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(f"{what}: not within {timeout:.0f}s")
-        time.sleep(0.5)
-    return time.monotonic() - started
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=5)
@@ -90,7 +79,7 @@ def main() -> int:
         for service_id in ids:
             rig.register(service, service_id)
         took = wait(f"{args.more} dynamic servers in HAProxy's be_{service}",
-                    lambda: len(rig.admin_states(f"be_{service}")) == args.instances + args.more)
+                    lambda: len(rig.admin_states(f"be_{service}")) == args.instances + args.more, timeout=600, interval=0.5)
         print(f"  {args.more} more instances of {service}: all in HAProxy's runtime state {took:.1f}s after the last registration, "
               f"reloads {rig.metric('shopgate_gateway_reloads_total') - reloads:.0f}")
         rows.append(snapshot(rig, f"+{args.more} in {service}"))
@@ -98,7 +87,7 @@ def main() -> int:
         rig.kv_put(f"shopgate/services/{service}/maxconn", "100")   # structural: a reload, which folds them into slots
         took = wait("the fold", lambda: status(rig)["services"][service]["dynamic_servers"] == 0
                     and rig.metric("shopgate_gateway_reloads_total") > reloads
-                    or rig.metric("shopgate_gateway_rejected_configs_total") > 0)
+                    or rig.metric("shopgate_gateway_rejected_configs_total") > 0, timeout=600, interval=0.5)
         print(f"  KV maxconn of {service} (a reload folding the dynamic servers): {took:.1f}s")
         rows.append(snapshot(rig, "after the fold"))
     finally:
