@@ -22,7 +22,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _harness import percentile  # noqa: E402
-from gateway.haproxy import MasterCLI  # noqa: E402
+from gateway.haproxy import HAProxyError, MasterCLI  # noqa: E402
 from shopgate.processes import ManagedProcess, free_port, free_udp_tcp_port, process_cpu_seconds, process_rss_kib, shopgate_argv, wait_for_http  # noqa: E402
 
 FIRST_PORT = 20000
@@ -30,8 +30,84 @@ FIRST_PORT = 20000
 FORCED_MAINT, FORCED_DRAIN = 0x01, 0x08
 
 
+class Gateway:
+    """One `shopgate gateway` (its own state dir, ports and HAProxy) on a catalog; `stop()` stops it by pid."""
+
+    def __init__(self, catalog_url: str, state_dir: Path, args: tuple[str, ...] = (), ports: tuple[int, int, int] | None = None):
+        self.catalog_url, self.state_dir, self.args = catalog_url, state_dir, args
+        self.listen_port, self.stats_port, self.status_port = ports or (free_port(), free_port(), free_port())
+        self.process: ManagedProcess | None = None
+        self.http = requests.Session()
+
+    @property
+    def cli(self) -> MasterCLI:
+        return MasterCLI(self.state_dir / "master.sock")
+
+    def start(self, timeout: float = 600) -> "Gateway":
+        """Start it on a fresh state dir; returns once HAProxy runs its first full config."""
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        self.process = ManagedProcess(self.state_dir.name, shopgate_argv(
+            "gateway", "--consul", self.catalog_url, "--listen", f"127.0.0.1:{self.listen_port}",
+            "--stats", f"127.0.0.1:{self.stats_port}", "--status", f"127.0.0.1:{self.status_port}",
+            "--state-dir", str(self.state_dir), *self.args), log_path=self.state_dir.parent / f"{self.state_dir.name}.log").start()
+        # /ready: 200 once HAProxy serves the first full catalog view (a cold start opens with it: no reload)
+        wait_for_http(f"http://127.0.0.1:{self.status_port}/ready", timeout=timeout, process=self.process,
+                      ok=lambda r: r.status_code == 200 or self.metric("shopgate_gateway_rejected_configs_total") > 0)
+        if self.metric("shopgate_gateway_rejected_configs_total") > 0:
+            raise RuntimeError(f"gateway did not load the catalog:\n{self.process.log_tail()}")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(timeout=20)
+            self.process = None
+
+    def log_tail(self) -> str:
+        return self.process.log_tail() if self.process else ""
+
+    def metric(self, name: str, labels: str = "") -> float:
+        text = self.http.get(f"http://127.0.0.1:{self.status_port}/metrics", timeout=30).text
+        match = re.search(rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+-]+|NaN)$", text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    def status(self) -> dict:
+        return self.http.get(f"http://127.0.0.1:{self.status_port}/status", timeout=30).json()
+
+    def admin_states(self, backend: str) -> dict[str, int]:
+        """HAProxy's runtime view of `backend`: "addr:port" -> srv_admin_state flags (`show servers state`)."""
+        text = self.cli.send(f"@1 show servers state {backend}", connect_for=2.0)
+        states = {}
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) > 18 and fields[0].isdigit():
+                states[f"{fields[4]}:{fields[18]}"] = int(fields[6])
+        return states
+
+    def wait_for(self, backend: str, address: str, predicate, timeout: float = 30.0, interval: float = 0.002) -> float:
+        """Poll HAProxy every `interval` until predicate(admin state of `address` or None); the monotonic time it held.
+        A master socket that is busy (its accept queue full: EAGAIN) is asked again at the next poll."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if predicate(self.admin_states(backend).get(address)):
+                    return time.monotonic()
+            except HAProxyError:
+                pass
+            time.sleep(interval)
+        raise TimeoutError(f"{backend} {address}: not within {timeout}s\n{self.log_tail()}")
+
+    def rss_mb(self) -> float:
+        return (process_rss_kib(self.process.pid) or 0) / 1024
+
+    def cpu_seconds(self) -> float:
+        """CPU time the controller process has used so far (user + system, every thread)."""
+        return process_cpu_seconds(self.process.pid) or 0.0
+
+
 class Rig:
-    """Catalog + controller (+ its HAProxy) in a temporary directory; `close()` stops them by pid."""
+    """Catalog + controller (+ its HAProxy) in a temporary directory; `close()` stops them by pid.
+
+    `add_gateway()` starts more controllers on the same catalog (each with its own HAProxy)."""
 
     def __init__(self, services: int, instances: int, progress=print, gateway_args: tuple[str, ...] = (), kv: dict[str, str] | None = None,
                  dns: bool = False):
@@ -43,7 +119,9 @@ class Rig:
         self.status_port, self.listen_port, self.stats_port = free_port(), free_port(), free_port()
         self.http = requests.Session()
         self.http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=16))
-        self.catalog = self.gateway = None
+        self.catalog: ManagedProcess | None = None
+        self.gateway: Gateway | None = None
+        self.more_gateways: list[Gateway] = []
         self.progress = progress
         self.next_port = FIRST_PORT + services * instances
 
@@ -53,22 +131,26 @@ class Rig:
 
     @property
     def cli(self) -> MasterCLI:
-        return MasterCLI(self.dir / "gateway" / "master.sock")
+        return self.gateway.cli
 
     def start(self) -> "Rig":
         """The catalog, every instance registered, then the gateway with its first full config."""
         self.start_catalog()
+        self.register_all()
+        started = time.monotonic()
+        self.start_gateway()
+        self.progress(f"  gateway: first full config of {self.services * self.instances} servers running {time.monotonic() - started:.1f}s after start")
+        return self
+
+    def register_all(self, status: str = "passing") -> None:
+        """Every service's instances, each with a TTL check in `status`, on ports from FIRST_PORT up."""
         started = time.monotonic()
         names = [(f"svc{s:05d}", f"svc{s:05d}-{i}", FIRST_PORT + s * self.instances + i) for s in range(self.services) for i in range(self.instances)]
         with ThreadPoolExecutor(8) as pool:
-            for done, _ in enumerate(pool.map(lambda item: self.register(*item), names), 1):
+            for done, _ in enumerate(pool.map(lambda item: self.register(*item, status=status), names), 1):
                 if done % 2000 == 0:
                     self.progress(f"  registered {done}/{len(names)} instances")
         self.progress(f"  catalog: {len(names)} instances of {self.services} services registered in {time.monotonic() - started:.1f}s")
-        started = time.monotonic()
-        self.start_gateway()
-        self.progress(f"  gateway: first full config of {len(names)} servers running {time.monotonic() - started:.1f}s after start")
-        return self
 
     def start_catalog(self) -> None:
         dns_port = str(self.dns_port) if self.dns_port else "-1"
@@ -79,24 +161,23 @@ class Rig:
         for key, value in self.kv.items():
             self.kv_put(key, value)
 
+    def _dns_args(self) -> tuple[str, ...]:
+        return ("--consul-dns", f"127.0.0.1:{self.dns_port}") if self.dns_port else ()
+
     def start_gateway(self, *extra_args: str) -> None:
-        """A `shopgate gateway` (fresh state dir) on the catalog; returns once HAProxy runs its first full config."""
-        shutil.rmtree(self.dir / "gateway", ignore_errors=True)
-        dns = ("--consul-dns", f"127.0.0.1:{self.dns_port}") if self.dns_port else ()
-        self.gateway = ManagedProcess("gateway", shopgate_argv(
-            "gateway", "--consul", self.catalog_url, "--listen", f"127.0.0.1:{self.listen_port}",
-            "--stats", f"127.0.0.1:{self.stats_port}", "--status", f"127.0.0.1:{self.status_port}",
-            "--state-dir", str(self.dir / "gateway"), *dns, *self.gateway_args, *extra_args), log_path=self.dir / "gateway.log").start()
-        wait_for_http(f"http://127.0.0.1:{self.status_port}/metrics", timeout=60, process=self.gateway)
-        deadline = time.monotonic() + 600
-        while not self.ready():   # HAProxy serves the first catalog view (a start, which the reload counter does not count)
-            if time.monotonic() > deadline or not self.gateway.alive() or self.metric("shopgate_gateway_rejected_configs_total") > 0:
-                raise RuntimeError(f"gateway did not load the catalog:\n{self.gateway.log_tail()}")
-            time.sleep(0.2)
+        """A `shopgate gateway` (fresh state dir, the rig's ports) on the catalog; returns once HAProxy runs its first full config."""
+        self.gateway = Gateway(self.catalog_url, self.dir / "gateway", (*self._dns_args(), *self.gateway_args, *extra_args),
+                               (self.listen_port, self.stats_port, self.status_port)).start()
+
+    def add_gateway(self) -> Gateway:
+        """One more controller (own ports, state dir, HAProxy) on the catalog, with the rig's gateway arguments."""
+        gateway = Gateway(self.catalog_url, self.dir / f"gateway{len(self.more_gateways) + 2}", (*self._dns_args(), *self.gateway_args))
+        self.more_gateways.append(gateway)
+        return gateway.start()
 
     def stop_gateway(self) -> None:
         if self.gateway is not None:
-            self.gateway.stop(timeout=20)
+            self.gateway.stop()
             self.gateway = None
 
     def register(self, service: str, service_id: str, port: int | None = None, status: str = "passing") -> int:
@@ -111,51 +192,41 @@ class Rig:
     def pass_check(self, service_id: str) -> None:
         self.http.put(f"{self.catalog_url}/v1/agent/check/pass/service:{service_id}", timeout=30).raise_for_status()
 
+    def fail_check(self, service_id: str) -> None:
+        self.http.put(f"{self.catalog_url}/v1/agent/check/fail/service:{service_id}", timeout=30).raise_for_status()
+
     def deregister(self, service_id: str) -> None:
         self.http.put(f"{self.catalog_url}/v1/agent/service/deregister/{service_id}", timeout=30).raise_for_status()
 
     def kv_put(self, key: str, value: str) -> None:
         self.http.put(f"{self.catalog_url}/v1/kv/{key}", data=value, timeout=30).raise_for_status()
 
+    def catalog_metrics(self) -> dict[str, float]:
+        """The catalog's own gauges and counters (`/v1/agent/metrics`) by name."""
+        body = self.http.get(f"{self.catalog_url}/v1/agent/metrics", timeout=30).json()
+        return {**{g["Name"]: g["Value"] for g in body["Gauges"]}, **{c["Name"]: c["Count"] for c in body["Counters"]}}
+
     def admin_states(self, backend: str) -> dict[str, int]:
-        """HAProxy's runtime view of `backend`: "addr:port" -> srv_admin_state flags (`show servers state`)."""
-        text = self.cli.send(f"@1 show servers state {backend}", connect_for=2.0)
-        states = {}
-        for line in text.splitlines():
-            fields = line.split()
-            if len(fields) > 18 and fields[0].isdigit():
-                states[f"{fields[4]}:{fields[18]}"] = int(fields[6])
-        return states
+        return self.gateway.admin_states(backend)
 
     def wait_for(self, backend: str, address: str, predicate, timeout: float = 30.0) -> float:
-        """Poll HAProxy every ~2 ms until predicate(admin state of `address` or None); the monotonic time it held."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self.admin_states(backend).get(address)):
-                return time.monotonic()
-            time.sleep(0.002)
-        raise TimeoutError(f"{backend} {address}: not within {timeout}s\n{self.gateway.log_tail()}")
-
-    def ready(self) -> bool:
-        """The controller's /ready: HAProxy serves the latest catalog view it applied."""
-        return self.http.get(f"http://127.0.0.1:{self.status_port}/ready", timeout=30).status_code == 200
+        return self.gateway.wait_for(backend, address, predicate, timeout)
 
     def metric(self, name: str, labels: str = "") -> float:
-        text = self.http.get(f"http://127.0.0.1:{self.status_port}/metrics", timeout=30).text
-        match = re.search(rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+-]+|NaN)$", text, re.M)
-        return float(match.group(1)) if match else 0.0
+        return self.gateway.metric(name, labels)
 
     def rss_mb(self) -> float:
-        return (process_rss_kib(self.gateway.pid) or 0) / 1024
+        return self.gateway.rss_mb()
 
     def cpu_seconds(self) -> float:
-        """CPU time the controller process has used so far (user + system, every thread)."""
-        return process_cpu_seconds(self.gateway.pid) or 0.0
+        return self.gateway.cpu_seconds()
 
     def close(self) -> None:
-        for process in (self.gateway, self.catalog):
-            if process is not None:
-                process.stop(timeout=20)
+        for gateway in (*self.more_gateways, self.gateway):
+            if gateway is not None:
+                gateway.stop()
+        if self.catalog is not None:
+            self.catalog.stop(timeout=20)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

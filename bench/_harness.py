@@ -24,6 +24,7 @@ from shopgate.tool.load import Load, Target, summarize  # noqa: E402
 from shopgate.processes import cpu_model  # noqa: E402
 
 WRK = shutil.which("wrk") or ("/usr/bin/wrk" if os.path.exists("/usr/bin/wrk") else None)
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
 

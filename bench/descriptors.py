@@ -37,13 +37,9 @@ def show_info(rig: Rig) -> dict[str, str]:
     return {name: fields.get(name, "?") for name in INFO_FIELDS}
 
 
-def status(rig: Rig) -> dict:
-    return rig.http.get(f"http://127.0.0.1:{rig.status_port}/status", timeout=30).json()
-
-
 def snapshot(rig: Rig, label: str) -> tuple:
     """One row: what the controller, HAProxy and the kernel say now."""
-    services = status(rig)["services"]
+    services = rig.gateway.status()["services"]
     slots = sum(s["slots"] for s in services.values())
     dynamic = sum(s["dynamic_servers"] for s in services.values())
     per_service = sorted({(s["slots"], s["dynamic_servers"]) for s in services.values()})
@@ -85,7 +81,7 @@ def main() -> int:
         rows.append(snapshot(rig, f"+{args.more} in {service}"))
 
         rig.kv_put(f"shopgate/services/{service}/maxconn", "100")   # structural: a reload, which folds them into slots
-        took = wait("the fold", lambda: status(rig)["services"][service]["dynamic_servers"] == 0
+        took = wait("the fold", lambda: rig.gateway.status()["services"][service]["dynamic_servers"] == 0
                     and rig.metric("shopgate_gateway_reloads_total") > reloads
                     or rig.metric("shopgate_gateway_rejected_configs_total") > 0, timeout=600, interval=0.5)
         print(f"  KV maxconn of {service} (a reload folding the dynamic servers): {took:.1f}s")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import shutil
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _harness import percentile  # noqa: E402
+from _harness import HAPROXY, percentile  # noqa: E402
 from gateway.diff import plan_changes  # noqa: E402
 from gateway.model import Instance, RuntimePaths, Snapshot  # noqa: E402
 from gateway.render import render_config  # noqa: E402
@@ -72,7 +71,7 @@ def main() -> int:
     parser.add_argument("--services", type=int, default=2000)
     parser.add_argument("--instances", type=int, default=5)
     parser.add_argument("--changes", type=int, default=200, help="membership changes to time")
-    parser.add_argument("--haproxy-bin", default=shutil.which("haproxy") or "/usr/sbin/haproxy")
+    parser.add_argument("--haproxy-bin", default=HAPROXY)
     args = parser.parse_args()
 
     snapshot = make_snapshot(args.services, args.instances)

@@ -16,7 +16,7 @@ from catalog.acl import ACCESS_KEY
 from catalog.agent import Agent
 from catalog.filtering import apply_filter
 from catalog.parsing import BadRequest
-from catalog.responses import agent_of, json_response, query_of, read_fields
+from catalog.responses import REQUESTS_KEY, agent_of, json_response, query_of, read_fields
 from catalog.shapes import agent_service_json, check_json
 
 VERSION = "1.22.0"  # the Consul API level this catalog speaks; py-consul's suite keys its skips on it
@@ -175,7 +175,8 @@ async def set_token(request: web.Request) -> web.Response:
 
 @routes.get("/v1/agent/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    """The catalog's own gauges, in Consul's JSON shape or (`?format=prometheus`) as Prometheus text."""
+    """The catalog's own gauges and its request counter, in Consul's JSON shape or (`?format=prometheus`)
+    as Prometheus text. Unlike Consul's per-interval counters, the counter is a total since start."""
     agent, query = agent_of(request), query_of(request)
     gauges = {
         "shopgate.catalog.index": agent.store.index,
@@ -184,14 +185,19 @@ async def metrics(request: web.Request) -> web.Response:
         "shopgate.catalog.kv_entries": len(agent.store.kv),
         "shopgate.catalog.blocking_queries_held": agent.watchers.held,
     }
+    counters = {"shopgate.catalog.http_requests": request.app[REQUESTS_KEY].received}
     if query.get("format") == "prometheus":
         lines = []
         for name, value in gauges.items():
             metric = name.replace(".", "_")
             lines += [f"# TYPE {metric} gauge", f"{metric} {value}"]
+        for name, value in counters.items():
+            metric = name.replace(".", "_")
+            lines += [f"# TYPE {metric} counter", f"{metric}_total {value}"]
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
-    return json_response({"Timestamp": now, "Counters": [], "Samples": [], "Points": [],
+    return json_response({"Timestamp": now, "Samples": [], "Points": [],
+                          "Counters": [{"Name": name, "Count": value, "Sum": value, "Labels": {}} for name, value in counters.items()],
                           "Gauges": [{"Name": name, "Value": value, "Labels": {}} for name, value in gauges.items()]})
 
 

@@ -19,6 +19,16 @@ from catalog.shapes import Fragments, dumps
 
 AGENT_KEY = web.AppKey("agent", Agent)
 
+
+class RequestCount:
+    """HTTP requests the catalog has received since it started (what its clients cost it, e.g. a fleet of gateways)."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+
+REQUESTS_KEY = web.AppKey("requests", RequestCount)
+
 #: Query parameters that do not change what a read returns (they say how to wait or whom to trust).
 _NOT_PART_OF_RESULT = {"index", "wait", "stale", "consistent", "cached", "token", "dc", "near"}
 

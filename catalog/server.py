@@ -27,7 +27,7 @@ from catalog.dns import DnsServer
 from catalog.dns_answers import DnsConfig
 from catalog.parsing import ClientError
 from catalog.persist import Journal
-from catalog.responses import AGENT_KEY, BODY_CACHE_KEY, FRAGMENTS_KEY, BodyCache
+from catalog.responses import AGENT_KEY, BODY_CACHE_KEY, FRAGMENTS_KEY, REQUESTS_KEY, BodyCache, RequestCount
 from catalog.state import Conflict
 from shopgate.settings import CATALOG_PORT, DNS_NODE_TTL, DNS_PORT, DNS_SERVICE_TTL, LOOPBACK
 
@@ -58,6 +58,13 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return web.Response(status=500, text="internal error; see the catalog's log")
 
 
+@web.middleware
+async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request received, for `/v1/agent/metrics` (a held blocking query counts once, when it arrives)."""
+    request.app[REQUESTS_KEY].received += 1
+    return await handler(request)
+
+
 async def ui_file(request: web.Request) -> web.StreamResponse:
     """The static web UI (written by the UI's own files in catalog/ui/), index.html at /ui/."""
     relative = request.match_info["path"] or "index.html"
@@ -82,8 +89,9 @@ async def to_ui(request: web.Request) -> web.Response:
 def build_app(agent: Agent, acl_token: str | None = None, dns: tuple[DnsConfig, str, int] | None = None
               ) -> web.Application:
     """The HTTP API and UI; with `dns` = (config, host, port) also the DNS interface, on the same loop."""
-    app = web.Application(middlewares=[errors, acl.enforce], client_max_size=2 * 1024 * 1024)
+    app = web.Application(middlewares=[count, errors, acl.enforce], client_max_size=2 * 1024 * 1024)
     app[AGENT_KEY] = agent
+    app[REQUESTS_KEY] = RequestCount()
     app[BODY_CACHE_KEY] = BodyCache()
     app[FRAGMENTS_KEY] = {}
     app[acl.ACCESS_KEY] = acl.AccessPolicy(acl_token or "")

@@ -18,7 +18,9 @@ Membership (a slot gets, changes or loses an instance) goes through the runtime 
             draining server keeps taking the requests that carry its cookie
 
 Certificates (HTTPS on) always go through the runtime API, reload or not (gateway.tls_store), first:
-a refused one is reported in `tls_refused` and the certificate HAProxy had keeps serving.
+a refused one is reported in `tls_refused` and the certificate HAProxy had keeps serving. The
+certificates held start as the state dir's files hold them (an adopted HAProxy serves them), so a
+restarted controller changes only the difference.
 
 Structure (routes, backends, slot counts, settings, templates) goes through:
 
@@ -49,6 +51,7 @@ from gateway.haproxy import HAProxyError, HAProxyProcess, check_config
 from gateway.haproxy_syntax import UnsafeValue, check_token
 from gateway.metrics import GatewayMetrics
 from gateway.adopt import same_structure
+from gateway.diff import certificate_changes
 from gateway.model import ApplyPlan, Backend, CertChange, MembershipChange, RouteTable, RuntimePaths
 from gateway.render import fleet_hash, render_config
 from gateway.routing import fold_extra
@@ -159,6 +162,8 @@ class Applier:
                 plan = ApplyPlan(structural_reasons=(force_reason,))
         if plan.empty:
             return plan
+        if self.certificates is not None and self.running is None:   # what HAProxy has (or will load) is the files
+            plan = replace(plan, certificates=certificate_changes(self.certs_held, wanted.certificates))
         if plan.certificates:
             self._certificates(plan.certificates, wanted.certificates)
         wanted = replace(wanted, certificates=self.certs_held)
@@ -178,6 +183,11 @@ class Applier:
         self.last_apply = time.time()
         self.last_error = None
         return plan
+
+    def prepare_certificates(self, default_cert: Path | None) -> None:
+        """Before anything runs: the tls/ files, and the certificates they hold (gateway.tls_store.prepare)."""
+        if self.certificates is not None:
+            self.certs_held = self.certificates.prepare(default_cert)
 
     def runs_structure_of(self, wanted: RouteTable) -> bool:
         """True when the config HAProxy was loaded with differs from `wanted`'s render only in what the

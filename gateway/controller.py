@@ -113,8 +113,7 @@ class Controller:
                                consul_dns=config.consul_dns, accept_proxy=config.accept_proxy,
                                https=config.https, tls_dir=config.state_dir / "tls" if config.https else None)
         self.applier = Applier(self.haproxy, self.files, config.templates_dir, runtime, self.metrics, config.drain_timeout)
-        if self.applier.certificates is not None:
-            self.applier.certificates.prepare(config.default_cert)
+        self.applier.prepare_certificates(config.default_cert)
         self.guard = EmptyCatalogGuard(hold=config.guard_hold)
         self.watcher = CatalogWatcher(config.consul, self._on_snapshot, wait_seconds=config.wait_seconds)
         self.templates = TemplateWatcher(config.templates_dir, self._on_template)
@@ -323,6 +322,8 @@ class Controller:
                 running = None
         except ConfigRejected:
             running = None   # the apply reports the render error
+        if running is not None:
+            running = replace(running, certificates=self.applier.certs_held)   # the files: what the adopted HAProxy serves
         self.applier.running = running
         if running is None:
             return wanted, ApplyPlan(structural_reasons=("the adopted HAProxy runs another configuration",))
@@ -427,7 +428,7 @@ class Controller:
             rejected_configs=self.applier.rejected_configs, last_good_at=self.metrics.last_good_at,
             haproxy_pid=self.haproxy.pid if alive else None, config_hash=self.applier.config_hash(), ready=self.ready(),
             catalog={"reachable": self.watcher.reachable, "last_error": self.watcher.last_error,
-                     "long_polls": self.watcher.long_polls_in_flight},
+                     "long_polls": self.watcher.long_polls_in_flight, "requests": self.watcher.requests_made},
             guard_reason=self.guard.reason, flap_held=self._flap.report(time.monotonic()), now=time.time(),
             tls=tls_view(self.config.https, self.applier.certs_held, (self._wanted or running).tls_rejected,
                          [reason for _, reason in self.applier.tls_refused.values()], time.time(), self.config.expiring_days),

@@ -156,6 +156,15 @@ def certificate_entry(cert_id: str, source: str, data: bytes, sni_text: str | No
     return CertEntry(cert_id, source, entry.sni, entry.sans, entry.not_before, entry.not_after, entry.fingerprint, entry.pem)
 
 
+def stored_entry(cert_id: str, source: str, data: bytes, sni: tuple[str, ...]) -> CertEntry | None:
+    """A certificate the state dir's files hold (what HAProxy loaded): parsed again, its dates not judged
+    (the catalog's view decides whether it stays); None when the file no longer parses."""
+    entry, _ = _parse(bytes(data), " ".join(sni))
+    if entry is None:
+        return None
+    return CertEntry(cert_id, source, entry.sni, entry.sans, entry.not_before, entry.not_after, entry.fingerprint, entry.pem)
+
+
 def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 

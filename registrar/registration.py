@@ -1,7 +1,9 @@
 """What a service instance tells the catalog about itself (pure data, no I/O).
 
 One `Registration` is the payload of Consul's `PUT /v1/agent/service/register`:
-name, a per-node unique id, address, port, tags, meta and one HTTP health check.
+name, a per-node unique id, address, port, tags, meta and one HTTP health check, which turns
+critical after `failures_before_critical` failures in a row (a dead instance is out within two
+intervals; one slow answer of a busy one is not an outage).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Registration:
     health_path: str = "/health"
     check_interval: str = settings.SERVICE_CHECK_INTERVAL
     check_timeout: str = settings.SERVICE_CHECK_TIMEOUT
+    failures_before_critical: int = settings.SERVICE_CHECK_FAILURES_BEFORE_CRITICAL
     deregister_critical_after: str = settings.SERVICE_DEREGISTER_CRITICAL_AFTER
 
     def __post_init__(self) -> None:
@@ -60,6 +63,7 @@ class Registration:
         """Arguments of py-consul's `agent.service.register` (sent as Consul's register payload)."""
         check = Check.http(self.check_url, self.check_interval, timeout=self.check_timeout,
                            deregister=self.deregister_critical_after)
+        check["FailuresBeforeCritical"] = self.failures_before_critical
         return service_register_kwargs(self.name, self.id, self.address, self.port, self.tags, self.meta, [check])
 
 

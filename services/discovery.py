@@ -6,6 +6,11 @@ environment (a staging order never reaches prod's payments, nor the reverse), pi
 random (client-side choice), and on a connection failure tries another one. A timeout is
 not retried here (the request may have been carried out): it raises PeerUnavailable. The instance
 list is cached for a second so that a busy service does not hammer the catalog.
+
+Before another instance is tried, the same one is asked once more where that cannot repeat work:
+a connection that was never made (any method), or a kept-alive connection the instance closed just
+as the request went out (GET, HEAD, OPTIONS only). With one instance of a service, that race with
+the server's keep-alive timeout would otherwise fail the caller's request.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import time
 from dataclasses import dataclass
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ProtocolError
+from urllib3.util.retry import Retry
 
 from shopgate.consul_client import CATALOG_ERRORS, ConsulAddress, connect
 from shopgate.consul_client.health import decode_health_entries
@@ -27,6 +35,8 @@ log = logging.getLogger("shopgate.discovery")
 CACHE_SECONDS = 1.0
 CONNECT_TIMEOUT = 1.0
 READ_TIMEOUT = 10.0
+#: Methods whose request may be sent twice: a lost answer is asked for again.
+REPLAY_SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class PeerUnavailable(Exception):
@@ -56,14 +66,31 @@ def endpoints_from_health(service: str, entries: list[dict], environment: str = 
             if e.passing and e.address and e.port and e.environments == {environment}]
 
 
+class _AskAgainOnce(Retry):
+    """urllib3's retry, where a read timeout is not a reason to ask again (the instance may be working on it)."""
+
+    def _is_read_error(self, err: Exception) -> bool:
+        return isinstance(err, ProtocolError)
+
+
+def peer_session() -> requests.Session:
+    """A session that asks an instance once more after a connect failure (any method) or a dropped
+    kept-alive connection (replay-safe methods only); never after a timeout or an answer."""
+    retry = _AskAgainOnce(total=1, connect=1, read=1, status=0, other=0, redirect=0, allowed_methods=REPLAY_SAFE,
+                          raise_on_status=False)
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    return session
+
+
 class Peers:
     """Client-side load balancing over the catalog's healthy instances."""
 
-    def __init__(self, consul: ConsulAddress, http: requests.Session | None = None, environment: str = DEFAULT_ENVIRONMENT):
+    def __init__(self, consul: ConsulAddress, environment: str = DEFAULT_ENVIRONMENT):
         self._catalog_url = consul.url
         self._environment = environment
         self._consul = connect(consul, timeout=2.0)
-        self._http = http or requests.Session()
+        self._http = peer_session()
         self._cache: dict[str, tuple[float, list[Endpoint]]] = {}
         self._lock = threading.Lock()
 

@@ -57,6 +57,10 @@ SERVICE_WORKERS = 1
 SERVICE_THREADS = 4
 SERVICE_CHECK_INTERVAL = "1s"
 SERVICE_CHECK_TIMEOUT = "1s"
+#: A self-registered instance turns critical after this many failed checks in a row (Consul's
+#: FailuresBeforeCritical), not after one: on a busy machine one slow `/health` answer of a lone replica
+#: would otherwise take it out of every `?passing` read (an order then finds no users) for a whole interval.
+SERVICE_CHECK_FAILURES_BEFORE_CRITICAL = 2
 SERVICE_DEREGISTER_CRITICAL_AFTER = "1m"
 
 

@@ -112,7 +112,8 @@ class Instance:
                 if delay:
                     time.sleep(delay)
                 self._answer(200, {"service": service, "port": instance.port, "path": self.path, "host": self.headers.get("Host"),
-                                   "forwarded_for": self.headers.get("X-Forwarded-For")})
+                                   "forwarded_for": self.headers.get("X-Forwarded-For"),
+                                   "forwarded_proto": self.headers.get("X-Forwarded-Proto")})
 
             def do_POST(self) -> None:
                 if self.path == "/fail":

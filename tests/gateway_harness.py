@@ -5,6 +5,8 @@ Test modules import the fixtures (`gateway`, `gateway_factory`) by name."""
 from __future__ import annotations
 
 import shutil
+import socket
+import struct
 import sys
 import time
 from dataclasses import dataclass, field
@@ -204,3 +206,9 @@ def stats_column(gateway: Gateway, backend: str, column: str) -> dict[str, str]:
 def server_limits(gateway: Gateway, backend: str) -> set[str]:
     """The session limits (`slim`) of `backend`'s servers, as HAProxy's stats page reports them."""
     return set(stats_column(gateway, backend, "slim").values())
+
+
+def proxy_v2(source: str, source_port: int, destination_port: int) -> bytes:
+    """A binary PROXY v2 header (what an outer L4 balancer's send-proxy-v2 sends): PROXY command, TCP over IPv4."""
+    addresses = socket.inet_aton(source) + socket.inet_aton("127.0.0.1") + struct.pack("!HH", source_port, destination_port)
+    return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(addresses)) + addresses

@@ -112,6 +112,25 @@ def test_a_missing_key_watch_waits_for_that_key_only(catalog):
     assert response.status_code == 200 and response.json()[0]["Value"] == "b24="
 
 
+def test_metrics_count_every_request_the_catalog_received(catalog):
+    """What a fleet of watchers costs the catalog is read from its own counter (bench/gateways.py does)."""
+    api = Api(catalog.url)
+
+    def received() -> int:
+        counters = {c["Name"]: c["Count"] for c in api.get("/v1/agent/metrics")["Counters"]}
+        return counters["shopgate.catalog.http_requests"]
+
+    before = received()
+    for _ in range(5):
+        api.get("/v1/catalog/services")
+    api.call("GET", "/v1/kv/missing", expect=404)
+    api.call("GET", "/v1/health/service/web?index=notanumber", expect=400)
+    assert received() == before + 7 + 1   # the seven above and this read itself
+    text = api.call("GET", "/v1/agent/metrics?format=prometheus").text
+    assert "# TYPE shopgate_catalog_http_requests counter" in text
+    assert f"shopgate_catalog_http_requests_total {before + 9}" in text.splitlines()
+
+
 def test_one_change_answers_watchers_in_the_order_they_parked():
     """Fairness under a burst: the watcher that has waited longest is answered first."""
     watchers = Watchers()

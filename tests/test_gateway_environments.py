@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import socket
-import struct
 import threading
 
 import requests
 
-from gateway_harness import eventually, gateway, gateway_factory  # noqa: F401  (fixtures)
+from gateway_harness import eventually, gateway, gateway_factory, proxy_v2  # noqa: F401  (fixtures)
 from shopgate.processes import free_port
 
 PATH = "/api/v1/products/x"
@@ -141,12 +140,6 @@ def send_raw(port: int, preamble: bytes) -> dict | None:
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     return json.loads(body) if head.startswith(b"HTTP/1.1 200") else None
-
-
-def proxy_v2(source: str, source_port: int, destination_port: int) -> bytes:
-    """A binary PROXY v2 header: PROXY command, TCP over IPv4."""
-    addresses = socket.inet_aton(source) + socket.inet_aton("127.0.0.1") + struct.pack("!HH", source_port, destination_port)
-    return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(addresses)) + addresses
 
 
 def test_proxy_protocol_v1_and_v2_source_addresses_reach_the_service(gateway):

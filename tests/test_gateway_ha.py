@@ -184,11 +184,14 @@ def test_two_gateways_on_one_catalog_route_alike(gateway_factory, catalog):
     users = first.start_backend("users", tags="urlprefix-/people strip=/people")
     for gateway in (first, second):
         eventually("routed", lambda: gateway.routed("products", {b.port for b in products}) and gateway.routed("users", {users.port}))
+    catalog_requests = [gateway.status()["catalog"]["requests"] for gateway in (first, second)]
     products[1].process.signal(signal.SIGTERM)   # deregisters: both free the same slot
     products.append(first.start_backend("products"))
     ports = {b.port for b in products if b is not products[1]}
     for gateway in (first, second):
         eventually("the change reached both", lambda: gateway.routed("products", ports))
+    # each read the change from the catalog itself (what a fleet costs the catalog: bench/gateways.py)
+    assert all(gateway.status()["catalog"]["requests"] > before for gateway, before in zip((first, second), catalog_requests))
 
     def routing(gateway) -> dict:
         """Per service: its routes, slot count, and which instance sits in which slot."""

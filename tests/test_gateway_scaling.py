@@ -53,6 +53,8 @@ def test_instances_added_removed_and_failing_under_load(gateway):
         eventually("a failing instance leaves", lambda: gateway.routed("products", remaining))
         served_at_end = set()
         eventually("the rest serve", lambda: served_at_end.update(r.instance for r in load.records[-40:]) or served_at_end >= {str(p) for p in remaining})
+        after_the_steps = len(load.records)
+        eventually("the load runs on after the last step", lambda: len(load.records) >= max(after_the_steps + 80, 160))
     finally:
         records = load.stop()
 

@@ -8,14 +8,17 @@ instance (re-)registered within seconds.
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 
 import pytest
 import requests
 
-from catalog_helpers import eventually
+from catalog_helpers import Api, GatedTarget, eventually
 from registrar.registration import Registration, instance_id, parse_tags
+from services.discovery import Peers, PeerUnavailable
+from shopgate.consul_client import ConsulAddress
 from shopgate.processes import shopgate_argv
 from shopgate.settings import SHOP_SERVICES
 
@@ -46,7 +49,7 @@ def test_registration_carries_id_address_tags_meta_and_http_check():
     assert kwargs["tags"] == ["urlprefix-/shop/products strip=/shop"]
     assert kwargs["meta"] == {"version": "1.2.3"}
     assert kwargs["check"] == {"http": "http://10.0.0.7:31000/health", "interval": "1s", "timeout": "1s",
-                               "DeregisterCriticalServiceAfter": "1m"}
+                               "DeregisterCriticalServiceAfter": "1m", "FailuresBeforeCritical": 2}
 
 
 def test_instance_ids_are_unique_per_host_and_port():
@@ -164,3 +167,85 @@ def test_port_0_registers_the_port_actually_bound_and_ctrl_c_leaves_cleanly(cata
     service.signal(signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
     assert service.popen.wait(timeout=15) == 0
     assert service_id not in catalog.client().agent.services()
+
+
+def test_one_failed_check_keeps_a_lone_instance_in_discovery_two_in_a_row_take_it_out(catalog):
+    """The HA demo once failed an order: `users unavailable: no healthy instance in the catalog` — one
+    slow /health answer of the only users replica on a loaded machine had made it critical for an
+    interval. The check the service registers tolerates one failure; a second in a row is an outage."""
+    with GatedTarget() as target:   # each probe waits for the answer the test hands it (no timing)
+        registration = Registration(name="users", address="127.0.0.1", port=target.port,
+                                    check_interval="50ms", check_timeout="90s")
+        catalog.client().agent.service.register(**registration.register_kwargs())
+        peers = Peers(ConsulAddress.parse(catalog.url))
+        check_id = f"service:{registration.id}"
+        api = Api(catalog.url)
+
+        def answer(status: int, recorded: str) -> None:
+            """Hand the probe `status`; wait until the check's Output starts with `recorded`."""
+            target.answers.put(status)
+            eventually(lambda: (api.get("/v1/agent/checks")[check_id]["Output"] or "").startswith(recorded), what=recorded)
+
+        answer(200, f"HTTP GET {target.url}: 200")
+        assert [e.port for e in peers.healthy("users", fresh=True)] == [target.port]
+        answer(503, "Check failed but has not reached failure threshold (1 of 2)")
+        assert [e.port for e in peers.healthy("users", fresh=True)] == [target.port]   # failed before: []
+        answer(200, f"HTTP GET {target.url}: 200")
+        answer(503, "Check failed but has not reached failure threshold (1 of 2)")   # the count starts afresh
+        answer(503, f"HTTP GET {target.url}: 503")
+        assert api.get("/v1/agent/checks")[check_id]["Status"] == "critical"
+        assert peers.healthy("users", fresh=True) == []
+        with pytest.raises(PeerUnavailable, match="no healthy prod instance"):
+            peers.request("users", "GET", "/api/v1/users/1")
+
+
+class DroppingServer:
+    """A real HTTP server that reads each request and closes the first connection without an answer
+    (what a kept-alive connection looks like when the instance closes it as the request goes out),
+    then answers 200. It records every request line it read."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.requests: list[str] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.requests.append(data.split(b"\r\n", 1)[0].decode())
+                if len(self.requests) > 1:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_dropped_connection_is_asked_again_once_for_a_get_never_for_a_post(catalog):
+    """A lone instance whose connection drops as the request goes out: a GET is asked again and
+    answered; a POST is not sent twice (the instance may have carried it out)."""
+    for method, answered in (("GET", True), ("POST", False)):
+        server = DroppingServer()
+        try:
+            catalog.client().agent.service.register("lone", service_id=f"lone-{server.port}", address="127.0.0.1",
+                                                    port=server.port, check={"TTL": "10m", "Status": "passing"})
+            peers = Peers(ConsulAddress.parse(catalog.url))
+            if answered:
+                assert peers.request("lone", method, "/x").status_code == 200
+            else:
+                with pytest.raises(PeerUnavailable, match="no instance answered"):
+                    peers.request("lone", method, "/x")
+            assert server.requests == [f"{method} /x HTTP/1.1"] * (2 if answered else 1)
+        finally:
+            catalog.client().agent.service.deregister(f"lone-{server.port}")
+            server.close()

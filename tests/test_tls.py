@@ -11,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 from gateway.diff import certificate_changes
 from gateway.haproxy_syntax import TOKEN
 from gateway.tls import BadCertificate, certificate_entry, certificates, crt_list_line
+from gateway.tls_store import CertificateStore
 from shopgate.certs import issue, make_ca
 
 CA = make_ca("unit CA")
@@ -96,3 +97,22 @@ def test_no_kv_input_puts_anything_but_plain_words_into_the_crt_list(sni, name, 
     for entry in entries:
         assert all(TOKEN.fullmatch(word) for word in crt_list_line("/state/tls", entry).split(" "))
     assert all("\n" not in reason and "\r" not in reason for reason in rejected)
+
+
+def test_a_new_store_on_the_same_directory_takes_back_what_the_files_hold(tmp_path):
+    """What a restarted controller starts from (gateway.tls_store): the certificates the crt-list serves,
+    equal to the catalog's entries for them (so the first view changes nothing), and nothing unreadable."""
+    narrowed = certificates({KEY + "shop": issue(CA, ("shop.test", "www.shop.test")), "shopgate/tls/sni/shop": b"www.shop.test"},
+                            {"/certs/files.pem": issue(CA, ("files.test",))}, NOW)[0]
+    store = CertificateStore(tmp_path / "tls")
+    assert store.prepare() == ()
+    store.write(narrowed)
+    crt_list = (tmp_path / "tls" / "crt-list").read_text()
+    assert CertificateStore(tmp_path / "tls").prepare() == narrowed
+    assert certificate_changes(narrowed, CertificateStore(tmp_path / "tls").prepare()) == ()
+    assert (tmp_path / "tls" / "crt-list").read_text() == crt_list
+    (tmp_path / "tls" / "file-files.pem").write_bytes(b"not a PEM")
+    assert CertificateStore(tmp_path / "tls").prepare() == narrowed[:1]
+    assert "file-files" not in (tmp_path / "tls" / "crt-list").read_text(), "the crt-list is rewritten to what is taken back"
+    (tmp_path / "tls" / "held.json").write_text('[{"id": "kv-../x", "source": "s", "sni": ["a.test"]}]')
+    assert CertificateStore(tmp_path / "tls").prepare() == ()

@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import json
 import os
+import signal
 import socket
 import ssl
 import stat
@@ -24,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from browser import page_dom
-from gateway_harness import eventually, gateway_factory  # noqa: F401  (fixture)
+from gateway_harness import eventually, gateway_factory, proxy_v2  # noqa: F401  (fixture)
 from shopgate.certs import issue, make_ca
 from shopgate.processes import free_port
 
@@ -85,14 +86,18 @@ def put_kv(gateway, key: str, value: bytes | None) -> None:
         kv.put(key, value)
 
 
-def verified_get(gateway, host: str, path: str = "/api/v1/products") -> tuple[int, dict, dict]:
-    """A GET verified against the test CA with SNI `host` (connecting to 127.0.0.1): status, headers, body."""
+def verified_get(gateway, host: str, path: str = "/api/v1/products", port: int | None = None,
+                 preamble: bytes = b"", tls: bool = True) -> tuple[int, dict, dict]:
+    """A GET to 127.0.0.1 (the HTTPS port unless `port`), after `preamble` (e.g. a PROXY header) on the same
+    connection, then over TLS verified against the test CA with SNI `host` (plain with tls=False):
+    status, headers, body."""
     context = ssl.create_default_context(cafile=str(gateway.ca_file))
-    with socket.create_connection(("127.0.0.1", gateway.https_port), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname=host) as tls:
-            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    with socket.create_connection(("127.0.0.1", port or gateway.https_port), timeout=5) as raw:
+        raw.sendall(preamble)
+        with context.wrap_socket(raw, server_hostname=host) if tls else raw as connection:
+            connection.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
             data = b""
-            while chunk := tls.recv(65536):
+            while chunk := connection.recv(65536):
                 data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
@@ -225,6 +230,54 @@ def test_https_redirect_and_hsts_per_service(https_gateway, ca):
     assert status == 200 and headers["strict-transport-security"] == "max-age=31536000"
 
 
+def _or_none(call):
+    """call()'s result, or None while the connection is refused or the handshake fails (e.g. before a reload)."""
+    try:
+        return call()
+    except OSError:   # ssl.SSLError and connection resets alike
+        return None
+
+
+def test_https_serves_the_entry_points_environments_and_takes_proxy_v2_before_the_handshake(https_gateway, ca):
+    """HTTPS is a second bind of the entry point's frontend: it serves prod, and the environments selected
+    there by host name (`hosts`); an environment with its own `bind` is plain HTTP on that bind only, so a
+    staging instance never answers over HTTPS. With accept_proxy the HTTPS bind reads a PROXY v2 header
+    before the TLS handshake, as behind an outer L4 balancer's send-proxy-v2."""
+    gateway = https_gateway
+    (prod,) = eventually("prod's instance up", lambda: gateway.servers_up("products"))
+    staging_bind = free_port()
+    put_kv(gateway, "shopgate/gateway/environments/staging/bind", f"127.0.0.1:{staging_bind}".encode())
+    put_kv(gateway, "shopgate/gateway/environments/qa/hosts", b"qa.shop.test")
+    staging = gateway.start_backend("products", tags="env=staging")
+    qa = gateway.start_backend("products", tags="env=qa")
+    bundle = issue(ca, ("shop.test", "staging.shop.test", "qa.shop.test"))
+    put_kv(gateway, "shopgate/tls/certs/shop", bundle)
+    eventually("staging routed", lambda: gateway.routed("products@staging", {staging.port}))
+    eventually("qa routed", lambda: gateway.routed("products@qa", {qa.port}))
+    eventually("the certificate served", lambda: serial(gateway.https_port, "qa.shop.test") == serial_of(bundle), timeout=10)
+
+    def answered(host: str, **kwargs) -> tuple[int, str, str]:
+        status, _, body = verified_get(gateway, host, **kwargs)
+        assert status == 200, (host, status, body)
+        return body["port"], body["forwarded_proto"], body["forwarded_for"]
+
+    assert answered("shop.test") == (prod, "https", "127.0.0.1")
+    assert answered("staging.shop.test") == (prod, "https", "127.0.0.1"), "staging's host name over HTTPS is prod's request"
+    assert answered("qa.shop.test") == (qa.port, "https", "127.0.0.1"), "an environment selected by host name is served over HTTPS"
+    assert answered("staging.shop.test", port=staging_bind, tls=False) == (staging.port, "http", "127.0.0.1")
+    with pytest.raises(OSError):   # no TLS on an environment's own bind: HAProxy answers 400 in plain text, or resets
+        verified_get(gateway, "staging.shop.test", port=staging_bind)
+
+    put_kv(gateway, "shopgate/gateway/accept_proxy", b"true")
+    header = proxy_v2("198.51.100.20", 40100, gateway.https_port)
+    eventually("the HTTPS bind takes PROXY v2", lambda: _or_none(lambda: verified_get(gateway, "shop.test", preamble=header)), timeout=15)
+    assert answered("shop.test", preamble=header) == (prod, "https", "198.51.100.20")
+    assert answered("qa.shop.test", preamble=proxy_v2("198.51.100.21", 40101, gateway.https_port)) == (qa.port, "https", "198.51.100.21")
+    assert answered("x", port=staging_bind, tls=False, preamble=proxy_v2("198.51.100.22", 40102, staging_bind)) == (staging.port, "http", "198.51.100.22")
+    with pytest.raises(OSError):
+        verified_get(gateway, "shop.test")   # a TLS handshake without the header is not a PROXY header: closed
+
+
 def test_rotation_under_https_load_fails_nothing(https_gateway, ca):
     """New TLS connection per request (a handshake each) while the certificate is replaced 10 times."""
     gateway = https_gateway
@@ -260,6 +313,88 @@ def test_rotation_under_https_load_fails_nothing(https_gateway, ca):
     assert results["ok"] > 50
     assert len(seen) == 11
     assert gateway.status()["reloads"] == reloads
+
+
+def test_a_restarted_controller_keeps_serving_the_kv_certificate_throughout(https_gateway, ca):
+    """The controller SIGKILLed and started again on the same state dir adopts the running HAProxy: every
+    handshake meanwhile presents the KV certificate (never the default), /status lists it again, a
+    renewal written while no controller ran goes in through the runtime API, and the first reload after
+    the restart (a structural KV change) loads the files, which still hold it."""
+    gateway = https_gateway
+    first = serve(gateway, "shop", "shop.test")
+    default = serial(gateway.https_port, "other.test")
+    haproxy_pid = gateway.status()["haproxy_pid"]
+    presented: list[int] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def handshakes():
+        while not stop.is_set():
+            try:
+                presented.append(serial(gateway.https_port, "shop.test"))
+            except OSError as error:
+                failures.append(repr(error))
+
+    thread = threading.Thread(target=handshakes)
+    thread.start()
+    marks = []   # handshakes so far: at the kill, at the restart, once the new controller answers, at the end
+    try:
+        eventually("handshakes going", lambda: presented, timeout=10)
+        marks.append(len(presented))
+        gateway.process.signal(signal.SIGKILL)
+        gateway.process.popen.wait(timeout=10)
+        renewed = issue(ca, ("shop.test",))
+        put_kv(gateway, "shopgate/tls/certs/shop", renewed)   # while no controller runs
+        eventually("handshakes while no controller runs", lambda: len(presented) > marks[0] + 2, timeout=10)
+        marks.append(len(presented))
+        gateway.launch()
+        crt_list = gateway.state_dir / "tls" / "crt-list"
+        eventually("the new controller answers", lambda: gateway.status()["tls"]["certificates"], timeout=30)
+        marks.append(len(presented))
+        assert "kv-shop.pem shop.test" in crt_list.read_text(), "the crt-list HAProxy reloads from still holds the KV certificate"
+        fingerprint = hashlib.sha256(x509.load_pem_x509_certificates(renewed)[0].public_bytes(Encoding.DER)).hexdigest()
+        eventually("/status shows the renewal", lambda: [c["fingerprint_sha256"] for c in gateway.status()["tls"]["certificates"]] == [fingerprint], timeout=15)
+        eventually("the renewal served", lambda: serial(gateway.https_port, "shop.test") == serial_of(renewed), timeout=10)
+        assert gateway.status()["haproxy_pid"] == haproxy_pid, "adopted, not replaced"
+        assert gateway.status()["reloads"] == 0
+
+        put_kv(gateway, "shopgate/services/products/timeout_server", b"20s")   # structural: one reload
+        eventually("reloaded", lambda: gateway.status()["reloads"] == 1, timeout=15)
+        eventually("handshakes after the reload", lambda: len(presented) > marks[-1] + 2, timeout=10)
+        marks.append(len(presented))
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert failures == []
+    assert marks == sorted(set(marks)), f"handshakes in every phase: {marks}"
+    assert default not in presented, f"the default certificate was presented {presented.count(default)} of {len(presented)} times"
+    assert set(presented) == {serial_of(first), serial_of(renewed)}
+    assert serial(gateway.https_port, "shop.test") == serial_of(renewed)
+    assert "kv-shop.pem shop.test" in crt_list.read_text()
+
+
+def test_a_certificate_haproxy_holds_but_the_files_lost_is_taken_back_not_refused(https_gateway, ca):
+    """The controller died after HAProxy committed a new certificate but before the files were written:
+    the next controller's add meets a certificate HAProxy already holds and replaces it, crt-list line
+    included (no refusal in /status, no reload, the files written), so removing it later still works."""
+    gateway = https_gateway
+    bundle = serve(gateway, "shop", "shop.test")
+    gateway.process.signal(signal.SIGKILL)
+    gateway.process.popen.wait(timeout=10)
+    tls_dir = gateway.state_dir / "tls"
+    (tls_dir / "kv-shop.pem").unlink()
+    (tls_dir / "held.json").write_text("[]\n")
+    (tls_dir / "crt-list").write_text(f"{tls_dir}/default.pem !*\n")
+    gateway.launch()
+    eventually("the files hold it again", lambda: "kv-shop.pem shop.test" in (tls_dir / "crt-list").read_text(), timeout=30)
+    tls = eventually("/status lists it", lambda: gateway.status()["tls"], timeout=10)
+    assert [c["id"] for c in tls["certificates"]] == ["kv-shop"] and tls["rejected"] == []
+    assert serial(gateway.https_port, "shop.test") == serial_of(bundle)
+    put_kv(gateway, "shopgate/tls/certs/shop", None)   # one crt-list line for it in HAProxy, or `del ssl crt-list` is refused
+    eventually("removed: the default again", lambda: serial(gateway.https_port, "shop.test") != serial_of(bundle), timeout=10)
+    assert gateway.status()["tls"]["rejected"] == [] and gateway.status()["tls"]["certificates"] == []
+    assert gateway.metric('shopgate_gateway_certificate_updates_total{result="rejected"}') == 0
+    assert gateway.status()["reloads"] == 0
 
 
 def spki_pin(bundle: bytes) -> str:
