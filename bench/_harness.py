@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -106,6 +107,17 @@ def load_average() -> str:
     """The machine's load average, for every printed figure (the machine is shared)."""
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min) on {os.cpu_count()} CPUs"
+
+
+def wait(what: str, predicate: Callable[[], bool], timeout: float = 120.0, interval: float = 0.05) -> float:
+    """Poll `predicate` every `interval` s until it holds; the seconds it took. A bench that cannot get there
+    stops saying what did not happen (SystemExit), rather than printing figures of a run that did not happen."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise SystemExit(f"not within {timeout:.0f}s: {what}")
+        time.sleep(interval)
+    return time.monotonic() - started
 
 
 def table(header: tuple[str, ...], rows: list[tuple]) -> str:

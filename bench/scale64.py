@@ -26,7 +26,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _gateway_rig import Rig  # noqa: E402
-from _harness import machine, table  # noqa: E402
+from _harness import machine, table, wait  # noqa: E402
 from first_request import SERVICE, Instance  # noqa: E402
 
 
@@ -68,15 +68,6 @@ def haproxy_servers(rig: Rig) -> dict[str, str]:
 
 def is_slot(name: str) -> bool:
     return re.fullmatch(r"s[0-9]+", name) is not None
-
-
-def wait(what: str, predicate, timeout: float = 120.0) -> float:
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise SystemExit(f"not within {timeout:.0f}s: {what}")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def main() -> int:

@@ -62,40 +62,30 @@ from shopgate import settings
 log = logging.getLogger("shopgate.gateway.apply")
 
 
+class _StateFile:
+    """A file of the state dir by name: `GatewayFiles(d).config` is `d / "haproxy.cfg"`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, files: "GatewayFiles | None", owner: type | None = None) -> "Path | _StateFile":
+        return self if files is None else files.state_dir / self.name   # on the class itself (help(), inspect): the descriptor
+
+
 @dataclass(frozen=True)
 class GatewayFiles:
     """The files of one controller under its state dir."""
 
     state_dir: Path
 
-    @property
-    def config(self) -> Path:
-        return self.state_dir / "haproxy.cfg"
-
-    @property
-    def candidate(self) -> Path:
-        return self.state_dir / "haproxy.cfg.new"
-
-    @property
-    def last_good(self) -> Path:
-        return self.state_dir / "haproxy.cfg.last-good"
-
-    @property
-    def master_socket(self) -> Path:
-        return self.state_dir / "master.sock"
-
-    @property
-    def admin_socket(self) -> Path:
-        return self.state_dir / "admin.sock"
-
-    @property
-    def haproxy_log(self) -> Path:
-        return self.state_dir / "haproxy.log"
-
-    @property
-    def pidfile(self) -> Path:
-        """HAProxy's master pid (`-p`): how the next controller of this state dir finds it."""
-        return self.state_dir / "haproxy.pid"
+    config = _StateFile("haproxy.cfg")
+    candidate = _StateFile("haproxy.cfg.new")
+    last_good = _StateFile("haproxy.cfg.last-good")
+    master_socket = _StateFile("master.sock")
+    admin_socket = _StateFile("admin.sock")
+    haproxy_log = _StateFile("haproxy.log")
+    #: HAProxy's master pid (`-p`): how the next controller of this state dir finds it.
+    pidfile = _StateFile("haproxy.pid")
 
 
 class ConfigRejected(RuntimeError):

@@ -451,7 +451,8 @@ def parse_args(argv: list[str]) -> ControllerConfig:
     parser.add_argument("--unready-delay", type=float, default=ControllerConfig.unready_delay,
                         help="on SIGTERM answer /ready 503 this many seconds before HAProxy stops accepting (default %(default)s)")
     parser.add_argument("--slot-headroom", type=int, default=ControllerConfig.slot_headroom,
-                        help="server slots per instance, rounded up to a power of two (default %(default)s); HAProxy reserves a file descriptor per slot")
+                        help="server slots per instance, rounded up to a power of two, in backends that cannot take dynamic servers "
+                             "(static balance algorithms, sticky cookies; default %(default)s); HAProxy reserves a file descriptor per slot")
     parser.add_argument("--consul-dns", default=None,
                         help="Consul DNS host:port that backends in DNS mode (KV discovery = dns) resolve through "
                              f"(default: {settings.CONSUL_DNS_ENV} or {settings.DEFAULT_CONSUL_DNS_ADDR})")

@@ -8,10 +8,12 @@ for running HAProxy without reloads:
   so a slot still draining its old instance is reused last; a vanished instance frees its slot.
   So membership changes are per-slot runtime-API commands, and gateways that watch one catalog
   place instances alike however their watchers batched the arrivals.
-* Slot counts with headroom and hysteresis. A backend gets max(min_slots, KV `slots`,
-  next power of two >= headroom x instances) slots, grows only when the instances no longer fit
-  and shrinks only when eight times that size would still fit, so flapping does not reload
-  (spare slots are disabled servers: they cost a config line, not a check or a connection).
+* Slot counts with hysteresis (`slot_count`). A backend that can take dynamic servers (below) gets
+  max(min_slots, KV `slots`, instances) slots: it grows without a reload, so spare slots would only
+  cost HAProxy a file descriptor each. The others grow by reload and get headroom: max(min_slots,
+  KV `slots`, next power of two >= headroom x instances), growing only when the instances no longer
+  fit. Both shrink only when eight times the size they need would still fit, so flapping does not
+  reload (spare slots are disabled servers: a config line and a descriptor, not a check).
 
 Dynamic servers beyond the slots. Where HAProxy 2.6 can `add server` (BackendSettings.runtime_servers:
 a dynamic balance algorithm, not sticky, not DNS mode), a backend that runs out of slots does not
@@ -124,7 +126,8 @@ def fold_extra(table: RouteTable) -> RouteTable:
         result = services.get(backend.service)
         min_slots, headroom = result.sizing if result is not None else (MIN_SLOTS, SLOT_HEADROOM)
         members = sum(s.occupied for s in backend.servers) + len(backend.extra)
-        count = max(len(backend.servers), slot_count(members, None, max(min_slots, backend.settings.min_slots or 0), headroom))
+        floor = max(min_slots, backend.settings.min_slots or 0)
+        count = max(len(backend.servers), slot_count(members, None, floor, headroom, backend.settings.runtime_servers))
         servers = list(backend.servers) + [_spare(slot_name(i)) for i in range(len(backend.servers), count)]
         free = [i for i, server in enumerate(servers) if not server.occupied]
         for index, server in zip(free, backend.extra):
@@ -341,9 +344,13 @@ def _next_power_of_two(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def slot_count(instances: int, current: int | None, floor: int, headroom: int) -> int:
-    """How many slots a backend with `instances` instances should have, given its `current` count."""
-    wanted = max(floor, _next_power_of_two(headroom * instances))
+def slot_count(instances: int, current: int | None, floor: int, headroom: int, runtime_servers: bool) -> int:
+    """How many slots a backend with `instances` instances should have, given its `current` count.
+
+    Where instances beyond the slots become dynamic servers (`runtime_servers`), a slot per instance: growing
+    costs no reload there, so spare slots would only cost file descriptors (and rounding up to a power of two
+    up to twice as many). Elsewhere the slots grow by reload: the next power of two >= headroom x instances."""
+    wanted = max(floor, instances if runtime_servers else _next_power_of_two(headroom * instances))
     if current is None or instances > current or floor > current or wanted * SHRINK_FACTOR <= current:
         return wanted
     return current
@@ -382,7 +389,7 @@ def _backend(service: str, environment: str, instances: list[Instance], settings
             return previous
         return Backend(name=backend_name(service), service=service, settings=settings, servers=servers)
     current = len(previous.servers) if previous else None
-    count = slot_count(len(instances), current, floor, headroom)
+    count = slot_count(len(instances), current, floor, headroom, settings.runtime_servers)
     # Out of slots where `add server` works: dynamic servers instead of more slots (no reload).
     overflow = settings.runtime_servers and current is not None and floor <= current
     if overflow and count > current:

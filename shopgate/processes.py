@@ -189,6 +189,18 @@ def main_thread_schedstat(pid: int) -> tuple[float, float] | None:
     return int(on_cpu) / 1e9, int(waiting) / 1e9
 
 
+def process_open_files(pid: int) -> tuple[int, int | None] | None:
+    """(descriptors a process has open, its soft limit "Max open files") from /proc/<pid>/fd and /limits; None
+    when it is gone. What HAProxy's reserved descriptors (`show info` Maxsock) leave unused shows here."""
+    try:
+        count = len(os.listdir(f"/proc/{pid}/fd"))
+        limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
+    except OSError:
+        return None
+    soft = next((line[len("Max open files"):].split()[0] for line in limits if line.startswith("Max open files")), None)
+    return count, int(soft) if soft and soft.isdigit() else None
+
+
 def process_cpu_seconds(pid: int) -> float | None:
     """CPU time a process has used so far, user + system, all its threads (/proc/<pid>/stat); None when it is gone."""
     fields = _stat_fields(pid)

@@ -90,8 +90,10 @@ DOCKER_RESYNC_SECONDS = 5.0
 #: Longest pause between reconnects to a Docker engine whose event stream dropped.
 DOCKER_MAX_BACKOFF_SECONDS = 5.0
 
-#: Gateway backends get at least MIN_SLOTS server slots and SLOT_HEADROOM times their instances (to the next power
-#: of two; KV `slots` raises the floor), so that scaling up fills a spare slot instead of reloading HAProxy.
+#: Gateway backends get at least MIN_SLOTS server slots (KV `slots` raises the floor). Those where HAProxy cannot
+#: `add server` (static balance algorithms, sticky cookies) get SLOT_HEADROOM times their instances (to the next
+#: power of two), so that scaling up fills a spare slot instead of reloading HAProxy; the others a slot per instance
+#: (further instances become dynamic servers, no reload).
 MIN_SLOTS = 4
 SLOT_HEADROOM = 2
 #: A backend in DNS discovery mode (KV `discovery = dns`) gets a fixed `server-template` of this many slots (KV `slots`

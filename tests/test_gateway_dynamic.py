@@ -67,9 +67,9 @@ def test_a_reload_folds_dynamic_servers_into_slots_without_a_failed_request(gate
 
         gateway.catalog.client().kv.put("shopgate/services/products/maxconn", "300")   # structural: a reload
         eventually("the reload is done", lambda: server_limits(gateway, "be_products") == {"300"})
-        eventually("folded into slots", lambda: (lambda p: (p["slots"], p["dynamic_servers"]) == (16, 0))(gateway.status()["services"]["products"]))
+        eventually("folded into slots", lambda: (lambda p: (p["slots"], p["dynamic_servers"]) == (6, 0))(gateway.status()["services"]["products"]))
         assert gateway.status()["reloads"] == reloads_before + 1
-        assert set(stats_column(gateway, "be_products", "status")) == {f"s{n}" for n in range(1, 17)}
+        assert set(stats_column(gateway, "be_products", "status")) == {f"s{n}" for n in range(1, 7)}   # a slot each
         eventually("all 6 routed from slots", lambda: gateway.routed("products", everyone))
         eventually("all 6 take traffic", lambda: served_by(load, everyone) == {str(p) for p in everyone})
         eventually("some load after the reload", lambda: len(load.records) > 300)

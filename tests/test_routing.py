@@ -165,16 +165,29 @@ def test_slot_stability_does_not_depend_on_the_memo():
     assert build_route_table(later, t1) == build_route_table(later, replace(t1, memo={}))
 
 
-def test_slot_count_has_headroom_grows_when_full_and_shrinks_with_hysteresis():
-    assert slot_count(0, None, floor=4, headroom=2) == 4
-    assert slot_count(5, None, floor=4, headroom=2) == 16
-    assert slot_count(16, 16, floor=4, headroom=2) == 16        # full but fits: no reload
-    assert slot_count(17, 16, floor=4, headroom=2) == 64        # does not fit: grow with headroom
-    assert slot_count(9, 64, floor=4, headroom=2) == 64         # flapping back: keep
-    assert slot_count(5, 64, floor=4, headroom=2) == 64
-    assert slot_count(4, 64, floor=4, headroom=2) == 8          # far below (8 x 8 <= 64): shrink
-    assert slot_count(1, 16, floor=4, headroom=2) == 16         # 4 x 8 > 16: keep
-    assert slot_count(1, 4, floor=8, headroom=2) == 8           # a raised floor (KV slots) grows
+def test_slot_count_has_headroom_where_slots_grow_by_reload_grows_when_full_and_shrinks_with_hysteresis():
+    static = dict(floor=4, headroom=2, runtime_servers=False)    # balance source, sticky: growing means a reload
+    assert slot_count(0, None, **static) == 4
+    assert slot_count(5, None, **static) == 16
+    assert slot_count(16, 16, **static) == 16        # full but fits: no reload
+    assert slot_count(17, 16, **static) == 64        # does not fit: grow with headroom
+    assert slot_count(9, 64, **static) == 64         # flapping back: keep
+    assert slot_count(5, 64, **static) == 64
+    assert slot_count(4, 64, **static) == 8          # far below (8 x 8 <= 64): shrink
+    assert slot_count(1, 16, **static) == 16         # 4 x 8 > 16: keep
+    assert slot_count(1, 4, floor=8, headroom=2, runtime_servers=False) == 8   # a raised floor (KV slots) grows
+
+
+def test_slot_count_is_a_slot_per_instance_where_dynamic_servers_take_the_rest():
+    dynamic = dict(floor=4, headroom=2, runtime_servers=True)    # the headroom does not apply
+    assert slot_count(0, None, **dynamic) == 4       # the floor
+    assert slot_count(5, None, **dynamic) == 5
+    assert slot_count(2000, None, **dynamic) == 2000             # not 4,096: 5 x 2,000 fit 20,000 descriptors
+    assert slot_count(2100, None, **dynamic) == 2100             # a fold after 100 more: still one each
+    assert slot_count(1999, 2000, **dynamic) == 2000             # one leaves: keep
+    assert slot_count(250, 2000, **dynamic) == 250               # 250 x 8 <= 2,000: shrink (as with headroom)
+    assert slot_count(251, 2000, **dynamic) == 2000
+    assert slot_count(3, 4, floor=8, headroom=2, runtime_servers=True) == 8    # a raised floor (KV slots) grows
 
 
 STATIC = {"shopgate/services/p/balance": b"source"}   # `add server` refused: the slots grow (by reload)
@@ -233,7 +246,7 @@ def test_fold_extra_moves_dynamic_servers_into_enough_slots_and_keeps_the_slots(
     t2 = build_route_table(snap(*ten), t1)
     folded = fold_extra(t2)
     backend = folded.backend("be_p")
-    assert backend.extra == () and len(backend.servers) == 32          # as a backend of 10 gets from scratch
+    assert backend.extra == () and len(backend.servers) == 10          # as a backend of 10 gets from scratch: one each
     assert names_of(folded, "p") == {**{f"p-{n}": f"s{n}" for n in range(1, 5)},
                                      **{s.instance_key.split("/")[1]: s.slot for s in backend.servers[4:] if s.occupied}}
     assert len(names_of(folded, "p")) == 10
@@ -303,18 +316,22 @@ histories = st.lists(st.dictionaries(st.integers(1, 12), st.sampled_from(["passi
 
 
 @settings(max_examples=150, deadline=None)
-@given(history=histories)
-def test_slots_are_unique_sized_with_headroom_and_kept_unless_the_backend_shrinks(history):
+@given(history=histories, kv=st.sampled_from([{}, STATIC]))
+def test_slots_are_unique_sized_and_kept_unless_the_backend_shrinks(history, kv):
+    """Sized a slot each where dynamic servers take the rest (default balance), with headroom x2 where not (STATIC)."""
+    per_instance = 1 if not kv else 2
     previous = None
     for view in history:
-        table = build_route_table(snap(*(inst("p", n, status) for n, status in view.items()), services=("p",)), previous)
+        table = build_route_table(snap(*(inst("p", n, status) for n, status in view.items()), services=("p",), kv=kv), previous)
         backend = table.backend("be_p")
         servers = backend.servers
         occupied = [s.instance_key for s in backend.all_servers if s.occupied]
         assert sorted(occupied) == sorted(f"node1/p-{n}" for n in view)           # everyone has exactly one server
         assert len({s.slot for s in backend.all_servers}) == len(backend.all_servers)   # under a name of its own
-        assert len(servers) >= max(4, 2 * len(view)) or (previous and len(servers) == len(previous.backend("be_p").servers))
-        assert not backend.extra or (previous and len(servers) == len(previous.backend("be_p").servers))   # dynamic: the slots ran out
+        assert len(servers) >= max(4, per_instance * len(view)) or (previous and len(servers) == len(previous.backend("be_p").servers))
+        if previous is None:
+            assert len(servers) == max(4, len(view) if not kv else 1 << max(0, 2 * len(view) - 1).bit_length())
+        assert not backend.extra or (not kv and previous and len(servers) == len(previous.backend("be_p").servers))   # dynamic: the slots ran out
         if previous is not None and len(servers) >= len(previous.backend("be_p").servers):
             before = names_of(previous, "p")
             assert all(names_of(table, "p")[i] == name for i, name in before.items() if int(i.split("-")[1]) in view)
