@@ -4,7 +4,7 @@ Membership (a slot gets, changes or loses an instance) goes through the runtime 
 
     add     into an idle slot (maint, not draining, dynamic balance): `del server` + `add server` with
             the health check written out (settings.HEALTH_CHECK) + `enable health`, then state ready +
-            health down. The recreated server's first check runs after `downinter` (~50 ms), where a
+            health down. The recreated server's first check runs after `downinter` (~20 ms), where a
             slot merely leaving maint waits for its old `inter` phase (0-1 s, measured on 2.6).
             Otherwise (a slot in use or draining, `balance source`, a sticky or DNS backend: `add
             server` takes no `cookie`): set server be/s addr A port P;

@@ -112,7 +112,7 @@ def test_exhausted_slots_mean_dynamic_servers_created_and_deleted_without_reload
     back = plan_changes(wanted, table(*two, previous=wanted))
     assert [(c.slot, c.action) for c in back.membership] == [("s3", "remove"), ("s4", "remove"), ("p-5", "delete"), ("p-6", "delete")]
     assert membership_commands(plan.membership[2], None) == [
-        "add server be_p/p-5 10.0.0.5:9005 weight 100 check inter 1s downinter 50ms fall 2 rise 1", "enable health be_p/p-5",
+        "add server be_p/p-5 10.0.0.5:9005 weight 100 check inter 1s downinter 20ms fall 2 rise 1", "enable health be_p/p-5",
         "set server be_p/p-5 state ready", "set server be_p/p-5 health down"]
     assert membership_commands(back.membership[2]) == ["set server be_p/p-5 state drain"]
 
