@@ -24,8 +24,10 @@ COOKIE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,80}")
 #: label, an underscore is not a hostname character).
 DNS_SERVICE_NAME = re.compile(r"[A-Za-z0-9-]{1,63}")
 
-#: A dynamic server's name (HAProxy's server names allow letters, digits, '.', '-', '_', ':'; ':' left out here).
+#: A dynamic server's name (HAProxy's server names allow letters, digits, '.', '-', '_', ':'; ':' left out here),
+#: and what gateway.routing replaces in an instance id to make one.
 SERVER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+NOT_SERVER_NAME_CHAR = re.compile(r"[^A-Za-z0-9_.-]")
 
 #: A URL path prefix: unreserved characters and '/', starting with '/'.
 PATH_PREFIX = re.compile(r"/[A-Za-z0-9._~/-]{0,255}")

@@ -50,7 +50,8 @@ from functools import lru_cache
 from itertools import chain, compress
 from typing import Iterable, Mapping, NamedTuple
 
-from gateway.haproxy_syntax import ENVIRONMENT_NAME, HOSTNAME, SERVICE_NAME, address_problem, display, path_problem, port_problem
+from gateway.haproxy_syntax import (ENVIRONMENT_NAME, HOSTNAME, NOT_SERVER_NAME_CHAR, SERVICE_NAME, address_problem, display, path_problem,
+                                    port_problem)
 from gateway.kv_settings import parse_settings
 from gateway.model import Backend, BackendSettings, Frontend, Instance, Route, RouteTable, Server, Snapshot
 from gateway.tls import certificates
@@ -100,14 +101,13 @@ def slot_name(index: int) -> str:
 
 
 _SLOT_NAME = re.compile(r"s[0-9]+")
-_NOT_SERVER_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def dynamic_server_name(instance_id: str, instance_key: str, taken: set[str]) -> str:
-    """A dynamic server's HAProxy name: the instance id in server-name characters (gateway.haproxy_syntax.SERVER_NAME),
+    """A dynamic server's HAProxy name: the instance id in server-name characters (gateway.haproxy_syntax.NOT_SERVER_NAME_CHAR),
     so the stats page says whom it holds; a hash of the instance key is appended where that name is taken
     or reads like a slot's (s1, s2, ...)."""
-    base = _NOT_SERVER_NAME_CHARS.sub("_", instance_id)[:48] or "_"
+    base = NOT_SERVER_NAME_CHAR.sub("_", instance_id)[:48] or "_"
     if base in taken or _SLOT_NAME.fullmatch(base):
         return f"{base}-{cookie_value(instance_key)}"
     return base
