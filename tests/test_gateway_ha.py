@@ -43,10 +43,14 @@ def test_controller_killed_and_restarted_under_load_adopts_its_haproxy(gateway):
     haproxy_pid = gateway.status()["haproxy_pid"]
     load = steady_load(gateway)
     try:
+        eventually("the load is flowing", lambda: len(load.records) > 20)
         gateway.process.signal(signal.SIGKILL)
         gateway.process.popen.wait(timeout=10)
+        controller_gone = load.now()
         # While no controller runs, the catalog moves on: one more instance.
         backends.append(gateway.start_backend("products"))
+        eventually("HAProxy answers while no controller runs",
+                   lambda: any(r.started > controller_gone and r.status == 200 for r in load.records))
         gateway.start()
         ports = {b.port for b in backends}
         eventually("the new controller routes the instance registered while none ran", lambda: gateway.routed("products", ports))
@@ -63,7 +67,6 @@ def test_controller_killed_and_restarted_under_load_adopts_its_haproxy(gateway):
     finally:
         records = load.stop()
     summary = summarize(records)
-    assert summary["requests"] > 100, summary
     assert summary["failed"] == 0, summary
     assert gateway.haproxy_masters() == [haproxy_pid]
 
