@@ -162,8 +162,7 @@ def healthy_instances(store: Store, config: DnsConfig, name: str, tag: str | Non
     for service in store.service_instances(store.service_name_folded(name)):
         if tag is not None and tag not in (t.lower() for t in service.tags):
             continue
-        status = aggregate_status({"CheckID": c.check_id, "Status": c.status}
-                                  for c in store.checks_of(service.node, service.id))
+        status = aggregate_status((c.check_id, c.status) for c in store.checks_of(service.node, service.id))
         if status in keep:
             found.append((service, service.address or store.nodes[service.node].address, status))
     return found

@@ -3,7 +3,7 @@
 Membership (a slot gets, changes or loses an instance) goes through the runtime API, no reload:
 
     add     into an idle slot (maint, not draining, dynamic balance): `del server` + `add server` with
-            the health check written out (settings.HEALTH_CHECK) + `enable health`, then state ready +
+            the health check written out (settings.NEW_SERVER_CHECK) + `enable health`, then state ready +
             health down. The recreated server's first check runs after `downinter` (~20 ms), where a
             slot merely leaving maint waits for its old `inter` phase (0-1 s, measured on 2.6).
             Otherwise (a slot in use or draining, `balance source`, a sticky or DNS backend: `add
@@ -102,7 +102,7 @@ def membership_commands(change: MembershipChange, add_server_maxconn: int | None
     if change.action in ("add", "create") and add_server_maxconn is not False:
         maxconn = f" maxconn {int(add_server_maxconn)}" if add_server_maxconn else ""
         commands = [f"del server {server}"] if change.action == "add" else []
-        return commands + [f"add server {server} {check_token(change.address)}:{int(change.port)} weight {int(change.weight)}{maxconn} {settings.HEALTH_CHECK}",
+        return commands + [f"add server {server} {check_token(change.address)}:{int(change.port)} weight {int(change.weight)}{maxconn} {settings.NEW_SERVER_CHECK}",
                            f"enable health {server}"] + _admit(server, change.ready, [])   # `add server` starts in maint
     if change.action in ("add", "create"):
         return [f"set server {server} addr {check_token(change.address)} port {int(change.port)}",

@@ -1,8 +1,9 @@
 """Catalog + KV -> Snapshot, with three blocking queries whatever the number of services.
 
-    /v1/health/state/any       every check: tells WHICH services changed (a check modified
-                               since the last answer, or a service's check count changed; node
-                               checks touch every service on their node)
+    /v1/health/state/any       every check, read by its difference from the last answer
+                               (shopgate.consul_client.checks): the checks that changed, came or
+                               went tell WHICH services changed (a node check touches every
+                               service on its node)
     /v1/catalog/services       names and tags: services without checks, added or removed services
     /v1/kv/shopgate/?recurse   the gateway's settings
 
@@ -13,8 +14,8 @@ instances are read straight from the checks and emitted before that fetch (which
 them), so the common membership change costs no extra round trip.
 
 Each query is the ground floor's generic blocking-query loop (`shopgate.consul_client.blocking`:
-Consul's index rules, backoff) and each answer is read by the ground floor's decoders (health
-entries, KV); this module decides only what an answer means for the Snapshot. While the catalog is
+Consul's index rules, backoff) and each answer is read by the ground floor's decoders (checks,
+health entries, KV); this module decides only what an answer means for the Snapshot. While the catalog is
 away the last Snapshot stays; nothing is emitted until a full first sync, so HAProxy never sees a
 half-read catalog.
 
@@ -25,19 +26,17 @@ them reads as no instances (such a name is refused by routing anyway).
 from __future__ import annotations
 
 import logging
-import operator
 import threading
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from itertools import compress
-from operator import itemgetter
 from typing import Any, Callable
 
 from gateway.model import Instance, Snapshot
 from shopgate.consul_client import CatalogUnavailable, ConsulAddress, QueryResult, connect, read
 from shopgate.consul_client.blocking import BlockingQuery
+from shopgate.consul_client.checks import PATH as CHECKS_PATH
+from shopgate.consul_client.checks import CheckDelta, CheckList, CheckRow, read_checks
 from shopgate.consul_client.health import aggregate_status, decode_health_entries
 from shopgate.consul_client.kv import kv_from_entries
 from shopgate.settings import GATEWAY_WATCH_WAIT_SECONDS, KV_PREFIX
@@ -50,63 +49,47 @@ IGNORED_SERVICES = frozenset({"consul"})
 READ_TIMEOUT_SECONDS = 10.0
 
 
-# ---------------------------------------------------------------- what a check list tells (pure)
+# ---------------------------------------------------------------- every check, kept by deltas (pure)
 
 
 @dataclass
-class CheckCensus:
-    """One `/v1/health/state/any` answer, reduced to what tells which services changed."""
+class CheckIndex:
+    """Every check of the catalog by whose it is, kept current by `/v1/health/state/any` deltas."""
 
-    counts: dict[str, int]          # service -> how many checks it has
-    node_counts: dict[str, int]     # node -> how many node-level checks it has
-    touched: set[str]               # services with a check modified after the previous answer
-    touched_nodes: set[str]         # nodes with a node check modified after it
-    names: list[str] = field(default_factory=list, repr=False)   # each check's service ("" for a node check), in order
+    services: dict[str, dict[tuple[str, str], CheckRow]] = field(default_factory=dict)   # service -> (node, check id) -> check
+    nodes: dict[str, dict[str, CheckRow]] = field(default_factory=dict)                  # node -> check id -> node-level check
 
+    def apply(self, delta: CheckDelta) -> tuple[set[str], set[str]]:
+        """Take in a delta (gone rows first, so a changed check is replaced); returns the services and
+        the nodes whose checks changed."""
+        services: set[str] = set()
+        nodes: set[str] = set()
+        for rows, keep in ((delta.removed, False), (delta.added, True)):
+            for row in rows:
+                if row.service_name:
+                    table, group, key = self.services, row.service_name, (row.node, row.check_id)
+                    services.add(group)
+                else:
+                    table, group, key = self.nodes, row.node, row.check_id
+                    nodes.add(group)
+                checks = table.setdefault(group, {})
+                if keep:
+                    checks[key] = row
+                else:
+                    checks.pop(key, None)
+                if not checks:
+                    del table[group]
+        return services, nodes
 
-def check_census(checks: list[dict], since: int) -> CheckCensus:
-    """One pass over every check, in C where it can be (10,000 checks: ~1 ms): counts, and what
-    changed after index `since`. Checks missing a field take the careful path."""
-    try:
-        names = list(map(itemgetter("ServiceName"), checks or ()))
-        node_checks = list(compress(checks, map(operator.not_, names)))
-        modified = list(compress(checks, map(since.__lt__, map(itemgetter("ModifyIndex"), checks or ()))))
-        node_counts = Counter(map(itemgetter("Node"), node_checks))
-        touched = {c["ServiceName"] for c in modified if c["ServiceName"]}
-        touched_nodes = {c["Node"] for c in modified if not c["ServiceName"]}
-    except (KeyError, TypeError, AttributeError):
-        return _careful_census(checks, since)
-    counts = Counter(names)
-    counts.pop("", None)
-    counts.pop(None, None)
-    return CheckCensus(dict(counts), dict(node_counts), touched, touched_nodes, names)
+    def instance_checks(self, service: str) -> dict[tuple[str, str], list[tuple[str, str]]]:
+        """(node, service id) -> the (check id, status) pairs of each instance of `service` that has checks."""
+        found: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        for row in self.services.get(service, {}).values():
+            found.setdefault((row.node, row.service_id), []).append((row.check_id, row.status))
+        return found
 
-
-def _careful_census(checks: list[dict], since: int) -> CheckCensus:
-    counts: dict[str, int] = {}
-    node_counts: dict[str, int] = {}
-    touched: set[str] = set()
-    touched_nodes: set[str] = set()
-    names = []
-    for check in checks or ():
-        modified = not isinstance(check.get("ModifyIndex"), int) or check["ModifyIndex"] > since
-        name = check.get("ServiceName")
-        names.append(name or "")
-        if name:
-            counts[name] = counts.get(name, 0) + 1
-            if modified:
-                touched.add(name)
-        else:
-            node = check.get("Node", "")
-            node_counts[node] = node_counts.get(node, 0) + 1
-            if modified:
-                touched_nodes.add(node)
-    return CheckCensus(counts, node_counts, touched, touched_nodes, names)
-
-
-def _count_changes(old: dict[str, int], new: dict[str, int]) -> set[str]:
-    """Keys whose count differs (set operations on the items, in C: no loop over unchanged keys)."""
-    return {key for key, _ in old.items() ^ new.items()}
+    def node_checks(self, node: str) -> list[tuple[str, str]]:
+        return [(row.check_id, row.status) for row in self.nodes.get(node, {}).values()]
 
 
 # ---------------------------------------------------------------- the watcher
@@ -128,7 +111,8 @@ class CatalogWatcher:
         # what we know
         self._instances: dict[str, tuple[Instance, ...]] = {}
         self._catalog_tags: dict[str, frozenset] = {}
-        self._checks = CheckCensus({}, {}, set(), set())
+        self._check_list = CheckList()   # the last answer of the checks query, to read the next by difference
+        self._checks = CheckIndex()
         self._kv: dict[str, bytes] = {}
         self._synced: set[str] = set()
         self._dirty: dict[str, float] = {}      # service -> first seen_at
@@ -139,10 +123,9 @@ class CatalogWatcher:
         self._failing: set[str] = set()
         self._fetches = 0
         wait = f"{int(wait_seconds * 1000)}ms"
-        health, catalog, kv = self.consul.health, self.consul.catalog, self.consul.kv
+        catalog, kv = self.consul.catalog, self.consul.kv
         self._queries = (
-            self._query("health", lambda index: read("/v1/health/state/any", health.state, "any", index=index or None, wait=wait),
-                        self._health_changed),
+            self._query("health", lambda index: read_checks(self.consul, index, wait), self._health_changed),
             self._query("catalog", lambda index: read("/v1/catalog/services", catalog.services, index=index or None, wait=wait),
                         self._catalog_changed),
             self._query("kv", lambda index: read(f"/v1/kv/{kv_prefix}?recurse", kv.get, kv_prefix, recurse=True,
@@ -209,44 +192,36 @@ class CatalogWatcher:
 
     # ---- what changed
 
-    def _health_changed(self, data: object, seen_at: float, since: int) -> None:
-        checks = data if isinstance(data, list) else []
-        census = check_census(checks, since)
+    def _health_changed(self, body: bytes, seen_at: float, since: int) -> None:
+        try:
+            delta = self._check_list.update(body)
+        except ValueError as error:
+            raise CatalogUnavailable(f"{CHECKS_PATH}: {error}") from error
         with self._wake:
-            changed = census.touched | _count_changes(self._checks.counts, census.counts)
-            changed_nodes = census.touched_nodes | _count_changes(self._checks.node_counts, census.node_counts)
+            changed, changed_nodes = self._checks.apply(delta)
             if changed_nodes:
                 changed |= {s for s, instances in self._instances.items() if any(i.node in changed_nodes for i in instances)}
-            self._checks = census
-            if self._update_statuses(checks, census.names, changed) and self._emitted_once:
+            if self._update_statuses(changed) and self._emitted_once:
                 self._local_seen_at = self._local_seen_at or seen_at
             self._mark_dirty(changed, seen_at)
 
-    def _update_statuses(self, checks: list[dict], names: list[str], changed: set[str]) -> bool:
+    def _update_statuses(self, changed: set[str]) -> bool:
         """Health flips and deregistrations of known instances, straight from the checks: no round trip
         before HAProxy hears. An instance whose every check vanished is taken as deregistered.
 
         The changed services are still fetched afterwards, which confirms (or corrects) this."""
-        by_instance: dict[tuple, list[dict]] = {}
-        node_checks: dict[str, list[dict]] = {}
-        # only the changed services' checks and the node checks, picked out in C (`names` is aligned with `checks`)
-        for check in compress(checks, map((changed | {"", None}).__contains__, names)):
-            name = check.get("ServiceName")
-            if name in changed:
-                by_instance.setdefault((name, check.get("Node"), check.get("ServiceID")), []).append(check)
-            elif not name:
-                node_checks.setdefault(check.get("Node", ""), []).append(check)
         moved = False
         for service in changed:
             known = self._instances.get(service, ())
+            by_instance = self._checks.instance_checks(service)
             had_checks = self._check_keys.get(service, set())
-            has_checks = {(node, sid) for name, node, sid in by_instance if name == service}
+            has_checks = set(by_instance)
             self._check_keys[service] = has_checks
             known_keys = {(i.node, i.id) for i in known}
             gone = had_checks - has_checks
             if not known or not has_checks <= known_keys or not gone <= known_keys or (known_keys - has_checks) - gone:
                 continue   # instances came, or some have no checks: only the fetch knows
-            updated = tuple(replace(i, status=aggregate_status(by_instance[(service, i.node, i.id)] + node_checks.get(i.node, [])))
+            updated = tuple(replace(i, status=aggregate_status(by_instance[(i.node, i.id)] + self._checks.node_checks(i.node)))
                             for i in known if (i.node, i.id) not in gone)
             if updated != known:
                 self._set_instances(service, updated)

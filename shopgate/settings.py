@@ -112,14 +112,18 @@ GATEWAY_STOP_MARGIN_SECONDS = 5.0
 #: balancer that checks /ready has moved new connections away (0: stop at once, nothing in front).
 GATEWAY_UNREADY_DELAY_SECONDS = 0.0
 
-#: HAProxy's own health check of every server: the config's `default-server` and the servers the controller
-#: (re)creates at runtime, which do not inherit `default-server`. A server that is up is checked every `inter`;
-#: one that is down every `downinter`, so a new instance's first check runs ~20 ms after it is added (measured
-#: on 2.6: a config slot leaving maint keeps its `inter` phase, 0-1 s; a server created by `add server` starts
-#: its checks after `downinter`). Only down servers are checked that often: a new one until its first check
-#: passes, a dead one until the catalog's verdict puts it in maint. (50 ms: first routed request p99 171 ms for
-#: 20 instances at once; 20 ms: 138-144 ms, `bench/first_request.py`.)
-HEALTH_CHECK = "check inter 1s downinter 20ms fall 2 rise 1"
+#: HAProxy's own health check of the config's servers (`default-server`): every `inter`, up or down. A server
+#: that is down in HAProxy but passing in the catalog (HAProxy cannot reach it: a partition, a firewall) is
+#: checked once a second, not more: at 10,000 such servers a 20 ms `downinter` kept both CPUs of this machine
+#: busy with checks alone (HAProxy at 188 %, bench/membership.py's idle rig).
+HEALTH_CHECK = "check inter 1s fall 2 rise 1"
+#: The check of a server the controller creates for a new instance (`add server`, which does not inherit
+#: `default-server`): its first check runs `downinter` after it is added (measured on 2.6: a config slot leaving
+#: maint keeps its `inter` phase, 0-1 s), so a new instance takes traffic within ~20 ms of its first passing
+#: check (50 ms: first routed request p99 171 ms for 20 instances at once; 20 ms: 138-144 ms,
+#: `bench/first_request.py`). Such a server that stays down keeps the 20 ms pace until the catalog's verdict
+#: puts it in maint or the next reload makes it a config server.
+NEW_SERVER_CHECK = "check inter 1s downinter 20ms fall 2 rise 1"
 
 #: `shopgate gateway --https`: certificates expiring within CERT_EXPIRING_DAYS are reported in /status.
 CERT_EXPIRING_DAYS = 14.0

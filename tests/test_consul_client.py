@@ -22,12 +22,12 @@ def _entry(service_id: str, *statuses: str, address: str = "10.0.0.9", check_ids
 
 def test_maintenance_wins_then_the_worst_check():
     assert aggregate_status([]) == "passing"
-    assert aggregate_status([{"CheckID": "a", "Status": "passing"}, {"CheckID": "b", "Status": "warning"}]) == "warning"
-    assert aggregate_status([{"CheckID": "a", "Status": "warning"}, {"CheckID": "b", "Status": "critical"}]) == "critical"
-    assert aggregate_status([{"CheckID": "_service_maintenance:web-1", "Status": "critical"}, {"CheckID": "x", "Status": "passing"}]) == "maintenance"
-    assert aggregate_status([{"CheckID": "_node_maintenance", "Status": "critical"}]) == "maintenance"
-    assert aggregate_status([{"CheckID": "a", "Status": "bogus"}]) == "critical", "an unknown status is not healthy"
-    assert aggregate_status([{"CheckID": "a"}]) == "critical", "a missing status is not healthy"
+    assert aggregate_status([("a", "passing"), ("b", "warning")]) == "warning"
+    assert aggregate_status([("a", "warning"), ("b", "critical")]) == "critical"
+    assert aggregate_status([("_service_maintenance:web-1", "critical"), ("x", "passing")]) == "maintenance"
+    assert aggregate_status([("_node_maintenance", "critical")]) == "maintenance"
+    assert aggregate_status([("a", "bogus")]) == "critical", "an unknown status is not healthy"
+    assert aggregate_status([("a", None)]) == "critical", "a missing status is not healthy"
 
 
 def test_entries_use_the_node_address_when_the_service_has_none():
@@ -109,3 +109,23 @@ def test_a_failed_read_is_retried_from_index_zero_with_backoff():
 
     BlockingQuery("t", fetch, lambda *a: None, stop, backoff=(0.01, 0.02), on_error=errors.append).run()
     assert calls == [0, 9, 0, 9] and errors == ["away"]
+
+
+def test_an_answer_the_owner_cannot_read_counts_as_a_failed_read():
+    stop = threading.Event()
+    calls, errors, seen = [], [], []
+
+    def fetch(index: int) -> QueryResult:
+        calls.append(index)
+        if len(calls) == 3:
+            stop.set()
+        return QueryResult("garbled" if len(calls) == 1 else "good", 4)
+
+    def on_change(data, seen_at, since):
+        if data == "garbled":
+            raise CatalogUnavailable("not a list of checks")
+        seen.append(data)
+
+    BlockingQuery("t", fetch, on_change, stop, backoff=(0.01, 0.02), on_error=errors.append).run()
+    assert errors == ["not a list of checks"]
+    assert calls == [0, 0, 4] and seen == ["good"], "read again from index 0, the good answer handed on"

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from gateway.model import Snapshot
 from gateway.watch import CatalogWatcher
 from gateway_harness import eventually
+from shopgate.consul_client import ConsulAddress
 
 
 def test_long_polls_do_not_grow_with_services_and_only_changed_services_are_fetched(catalog):
@@ -39,3 +43,66 @@ def test_long_polls_do_not_grow_with_services_and_only_changed_services_are_fetc
         eventually("a deregistered service leaves the snapshot", lambda: "svc3" not in snapshots[-1].services)
     finally:
         watcher.stop()
+
+
+class MisbehavingConsul(BaseHTTPRequestHandler):
+    """Stands in for a Consul whose checks answer turns unreadable (our own catalog never sends one):
+    one service `web` with one instance in `status`; at index 11 the checks answer has a ModifyIndex
+    that is not a number. Real HTTP, real py-consul."""
+
+    status = "passing"
+    index = 10
+
+    @classmethod
+    def checks(cls, modify_index: int | str) -> bytes:
+        return json.dumps([{"Node": "n1", "CheckID": "service:web-1", "Status": cls.status, "ServiceID": "web-1",
+                            "ServiceName": "web", "ModifyIndex": modify_index}]).encode()
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        if "index=" in self.path and f"index={MisbehavingConsul.index}" in self.path:
+            time.sleep(0.2)   # a blocking query with nothing new: its wait ends
+        if path == "/v1/health/state/any":
+            body = MisbehavingConsul.checks(MisbehavingConsul.index if MisbehavingConsul.index != 11 else "eleven")
+        elif path == "/v1/catalog/services":
+            body = json.dumps({"web": []}).encode()
+        elif path == "/v1/health/service/web":
+            body = json.dumps([{"Node": {"Node": "n1", "Address": "127.0.0.1"},
+                                "Service": {"ID": "web-1", "Service": "web", "Port": 9001, "Tags": [], "Meta": {}},
+                                "Checks": [{"CheckID": "service:web-1", "Status": MisbehavingConsul.status}]}]).encode()
+        elif path.startswith("/v1/kv/"):
+            self.send_response(404)
+            self.send_header("X-Consul-Index", str(MisbehavingConsul.index))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        else:
+            body = b"[]"
+        self.send_response(200)
+        self.send_header("X-Consul-Index", str(MisbehavingConsul.index))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_checks_answer_the_watcher_cannot_read_keeps_the_last_snapshot_until_a_good_one_comes():
+    MisbehavingConsul.status, MisbehavingConsul.index = "passing", 10
+    server = ThreadingHTTPServer(("127.0.0.1", 0), MisbehavingConsul)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    snapshots: list[Snapshot] = []
+    watcher = CatalogWatcher(ConsulAddress("http", "127.0.0.1", server.server_address[1]), lambda s, _: snapshots.append(s), wait_seconds=1).start()
+    try:
+        eventually("the first snapshot", lambda: snapshots and [i.port for i in snapshots[-1].services["web"]] == [9001])
+        MisbehavingConsul.index = 11
+        eventually("the unreadable answer is reported", lambda: watcher.last_error and "not a list of checks" in watcher.last_error)
+        assert not watcher.reachable
+        assert [i.status for i in watcher.current().services["web"]] == ["passing"], "the last snapshot stays"
+        MisbehavingConsul.status, MisbehavingConsul.index = "critical", 12
+        eventually("the next good answer is read", lambda: watcher.reachable and [i.status for i in snapshots[-1].services["web"]] == ["critical"])
+    finally:
+        watcher.stop()
+        server.shutdown()
+        server.server_close()

@@ -70,7 +70,7 @@ def test_the_shop_config_is_valid_and_carries_the_zero_failure_defaults(tmp_path
         "    retry-on conn-failure empty-response",
         "    http-request disable-l7-retry unless replay_safe",
         "    option httpchk GET /health",
-        "    default-server check inter 1s downinter 20ms fall 2 rise 1 init-addr libc,none",
+        "    default-server check inter 1s fall 2 rise 1 init-addr libc,none",
         "    bind 127.0.0.1:18080",
         "    bind 127.0.0.1:18404",
         "    http-request use-service prometheus-exporter if { path /metrics }",

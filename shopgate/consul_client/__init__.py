@@ -6,6 +6,7 @@
                its result (data + index)
     blocking   the one generic blocking-query loop (index rules, backoff)
     health     the one decoder of /v1/health/service entries (address fallback, maintenance, status)
+    checks     /v1/health/state/any, every check, decoded into only what a watcher reads
     kv         the decoder of /v1/kv/<prefix>?recurse entries
 
 Modelled on consul-template: each Consul read owns its decoding, and one loop holds any read open

@@ -7,7 +7,8 @@ Consul's rules for clients, kept here once (consul-template's `watch/view.go`):
   returns at once instead of waiting its full wait;
 - after any failure the pause doubles from the first to the last backoff, and the next read
   starts at index 0 to catch up at once when the catalog is back.
-What a result means is not this loop's business: `on_change` decodes it.
+What a result means is not this loop's business: `on_change` decodes it, and raises
+CatalogUnavailable for an answer it cannot read, which then counts as a failed read.
 """
 
 from __future__ import annotations
@@ -46,11 +47,8 @@ class BlockingQuery:
         first_backoff, last_backoff = self.backoff
         pause = first_backoff
         while not self.stop.is_set():
-            index = self.index
-            self.reads += 1
-            self.waiting = bool(index)
             try:
-                result = self.fetch(index)
+                self._read_once()
             except CatalogUnavailable as error:
                 if self.stop.is_set():
                     return
@@ -59,19 +57,24 @@ class BlockingQuery:
                 self.stop.wait(pause)
                 pause = min(pause * 2, last_backoff)
                 continue
-            finally:
-                self.waiting = False
             pause = first_backoff
-            seen_at = time.monotonic()
-            self.on_success()
-            if result.index < index:
-                self.index = 0
-                self.on_reset(seen_at)
-                continue
-            if result.index == index and index:
-                continue
+
+    def _read_once(self) -> None:
+        index = self.index
+        self.reads += 1
+        self.waiting = bool(index)
+        try:
+            result = self.fetch(index)
+        finally:
+            self.waiting = False
+        seen_at = time.monotonic()
+        if result.index < index:
+            self.index = 0
+            self.on_reset(seen_at)
+        elif result.index > index or not index:
             self.index = max(result.index, 1)
             self.on_change(result.data, seen_at, index)
+        self.on_success()
 
     def start(self) -> threading.Thread:
         """Run in a daemon thread named after the query."""

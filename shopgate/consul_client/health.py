@@ -55,14 +55,14 @@ class HealthEntry:
 E = TypeVar("E", bound=HealthEntry)
 
 
-def aggregate_status(checks: Iterable[dict[str, Any]]) -> str:
-    """Maintenance if a maintenance check is present, else the worst check status (passing without
-    checks); an unreadable or unknown status is critical."""
+def aggregate_status(checks: Iterable[tuple[Any, Any]]) -> str:
+    """An instance's status from its checks' (CheckID, Status) pairs: maintenance if a maintenance
+    check is present, else the worst check status (passing without checks); an unreadable or unknown
+    status is critical."""
     worst = PASSING
-    for check in checks:
-        if is_maintenance_check(str(check.get("CheckID", ""))):
+    for check_id, status in checks:
+        if is_maintenance_check(str(check_id or "")):
             return MAINTENANCE
-        status = check.get("Status")
         if _RANK.get(status, _RANK[CRITICAL]) > _RANK[worst]:
             worst = status if status in _RANK else CRITICAL
     return worst
@@ -87,7 +87,7 @@ def decode_health_entries(service: str, entries: Any, make: type[E] = HealthEntr
             port=port if isinstance(port, int) and not isinstance(port, bool) else 0,
             tags=tuple(str(t) for t in svc.get("Tags") or ()),
             meta=tuple(sorted((str(k), str(v)) for k, v in meta.items())) if isinstance(meta, dict) else (),
-            status=aggregate_status(c for c in entry.get("Checks") or () if isinstance(c, dict)),
+            status=aggregate_status((c.get("CheckID"), c.get("Status")) for c in entry.get("Checks") or () if isinstance(c, dict)),
             create_index=_index(svc.get("CreateIndex")),
         ))
     return tuple(sorted(decoded, key=lambda e: (e.node, e.id)))
