@@ -69,7 +69,8 @@ async def state(request: web.Request) -> web.Response:
     wanted = request.match_info["state"]
     if wanted != "any" and wanted not in STATUSES:
         raise BadRequest(f"Bad check state {wanted!r}: use any, passing, warning or critical")
-    return await check_list(request, lambda store: store.sorted_checks(lambda c: wanted in ("any", c.status)))
+    keep = None if wanted == "any" else (lambda check: check.status == wanted)
+    return await check_list(request, lambda store: store.sorted_checks(keep))
 
 
 @routes.get("/v1/health/node/{node}")

@@ -62,6 +62,7 @@ class Store:
         self.nodes: dict[str, Node] = {}
         self.services: dict[tuple[str, str], Service] = {}
         self.checks: dict[tuple[str, str], Check] = {}
+        self._check_keys = SortedKeys()   # the keys of `checks` in order: 10,000 checks are not sorted again per read
         self.kv: dict[str, KVEntry] = {}
         self.tombstones: dict[str, int] = {}
         self.sessions: dict[str, Session] = {}
@@ -128,10 +129,13 @@ class Store:
         if previous is not None:
             self._remove_check(previous)
         self.checks[key] = check
+        self._check_keys.add(key)
         self._owned_checks[(check.node, check.service_id)].add(check.check_id)
 
     def _remove_check(self, check: Check) -> None:
-        del self.checks[(check.node, check.check_id)]
+        key = (check.node, check.check_id)
+        del self.checks[key]
+        self._check_keys.discard(key)
         _discard(self._owned_checks, (check.node, check.service_id), check.check_id)
 
     def _write(self, table: str, key: str, doc: dict | None) -> None:
@@ -359,8 +363,10 @@ class Store:
         return {name: sorted({tag for key in keys for tag in self.services[key].tags})
                 for name, keys in sorted(self._instances.items()) if keys}
 
-    def sorted_checks(self, keep: Callable[[Check], bool] = lambda check: True) -> list[Check]:
-        return [self.checks[k] for k in sorted(self.checks) if keep(self.checks[k])]
+    def sorted_checks(self, keep: Callable[[Check], bool] | None = None) -> list[Check]:
+        """Every check by (node, check ID), as Consul lists them; those `keep` accepts when given."""
+        checks = list(map(self.checks.__getitem__, self._check_keys))
+        return checks if keep is None else [check for check in checks if keep(check)]
 
     def node_checks(self, node: str) -> list[Check]:
         ids = [check_id for owner in self._owned_checks if owner[0] == node for check_id in self._owned_checks[owner]]
@@ -489,17 +495,21 @@ class Store:
 
 
 class SortedKeys:
-    """Keys kept in order, so that a prefix is one bisection away (KV recurse, keys, delete-tree)."""
+    """Keys kept in order, so that a prefix is one bisection away (KV recurse, keys, delete-tree) and
+    a list in key order is never sorted again (every check, by node and check ID)."""
 
     def __init__(self) -> None:
-        self._keys: list[str] = []
+        self._keys: list = []
 
-    def add(self, key: str) -> None:
+    def __iter__(self):
+        return iter(self._keys)
+
+    def add(self, key) -> None:
         at = bisect.bisect_left(self._keys, key)
         if at == len(self._keys) or self._keys[at] != key:
             self._keys.insert(at, key)
 
-    def discard(self, key: str) -> None:
+    def discard(self, key) -> None:
         at = bisect.bisect_left(self._keys, key)
         if at < len(self._keys) and self._keys[at] == key:
             del self._keys[at]

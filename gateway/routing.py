@@ -229,7 +229,8 @@ def _route_environments(routes: tuple[Route, ...], previous: RouteTable | None) 
 
 def rebuilt_services(table: RouteTable) -> tuple[str, ...]:
     """The services whose part of `table` was built afresh rather than reused from the previous table."""
-    return table.memo.get("rebuilt", tuple(b.service for b in table.backends))
+    rebuilt = table.memo.get("rebuilt")
+    return rebuilt if rebuilt is not None else tuple(b.service for b in table.backends)
 
 
 def running_settings(table: RouteTable | None) -> Mapping[str, BackendSettings] | None:
