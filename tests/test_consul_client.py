@@ -129,3 +129,23 @@ def test_an_answer_the_owner_cannot_read_counts_as_a_failed_read():
     BlockingQuery("t", fetch, on_change, stop, backoff=(0.01, 0.02), on_error=errors.append).run()
     assert errors == ["not a list of checks"]
     assert calls == [0, 0, 4] and seen == ["good"], "read again from index 0, the good answer handed on"
+
+
+def test_a_bug_in_handling_an_answer_is_logged_and_the_watch_goes_on(caplog):
+    stop = threading.Event()
+    calls, seen = [], []
+
+    def fetch(index: int) -> QueryResult:
+        calls.append(index)
+        if len(calls) == 3:
+            stop.set()
+        return QueryResult(len(calls), 4)
+
+    def on_change(data, seen_at, since):
+        if data == 1:
+            raise KeyError("a bug")
+        seen.append(data)
+
+    BlockingQuery("t", fetch, on_change, stop, backoff=(0.01, 0.02)).run()
+    assert seen == [2], "the watch read again and handed the next answer on"
+    assert "handling an answer failed" in caplog.text and "KeyError" in caplog.text

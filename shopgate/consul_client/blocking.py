@@ -8,11 +8,14 @@ Consul's rules for clients, kept here once (consul-template's `watch/view.go`):
 - after any failure the pause doubles from the first to the last backoff, and the next read
   starts at index 0 to catch up at once when the catalog is back.
 What a result means is not this loop's business: `on_change` decodes it, and raises
-CatalogUnavailable for an answer it cannot read, which then counts as a failed read.
+CatalogUnavailable for an answer it cannot read, which then counts as a failed read. Any other
+error out of `on_change` is a bug, but it must not end the watch for good: it is logged with its
+traceback and treated as a failed read too, so the next answer is read afresh.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +23,8 @@ from typing import Any, Callable
 
 from shopgate.consul_client.client import CatalogUnavailable, QueryResult
 from shopgate.settings import RETRY_BACKOFF_SECONDS
+
+log = logging.getLogger("shopgate.consul_client.blocking")
 
 
 @dataclass(eq=False)
@@ -49,9 +54,11 @@ class BlockingQuery:
         while not self.stop.is_set():
             try:
                 self._read_once()
-            except CatalogUnavailable as error:
+            except Exception as error:   # noqa: BLE001 (see the module docstring)
                 if self.stop.is_set():
                     return
+                if not isinstance(error, CatalogUnavailable):
+                    log.exception("watch %s: handling an answer failed; reading afresh", self.name)
                 self.index = 0
                 self.on_error(str(error))
                 self.stop.wait(pause)
