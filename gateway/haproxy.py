@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shopgate.processes import group_members, pid_alive, process_cmdline, stop_pid
+from shopgate.processes import file_tail, group_members, pid_alive, process_cmdline, stop_pid
 
 log = logging.getLogger("shopgate.gateway.haproxy")
 
@@ -344,10 +344,12 @@ class HAProxyProcess:
             raise HAProxyError(f"{error}: {' | '.join(alerts)[:800]}" if alerts else str(error)) from error
 
     def _log_since(self, offset: int) -> str:
-        """The log written since `offset` (capped): request lines interleave with the alerts under load."""
+        """The log written since `offset` (capped): request lines interleave with the alerts under load.
+
+        An offset beyond the end means the log was truncated since (gateway.log_rotation): all of it is new."""
         try:
             with open(self.log_path, "rb") as log_file:
-                log_file.seek(offset)
+                log_file.seek(offset if offset <= os.fstat(log_file.fileno()).st_size else 0)
                 return log_file.read(_LOG_READ_LIMIT).decode(errors="replace")
         except OSError:
             return ""
@@ -382,10 +384,7 @@ class HAProxyProcess:
                 pass
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return file_tail(self.log_path, lines)
 
 
 def _soft_stop_group(group: int, cfg_path: Path) -> None:

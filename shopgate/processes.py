@@ -104,10 +104,18 @@ class ManagedProcess:
 
 
 def file_tail(path: Path | None, lines: int) -> str:
-    """The last lines of a log, for the error that says why a process died ("" when there is no log)."""
-    if path is None or not path.exists():
+    """The last lines of a log, for the error that says why a process died ("" when there is no log).
+
+    Read from the end (at most 1 KiB a line): a request log may be many megabytes."""
+    if path is None:
         return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    try:
+        with open(path, "rb") as log_file:
+            log_file.seek(max(0, os.fstat(log_file.fileno()).st_size - lines * 1024))
+            text = log_file.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def pid_alive(pid: int) -> bool:
