@@ -118,7 +118,8 @@ class Controller:
                                https=config.https, tls_dir=config.state_dir / "tls" if config.https else None)
         self.applier = Applier(self.haproxy, self.files, config.templates_dir, runtime, self.metrics, config.drain_timeout)
         self.applier.prepare_certificates(config.default_cert)
-        self.log_rotator = LogRotator(self.files.haproxy_log, config.log_max_bytes, config.log_keep, settings.GATEWAY_LOG_CHECK_SECONDS)
+        self.log_rotator = LogRotator(self.files.haproxy_log, config.log_max_bytes, config.log_keep,
+                                      settings.GATEWAY_LOG_CHECK_SECONDS, self.haproxy.log_writer)
         self.guard = EmptyCatalogGuard(hold=config.guard_hold)
         self.watcher = CatalogWatcher(config.consul, self._on_snapshot, wait_seconds=config.wait_seconds)
         self.templates = TemplateWatcher(config.templates_dir, self._on_template)

@@ -1,11 +1,18 @@
 """Keep `<state-dir>/haproxy.log` bounded: rotate it by copy-then-truncate when it passes a size.
 
-HAProxy writes its request log to its stdout, a file descriptor the controller opened once with
-O_APPEND when it started HAProxy. HAProxy cannot reopen its stdout, and the same descriptor lives on
-in workers that outlive a killed master and in an HAProxy adopted from a previous controller, so
+HAProxy writes its request log to its stdout, a file descriptor the controller opened with O_APPEND
+when it started HAProxy. HAProxy cannot reopen its stdout, and the same descriptor lives on in
+workers that outlive a killed master and in an HAProxy adopted from a previous controller, so
 renaming the file would leave them writing into the renamed one forever. Hence logrotate's
 `copytruncate`: shift `.1` -> `.2` ... (the oldest, `.keep`, is dropped), copy the live file to `.1`,
-truncate the live file to 0. With O_APPEND HAProxy's next write lands at the new end (offset 0).
+truncate the live file to 0.
+
+Plain copytruncate is not enough with HAProxy 2.6: on its first log line it sets its stdout
+O_NONBLOCK with F_SETFL, which clears O_APPEND, so after a truncation it would go on writing at its
+old offset, leaving a hole of zeros as long as the file was (measured: a 490 KB sparse file and
+copies full of zeros). So the rotation is given `writer`, a descriptor of that same open file
+description (gateway.haproxy.HAProxyProcess.log_writer): it restores O_APPEND before the copy and
+moves the shared offset to the new end after the truncate. HAProxy's next write lands at offset 0.
 
 What can be lost: lines HAProxy writes between the end of the copy and the truncate (the copy
 catches up with the file until it stops growing, so the window is one short read and a
@@ -19,11 +26,13 @@ never truncates the log while a reload reads HAProxy's alerts from it by offset.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 log = logging.getLogger("shopgate.gateway.log_rotation")
 
@@ -35,11 +44,12 @@ def rotated_path(path: Path, number: int) -> Path:
     return path.with_name(f"{path.name}.{number}")
 
 
-def rotate_if_over(path: Path, max_bytes: int, keep: int) -> bool:
+def rotate_if_over(path: Path, max_bytes: int, keep: int, writer: int | None = None) -> bool:
     """Rotate `path` when it holds more than `max_bytes` (0: never), keeping `keep` older files.
 
-    True when it rotated; OSError when it could not (nothing is lost then: see the module doc).
-    With keep = 0 the live file is only truncated."""
+    `writer`: a descriptor sharing the open file description the log is written through (None when
+    nothing writes it). True when it rotated; OSError when it could not (nothing is lost then: see
+    the module doc). With keep = 0 the live file is only truncated."""
     if max_bytes <= 0:
         return False
     try:
@@ -47,20 +57,22 @@ def rotate_if_over(path: Path, max_bytes: int, keep: int) -> bool:
             return False
     except FileNotFoundError:
         return False
-    if keep <= 0:
-        os.truncate(path, 0)
-        return True
-    partial = path.with_name(f"{path.name}.copying")
-    try:
-        _copy_until_quiet(path, partial)
-        for number in range(keep - 1, 0, -1):   # .K-1 -> .K first, so nothing is overwritten before it moved
-            older = rotated_path(path, number)
-            if older.exists():
-                os.replace(older, rotated_path(path, number + 1))
-        os.replace(partial, rotated_path(path, 1))
-    finally:
-        partial.unlink(missing_ok=True)
+    if writer is not None:
+        fcntl.fcntl(writer, fcntl.F_SETFL, fcntl.fcntl(writer, fcntl.F_GETFL) | os.O_APPEND)
+    if keep > 0:
+        partial = path.with_name(f"{path.name}.copying")
+        try:
+            _copy_until_quiet(path, partial)
+            for number in range(keep - 1, 0, -1):   # .K-1 -> .K first, so nothing is overwritten before it moved
+                older = rotated_path(path, number)
+                if older.exists():
+                    os.replace(older, rotated_path(path, number + 1))
+            os.replace(partial, rotated_path(path, 1))
+        finally:
+            partial.unlink(missing_ok=True)
     os.truncate(path, 0)
+    if writer is not None:   # a writer that cleared O_APPEND again meanwhile goes on from here, not from its old offset
+        os.lseek(writer, 0, os.SEEK_END)
     return True
 
 
@@ -81,6 +93,7 @@ class LogRotator:
     max_bytes: int
     keep: int
     interval: float
+    writer: Callable[[], int | None] = lambda: None   # HAProxyProcess.log_writer; OSError: cannot rotate safely now
     rotations: int = 0
     last_error: str | None = None
     _next_check: float = 0.0
@@ -92,7 +105,7 @@ class LogRotator:
             return False
         self._next_check = now + self.interval
         try:
-            rotated = rotate_if_over(self.path, self.max_bytes, self.keep)
+            rotated = rotate_if_over(self.path, self.max_bytes, self.keep, self.writer())
         except OSError as error:
             message = f"rotating {self.path} failed: {error}; it keeps growing until a rotation succeeds"
             if message != self.last_error:

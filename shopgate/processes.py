@@ -9,6 +9,7 @@ line, state, group, memory) and about the machine is read here and nowhere else,
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 from signal import SIGTERM  # the method ManagedProcess.signal shadows the module in the class body
@@ -145,6 +146,25 @@ def _stat_fields(pid: int | str) -> list[str] | None:
 def _is_zombie(pid: int) -> bool:
     fields = _stat_fields(pid)
     return fields is not None and fields[0] == "Z"
+
+
+_SYS_PIDFD_GETFD = 438   # the same number on every Linux architecture (5.6+)
+
+
+def shared_descriptor(pid: int, fd: int) -> int:
+    """A descriptor of this process for the open file description `pid` has as `fd` (pidfd_getfd): same
+    file offset and status flags, shared. OSError when the kernel refuses (ptrace rules: e.g. a
+    non-root user's process that is not our descendant under Yama ptrace_scope 1) or lacks the call."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        got = libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
+        if got < 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"pidfd_getfd(pid {pid}, fd {fd}): {os.strerror(error)}")
+        return got
+    finally:
+        os.close(pidfd)
 
 
 def process_cmdline(pid: int) -> list[str] | None:

@@ -3,6 +3,7 @@ failures reported once; and the flags' validation."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 
@@ -30,6 +31,25 @@ def test_over_the_limit_the_live_file_is_copied_and_truncated_and_an_append_writ
         assert live.stat().st_size == 0
         os.write(writer, b"third\n")
         assert live.read_bytes() == b"third\n", "the writer's next line lands at the start of the truncated file, no hole"
+    finally:
+        os.close(writer)
+
+
+def test_a_writer_that_cleared_o_append_as_haproxy_does_writes_at_the_start_not_after_a_hole(tmp_path):
+    live = tmp_path / "haproxy.log"
+    writer = os.open(live, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        os.write(writer, b"[NOTICE] first line\n")
+        fcntl.fcntl(writer, fcntl.F_SETFL, os.O_NONBLOCK)   # HAProxy 2.6 on its first log line: O_APPEND is gone
+        os.write(writer, b"request\n" * 20)
+        held = os.dup(writer)   # what the controller holds: the same open file description
+        try:
+            assert rotate_if_over(live, 100, keep=1, writer=held)
+        finally:
+            os.close(held)
+        os.write(writer, b"after\n")
+        assert live.read_bytes() == b"after\n", "no hole of zeros where the old lines were"
+        assert rotated_path(live, 1).read_bytes() == b"[NOTICE] first line\n" + b"request\n" * 20
     finally:
         os.close(writer)
 
