@@ -15,7 +15,8 @@ One loop owns HAProxy; everything else only wakes it:
     a flap hold runs out ──"expired"───┘
 
 The plan is made once, here: it decides whether a reload must wait for RELOAD_INTERVAL, and the
-Applier carries out that same plan.
+Applier carries out that same plan. Between two steps the loop also bounds HAProxy's request log
+(gateway.log_rotation), so no truncation falls inside a reload that reads HAProxy's alerts from it.
 
 Debounce: a change that needs only the runtime API is applied at once (planning one change costs
 one service's work, gateway.routing/gateway.diff); a change that needs a reload waits until its burst

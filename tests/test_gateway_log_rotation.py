@@ -1,10 +1,12 @@
 """HAProxy's request log under load stays bounded: a real `shopgate gateway --log-max-bytes 20000 --log-keep 2`,
 its HAProxy, a real backend, a few thousand requests through the entry point; then a reload HAProxy refuses
-after rotations still reports HAProxy's own alert (read from the truncated log by offset)."""
+after rotations still reports HAProxy's own alert (read from the truncated log by offset). And a controller
+that adopted a running HAProxy rotates its log too."""
 
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import threading
 
@@ -98,3 +100,28 @@ def test_the_request_log_stays_bounded_under_load_and_a_refused_reload_still_rep
         assert "cannot bind" in rejected[0], "HAProxy's own alert is read from the rotated log"
         assert requests.get(f"{gateway.url}/api/v1/products/x", timeout=5).status_code == 200
     assert gateway.status()["reloads"] == reloads
+
+
+def test_a_new_controller_rotates_the_log_of_the_haproxy_it_adopted_without_holes(gateway_factory):
+    gateway = gateway_factory(args=("--log-max-bytes", str(LIMIT), "--log-keep", "2"))
+    backend = gateway.start_backend("products")
+    eventually("products routed", lambda: gateway.routed("products", {backend.port}))
+    haproxy_pid = gateway.status()["haproxy_pid"]
+    gateway.process.signal(signal.SIGKILL)   # HAProxy keeps serving, its stdout still the first controller's file
+    gateway.process.popen.wait(timeout=10)
+    gateway.start()
+    assert gateway.status()["haproxy_pid"] == haproxy_pid, "adopted, not replaced"
+
+    sent = 0
+    with requests.Session() as session:
+        while gateway.status()["log"]["rotations"] < 2:
+            assert sent < 20 * LIMIT // 100, f"fewer than 2 rotations after {sent} requests"
+            for _ in range(20):
+                session.get(f"{gateway.url}/api/v1/products/load-{sent}", timeout=5).raise_for_status()
+                sent += 1
+    assert gateway.status()["log"]["last_error"] is None
+    files = sorted(gateway.state_dir.glob("haproxy.log*"))
+    assert [p.name for p in files] == ["haproxy.log", "haproxy.log.1", "haproxy.log.2"]
+    holes = [path.name for path in files if b"\0" in path.read_bytes()]
+    assert not holes, "the adopted HAProxy writes at the new end after a truncation"
+    assert numbers(gateway.state_dir / "haproxy.log.1"), "the rotated file holds the adopted HAProxy's request lines"
