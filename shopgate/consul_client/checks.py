@@ -87,7 +87,7 @@ class CheckList:
         old, new = set(self.rows), set(rows)
         delta = CheckDelta(tuple(r for r in self.rows if r not in new), tuple(r for r in rows if r not in old))
         self.rows, self._body = rows, body
-        self._starts, self._ends = _spans(body, 0, len(body), len(rows)) or ([], [])
+        self._starts, self._ends = _spans(body, len(rows)) or ([], [])
         return delta
 
     def _update_middle(self, body: bytes) -> CheckDelta:
@@ -103,8 +103,9 @@ class CheckList:
         middle = body[begin:end]
         inner = middle.strip(b",")
         inner_at = begin + len(middle) - len(middle.lstrip(b","))
-        rows = decode_checks(b"[" + inner + b"]")
-        spans = _spans(b"[" + inner + b"]", 0, len(inner) + 2, len(rows))
+        array = b"[" + inner + b"]"
+        rows = decode_checks(array)
+        spans = _spans(array, len(rows))
         if spans is None or body[:1] != b"[" or body[-1:] != b"]":
             raise ValueError("the answer's layout changed")
         starts = [start - 1 + inner_at for start in spans[0]]
@@ -121,16 +122,16 @@ class CheckList:
         return CheckDelta(tuple(r for r in gone if r not in kept), tuple(r for r in rows if r not in kept))
 
 
-def _spans(body: bytes, begin: int, end: int, count: int) -> tuple[list[int], list[int]] | None:
-    """Each element's (start, end) in the compact JSON array body[begin:end], or None when the array
-    is not compact (then only whitespace-free separators would make the spans knowable)."""
+def _spans(array: bytes, count: int) -> tuple[list[int], list[int]] | None:
+    """Each of the `count` elements' (start, end) in a JSON array, or None when the array is not
+    compact (only separators of exactly one comma make the spans knowable from the lengths)."""
     try:
-        lengths = [len(raw) for raw in _SPANS.decode(body[begin:end])]
+        lengths = [len(raw) for raw in _SPANS.decode(array)]
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    if len(lengths) != count or 2 + sum(lengths) + max(0, count - 1) != end - begin:
+    if len(lengths) != count or 2 + sum(lengths) + max(0, count - 1) != len(array):
         return None
-    starts, ends, at = [], [], begin + 1
+    starts, ends, at = [], [], 1
     for length in lengths:
         starts.append(at)
         ends.append(at + length)
