@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import threading
 
 import requests
@@ -15,7 +14,7 @@ import requests
 from gateway_harness import eventually, gateway_factory  # noqa: F401  (fixture)
 from shopgate.settings import GATEWAY_LOG_CHECK_SECONDS
 from shopgate.tool.load import Load, Target, summarize
-from test_gateway_safety import edit
+from test_gateway_safety import reload_refused
 
 LIMIT = 20_000
 REQUESTS = 3000
@@ -90,14 +89,8 @@ def test_the_request_log_stays_bounded_under_load_and_a_refused_reload_still_rep
 
     # A reload HAProxy refuses (the port is taken: only the reload finds out) still shows HAProxy's alert.
     reloads = gateway.status()["reloads"]
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        edit(gateway.templates / "stats.cfg.j2", "    bind {{ runtime.stats | token }}\n",
-             f"    bind {{{{ runtime.stats | token }}}}\n    bind 127.0.0.1:{port}\n")
-        rejected = eventually("the reload failure is reported", lambda: [r for r in gateway.status()["rejected"] if "reload" in r])
-        assert "cannot bind" in rejected[0], "HAProxy's own alert is read from the rotated log"
+    with reload_refused(gateway) as (rejected, _):
+        assert "cannot bind" in rejected, "HAProxy's own alert is read from the rotated log"
         assert requests.get(f"{gateway.url}/api/v1/products/x", timeout=5).status_code == 200
     assert gateway.status()["reloads"] == reloads
 
