@@ -4,6 +4,7 @@
                      [--stats 127.0.0.1:8404] [--status 127.0.0.1:9180] [--state-dir DIR]
                      [--templates DIR] [--keep-haproxy] [--accept-proxy] [--unready-delay S]
                      [--https 127.0.0.1:8443 [--certs DIR] [--default-cert PEM]]
+                     [--log-max-bytes N] [--log-keep K]
 
 One loop owns HAProxy; everything else only wakes it:
 
@@ -14,7 +15,8 @@ One loop owns HAProxy; everything else only wakes it:
     a flap hold runs out ──"expired"───┘
 
 The plan is made once, here: it decides whether a reload must wait for RELOAD_INTERVAL, and the
-Applier carries out that same plan.
+Applier carries out that same plan. Between two steps the loop also bounds HAProxy's request log
+(gateway.log_rotation), so no truncation falls inside a reload that reads HAProxy's alerts from it.
 
 Debounce: a change that needs only the runtime API is applied at once (planning one change costs
 one service's work, gateway.routing/gateway.diff); a change that needs a reload waits until its burst
@@ -55,6 +57,7 @@ from gateway.guard import EmptyCatalogGuard
 from gateway.haproxy import HAProxyError, HAProxyProcess
 from gateway.haproxy_syntax import BIND_ADDRESS
 from gateway.kv_settings import parse_settings, settings_from_env
+from gateway.log_rotation import LogRotator
 from gateway.metrics import GatewayMetrics
 from gateway.model import ApplyPlan, RouteTable, RuntimePaths, Snapshot
 from gateway.routing import build_route_table, rebuilt_services, running_settings
@@ -97,6 +100,8 @@ class ControllerConfig:
     certs_dir: Path | None = None         # PEM bundles watched live, beside KV shopgate/tls/certs/
     default_cert: Path | None = None      # the certificate for clients without a known SNI name
     expiring_days: float = settings.CERT_EXPIRING_DAYS
+    log_max_bytes: int = settings.GATEWAY_LOG_MAX_BYTES   # haproxy.log is rotated past this size (0: never)
+    log_keep: int = settings.GATEWAY_LOG_KEEP             # older files kept: haproxy.log.1 .. .K
 
 
 class Controller:
@@ -114,6 +119,8 @@ class Controller:
                                https=config.https, tls_dir=config.state_dir / "tls" if config.https else None)
         self.applier = Applier(self.haproxy, self.files, config.templates_dir, runtime, self.metrics, config.drain_timeout)
         self.applier.prepare_certificates(config.default_cert)
+        self.log_rotator = LogRotator(self.files.haproxy_log, config.log_max_bytes, config.log_keep,
+                                      settings.GATEWAY_LOG_CHECK_SECONDS, self.haproxy.log_writer)
         self.guard = EmptyCatalogGuard(hold=config.guard_hold)
         self.watcher = CatalogWatcher(config.consul, self._on_snapshot, wait_seconds=config.wait_seconds)
         self.templates = TemplateWatcher(config.templates_dir, self._on_template)
@@ -201,6 +208,8 @@ class Controller:
                 self.applier.finish_drains()
                 self._flap_expired()
                 self._step()
+                if self.log_rotator.check():   # between steps: no reload is reading HAProxy's alerts by offset
+                    self.metrics.log_rotations.inc()
         finally:
             self._shutdown()
 
@@ -432,6 +441,7 @@ class Controller:
             guard_reason=self.guard.reason, flap_held=self._flap.report(time.monotonic()), now=time.time(),
             tls=tls_view(self.config.https, self.applier.certs_held, (self._wanted or running).tls_rejected,
                          [reason for _, reason in self.applier.tls_refused.values()], time.time(), self.config.expiring_days),
+            request_log=self.log_rotator.view(),
         )
 
 
@@ -465,7 +475,14 @@ def parse_args(argv: list[str]) -> ControllerConfig:
     parser.add_argument("--certs", type=Path, default=None, help="directory of PEM bundles (<name>.pem: chain + key), watched live; KV shopgate/tls/certs/<name> too")
     parser.add_argument("--default-cert", type=Path, default=None, help="PEM bundle for clients without a known SNI name (default: self-signed, kept in the state dir)")
     parser.add_argument("--expiring-days", type=float, default=ControllerConfig.expiring_days, help="report certificates expiring within this many days (default %(default)s)")
+    parser.add_argument("--log-max-bytes", type=int, default=ControllerConfig.log_max_bytes,
+                        help="rotate <state-dir>/haproxy.log (copy, then truncate) once it is larger than this many bytes; 0: never (default %(default)s)")
+    parser.add_argument("--log-keep", type=int, default=ControllerConfig.log_keep,
+                        help="rotated request logs kept, haproxy.log.1 (newest) .. haproxy.log.K (default %(default)s)")
     args = parser.parse_args(argv)
+    for flag, value in (("--log-max-bytes", args.log_max_bytes), ("--log-keep", args.log_keep)):
+        if value < 0:
+            parser.error(f"{flag}: expected a number of 0 or more, got {value}")
     consul_dns = args.consul_dns or settings.consul_dns_from_env()
     if not BIND_ADDRESS.fullmatch(consul_dns):
         parser.error(f"--consul-dns / {settings.CONSUL_DNS_ENV}: expected host:port, got {consul_dns!r}")
@@ -492,7 +509,8 @@ def parse_args(argv: list[str]) -> ControllerConfig:
                             keep_haproxy=args.keep_haproxy, unready_delay=max(0.0, args.unready_delay),
                             kv_defaults=settings_from_env(os.environ), consul_dns=consul_dns, always_reload=args.always_reload,
                             https=args.https, certs_dir=args.certs.resolve() if args.certs else None,
-                            default_cert=args.default_cert.resolve() if args.default_cert else None, expiring_days=args.expiring_days)
+                            default_cert=args.default_cert.resolve() if args.default_cert else None, expiring_days=args.expiring_days,
+                            log_max_bytes=args.log_max_bytes, log_keep=args.log_keep)
 
 
 def read_cert_files(directory: Path) -> dict[str, bytes]:

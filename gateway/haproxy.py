@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shopgate.processes import group_members, pid_alive, process_cmdline, stop_pid
+from shopgate.processes import file_tail, group_members, pid_alive, process_cmdline, shared_descriptor, stop_pid
 
 log = logging.getLogger("shopgate.gateway.haproxy")
 
@@ -256,6 +256,8 @@ class HAProxyProcess:
     pidfile: Path
     popen: subprocess.Popen | None = field(default=None, repr=False)
     adopted_pid: int | None = None
+    _log_fd: int | None = field(default=None, repr=False)          # HAProxy's stdout, shared (see log_writer)
+    _log_fd_problem: str | None = field(default=None, repr=False)  # why an adopted HAProxy's stdout is not held
 
     @property
     def pid(self) -> int | None:
@@ -295,7 +297,43 @@ class HAProxyProcess:
             return None
         self.popen, self.adopted_pid = None, pid
         log.info("adopted the running HAProxy: master pid %s, workers %s", pid, list(info.workers))
+        try:
+            self._close_log()
+            self._log_fd = shared_descriptor(pid, 1)
+        except OSError as error:
+            self._log_fd_problem = f"the adopted HAProxy's stdout (pid {pid}, fd 1) cannot be shared: {error}"
+            log.warning("%s; its log is not rotated until HAProxy is restarted", self._log_fd_problem)
         return info
+
+    def log_writer(self) -> int | None:
+        """A descriptor of the open file description HAProxy writes its log through, or None when no HAProxy runs.
+
+        HAProxy clears O_APPEND on its stdout (2.6 sets it O_NONBLOCK with F_SETFL on its first log
+        line), so a truncation only works if whoever truncates can also restore O_APPEND and move the
+        shared file offset: gateway.log_rotation does both through this descriptor. The controller
+        keeps the one it started HAProxy with (every restart reuses it), or takes the adopted
+        HAProxy's with pidfd_getfd. OSError when an HAProxy runs whose stdout is not held."""
+        if self._log_fd is not None:
+            return self._log_fd
+        if self.pid is not None and self.alive():
+            raise OSError(self._log_fd_problem or f"HAProxy pid {self.pid}: its stdout is not held")
+        return None
+
+    def _open_log(self) -> int:
+        """The descriptor HAProxy's stdout gets: the one held already while it still names the log file."""
+        if self._log_fd is not None:
+            held, now = os.fstat(self._log_fd), _stat_or_none(self.log_path)
+            if now is not None and (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                return self._log_fd
+            self._close_log()   # the file was moved away or deleted: start a new one
+        self._log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self._log_fd_problem = None
+        return self._log_fd
+
+    def _close_log(self) -> None:
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None
 
     def start(self, timeout: float = 15.0) -> ProcInfo:
         """Start HAProxy on the current config; wait until its master answers and a worker runs.
@@ -307,11 +345,10 @@ class HAProxyProcess:
             raise HAProxyError(f"HAProxy already running as pid {self.pid}")
         previous_group = self.pid
         self.master_socket.unlink(missing_ok=True)
-        with open(self.log_path, "ab") as log_file:
-            self.popen = subprocess.Popen(
-                haproxy_argv(self.haproxy_bin, self.cfg_path, self.master_socket, self.pidfile),
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+        self.popen = subprocess.Popen(
+            haproxy_argv(self.haproxy_bin, self.cfg_path, self.master_socket, self.pidfile),
+            stdin=subprocess.DEVNULL, stdout=self._open_log(), stderr=subprocess.STDOUT, start_new_session=True,
+        )
         self.adopted_pid = None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -344,10 +381,12 @@ class HAProxyProcess:
             raise HAProxyError(f"{error}: {' | '.join(alerts)[:800]}" if alerts else str(error)) from error
 
     def _log_since(self, offset: int) -> str:
-        """The log written since `offset` (capped): request lines interleave with the alerts under load."""
+        """The log written since `offset` (capped): request lines interleave with the alerts under load.
+
+        An offset beyond the end means the log was truncated since (gateway.log_rotation): all of it is new."""
         try:
             with open(self.log_path, "rb") as log_file:
-                log_file.seek(offset)
+                log_file.seek(offset if offset <= os.fstat(log_file.fileno()).st_size else 0)
                 return log_file.read(_LOG_READ_LIMIT).decode(errors="replace")
         except OSError:
             return ""
@@ -382,10 +421,14 @@ class HAProxyProcess:
                 pass
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return file_tail(self.log_path, lines)
+
+
+def _stat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:
+        return None
 
 
 def _soft_stop_group(group: int, cfg_path: Path) -> None:

@@ -30,6 +30,7 @@ class GatewayMetrics:
         self.haproxy_restarts = Counter("shopgate_gateway_haproxy_restarts_total", "HAProxy restarted after it died", registry=r)
         self.services_rebuilt = Counter("shopgate_gateway_services_rebuilt_total",
                                         "Services whose part of the route table was built afresh (a change to one service adds 1)", registry=r)
+        self.log_rotations = Counter("shopgate_gateway_log_rotations_total", "Rotations of <state-dir>/haproxy.log (copy-then-truncate)", registry=r)
         self.guard_holds = Counter("shopgate_gateway_guard_holds_total", "Catalog views held back by the empty-catalog guard", registry=r)
         self.long_polls = Gauge("shopgate_gateway_long_polls", "Blocking catalog queries in flight", registry=r)
         self.last_good_config_age = Gauge("shopgate_gateway_last_good_config_age_seconds", "Age of the config HAProxy runs", registry=r)

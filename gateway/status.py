@@ -29,12 +29,13 @@ def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str
                 last_apply: float | None, last_error: str | None, reloads: int, runtime_updates: int,
                 rejected_configs: Iterable[str], last_good_at: float | None, haproxy_pid: int | None,
                 config_hash: str | None, ready: str | None, catalog: Mapping[str, object], guard_reason: str | None, now: float,
-                flap_held: Mapping[str, list[dict]] | None = None, tls: dict | None = None) -> dict:
+                flap_held: Mapping[str, list[dict]] | None = None, tls: dict | None = None, request_log: dict | None = None) -> dict:
     """The /status document: per service what HAProxy runs (`live`: (backend, slot) -> `show stat` row),
     then what was applied, refused (by routing in `wanted`, or by HAProxy) and held back.
 
     `flap_held`: gateway.flap's report (service -> held instances with `held_for_seconds`); shown per
-    service as `flap_held` with `held_until` in wall-clock seconds."""
+    service as `flap_held` with `held_until` in wall-clock seconds. `request_log`: HAProxy's request log, its
+    size and rotations (gateway.log_rotation.LogRotator.view)."""
     services = {}
     for backend in running.backends:
         services[status_key(backend.service, backend.environment)] = {
@@ -70,6 +71,7 @@ def status_view(running: RouteTable, wanted: RouteTable, live: Mapping[tuple[str
         "catalog": dict(catalog),
         "guard": {"holding": guard_reason is not None, "reason": guard_reason},
         "tls": tls or {"https": None},
+        "log": request_log,
     }
 
 

@@ -9,6 +9,7 @@ line, state, group, memory) and about the machine is read here and nowhere else,
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 from signal import SIGTERM  # the method ManagedProcess.signal shadows the module in the class body
@@ -104,10 +105,18 @@ class ManagedProcess:
 
 
 def file_tail(path: Path | None, lines: int) -> str:
-    """The last lines of a log, for the error that says why a process died ("" when there is no log)."""
-    if path is None or not path.exists():
+    """The last lines of a log, for the error that says why a process died ("" when there is no log).
+
+    Read from the end (at most 1 KiB a line): a request log may be many megabytes."""
+    if path is None:
         return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    try:
+        with open(path, "rb") as log_file:
+            log_file.seek(max(0, os.fstat(log_file.fileno()).st_size - lines * 1024))
+            text = log_file.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def pid_alive(pid: int) -> bool:
@@ -137,6 +146,25 @@ def _stat_fields(pid: int | str) -> list[str] | None:
 def _is_zombie(pid: int) -> bool:
     fields = _stat_fields(pid)
     return fields is not None and fields[0] == "Z"
+
+
+_SYS_PIDFD_GETFD = 438   # the same number on every Linux architecture (5.6+)
+
+
+def shared_descriptor(pid: int, fd: int) -> int:
+    """A descriptor of this process for the open file description `pid` has as `fd` (pidfd_getfd): same
+    file offset and status flags, shared. OSError when the kernel refuses (ptrace rules: e.g. a
+    non-root user's process that is not our descendant under Yama ptrace_scope 1) or lacks the call."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        got = libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
+        if got < 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"pidfd_getfd(pid {pid}, fd {fd}): {os.strerror(error)}")
+        return got
+    finally:
+        os.close(pidfd)
 
 
 def process_cmdline(pid: int) -> list[str] | None:

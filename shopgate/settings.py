@@ -111,6 +111,12 @@ GATEWAY_STOP_MARGIN_SECONDS = 5.0
 #: On SIGTERM the gateway answers /ready 503 this long before HAProxy stops accepting, so an outer
 #: balancer that checks /ready has moved new connections away (0: stop at once, nothing in front).
 GATEWAY_UNREADY_DELAY_SECONDS = 0.0
+#: HAProxy's request log (<state-dir>/haproxy.log, ~150 bytes a request) is rotated by copy-then-truncate once it
+#: passes GATEWAY_LOG_MAX_BYTES (0: never), keeping GATEWAY_LOG_KEEP older files (haproxy.log.1 ..); its size is
+#: looked at every GATEWAY_LOG_CHECK_SECONDS from the controller's loop.
+GATEWAY_LOG_MAX_BYTES = 64 * 1024 * 1024
+GATEWAY_LOG_KEEP = 2
+GATEWAY_LOG_CHECK_SECONDS = 2.0
 
 #: HAProxy's own health check of the config's servers (`default-server`): every `inter`, up or down. A server
 #: that is down in HAProxy but passing in the catalog (HAProxy cannot reach it: a partition, a firewall) is

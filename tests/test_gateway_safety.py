@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import requests
 
@@ -29,6 +31,20 @@ def edit(path: Path, old: str, new: str) -> None:
     temporary = path.with_name(path.name + ".swp")
     temporary.write_text(text.replace(old, new, 1))
     os.replace(temporary, path)
+
+
+@contextmanager
+def reload_refused(gateway) -> Iterator[tuple[str, int]]:
+    """Add a bind to a port a socket of ours holds: `haproxy -c` does not bind, so only the reload fails.
+    Yields the rejection /status reports and the port, which stays taken inside the block."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        edit(gateway.templates / "stats.cfg.j2", "    bind {{ runtime.stats | token }}\n",
+             f"    bind {{{{ runtime.stats | token }}}}\n    bind 127.0.0.1:{port}\n")
+        rejected = eventually("the reload failure is reported", lambda: [r for r in gateway.status()["rejected"] if "reload" in r])
+        yield rejected[0], port
 
 
 def test_template_edits_apply_live_and_a_broken_one_is_rejected(gateway):
@@ -61,14 +77,8 @@ def test_a_config_that_validates_but_cannot_load_is_rolled_back(gateway):
     backend = gateway.start_backend("products")
     eventually("products routed", lambda: gateway.routed("products", {backend.port}))
     reloads = gateway.status()["reloads"]
-    with socket.socket() as busy:   # `haproxy -c` does not bind, so only the reload finds the port taken
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        edit(gateway.templates / "stats.cfg.j2", "    bind {{ runtime.stats | token }}\n",
-             f"    bind {{{{ runtime.stats | token }}}}\n    bind 127.0.0.1:{port}\n")
-        rejected = eventually("the reload failure is reported", lambda: [r for r in gateway.status()["rejected"] if "reload" in r])
-        assert "cannot bind" in rejected[0], "HAProxy's own alert is reported"
+    with reload_refused(gateway) as (rejected, port):
+        assert "cannot bind" in rejected, "HAProxy's own alert is reported"
         assert f"127.0.0.1:{port}" not in (gateway.state_dir / "haproxy.cfg").read_text(), "the last good file is back"
         assert answered_by(gateway) == str(backend.port), "the previous config keeps serving"
     assert gateway.status()["reloads"] == reloads
