@@ -279,6 +279,7 @@ class CatalogWatcher:
                     if self._stop.is_set():
                         return
                     dirty, self._dirty = self._dirty, {}
+                    before_fetch = {service: self._instances.get(service) for service in dirty}
                     confirm_only = not (dirty.keys() & self._unexplained) and self._kv_seen_at is None
                     self._unexplained -= dirty.keys()
                     kv_seen_at, self._kv_seen_at = self._kv_seen_at, None
@@ -302,6 +303,8 @@ class CatalogWatcher:
                 with self._wake:
                     moved = kv_seen_at is not None or not self._emitted_once
                     for service, instances in fetched.items():
+                        if self._instances.get(service) is not before_fetch[service]:
+                            continue   # the checks moved it while it was fetched: this answer may be the older; it is fetched again
                         if instances != self._instances.get(service, ()):   # else (say, only a check's output
                             self._set_instances(service, instances)          # changed) keep the very same tuple
                             moved = True
