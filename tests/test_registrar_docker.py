@@ -108,12 +108,14 @@ def test_stop_puts_the_container_in_maintenance_while_it_drains_then_deregisters
     (entry,) = eventually(lambda: services_named(catalog, "slow"), what="slow registered")
     service_id = entry["Service"]["ID"]
 
-    stopper = threading.Thread(target=container.stop, kwargs={"timeout": 4})
+    # The stop timeout leaves room for a loaded machine: maintenance must show, and the container still
+    # answer, before the engine kills it (a 4 s timeout once lost that race in CI: connection reset).
+    stopper = threading.Thread(target=container.stop, kwargs={"timeout": 10})
     stopper.start()
     try:
         checks = eventually(lambda: [c for c in services_named(catalog, "slow")[0]["Checks"]
                                      if c["CheckID"] == f"_service_maintenance:{service_id}"],
-                            timeout=3, what="maintenance during the stop timeout")
+                            timeout=6, what="maintenance during the stop timeout")
         assert checks[0]["Status"] == "critical"
         assert requests.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200, "still serving while draining"
     finally:
