@@ -74,7 +74,7 @@ def serve(gateway, name: str, server_name: str) -> bytes:
     """Put a fresh certificate for `server_name` under KV name `name` and wait until HAProxy presents it."""
     bundle = issue(gateway.ca, (server_name,))
     put_kv(gateway, f"shopgate/tls/certs/{name}", bundle)
-    eventually(f"{name} served for {server_name}", lambda: serial(gateway.https_port, server_name) == serial_of(bundle), timeout=10, interval=0.02)
+    eventually(f"{name} served for {server_name}", lambda: serial(gateway.https_port, server_name) == serial_of(bundle), interval=0.02)
     return bundle
 
 
@@ -111,7 +111,7 @@ def test_kv_certificate_served_by_sni_and_removed_without_reload(https_gateway, 
     reloads = gateway.status()["reloads"]
     bundle = issue(ca, ("shop.test", "www.shop.test"))
     put_kv(gateway, "shopgate/tls/certs/shop", bundle)
-    eventually("the KV certificate served for its name", lambda: serial(gateway.https_port, "shop.test") == serial_of(bundle), timeout=10, interval=0.02)
+    eventually("the KV certificate served for its name", lambda: serial(gateway.https_port, "shop.test") == serial_of(bundle), interval=0.02)
     assert serial(gateway.https_port, "www.shop.test") == serial_of(bundle)
     assert serial(gateway.https_port, "other.test") == default
     assert serial(gateway.https_port, None) == default
@@ -127,15 +127,15 @@ def test_kv_certificate_served_by_sni_and_removed_without_reload(https_gateway, 
 
     renewed = issue(ca, ("shop.test", "www.shop.test"))
     put_kv(gateway, "shopgate/tls/certs/shop", renewed)
-    eventually("the renewed certificate served", lambda: serial(gateway.https_port, "shop.test") == serial_of(renewed), timeout=10, interval=0.02)
+    eventually("the renewed certificate served", lambda: serial(gateway.https_port, "shop.test") == serial_of(renewed), interval=0.02)
 
     put_kv(gateway, "shopgate/tls/sni/shop", b"www.shop.test")
-    eventually("narrowed to www", lambda: serial(gateway.https_port, "shop.test") == default, timeout=10)
+    eventually("narrowed to www", lambda: serial(gateway.https_port, "shop.test") == default)
     assert serial(gateway.https_port, "www.shop.test") == serial_of(renewed)
 
     put_kv(gateway, "shopgate/tls/certs/shop", None)
     put_kv(gateway, "shopgate/tls/sni/shop", None)
-    eventually("removed: the default certificate again", lambda: serial(gateway.https_port, "www.shop.test") == default, timeout=10)
+    eventually("removed: the default certificate again", lambda: serial(gateway.https_port, "www.shop.test") == default)
     assert not key_file.exists()
     assert gateway.status()["reloads"] == reloads
     assert gateway.metric('shopgate_gateway_certificate_updates_total{result="applied"}') >= 4
@@ -183,7 +183,7 @@ def test_bad_certificates_never_replace_a_good_one(https_gateway, ca):
     def all_rejected():
         rejected = gateway.status()["tls"]["rejected"]
         return len(rejected) == len(bad) + 2 and rejected
-    rejected = eventually("every bad bundle rejected", all_rejected, timeout=10)
+    rejected = eventually("every bad bundle rejected", all_rejected)
     for name, (_, reason) in bad.items():
         assert any(r.startswith(f"shopgate/tls/certs/{name}: ") and reason in r for r in rejected), (name, rejected)
     assert any(r.startswith("shopgate/tls/certs/good: ") and "does not match" in r for r in rejected)
@@ -198,15 +198,15 @@ def test_certificate_file_directory_is_watched(https_gateway, ca):
     gateway = https_gateway
     bundle = issue(ca, ("files.test",))
     (gateway.certs_dir / "files.pem").write_bytes(bundle)
-    eventually("the file certificate served", lambda: serial(gateway.https_port, "files.test") == serial_of(bundle), timeout=10)
+    eventually("the file certificate served", lambda: serial(gateway.https_port, "files.test") == serial_of(bundle))
     (gateway.certs_dir / "files.pem").unlink()
-    eventually("gone with its file", lambda: serial(gateway.https_port, "files.test") != serial_of(bundle), timeout=10)
+    eventually("gone with its file", lambda: serial(gateway.https_port, "files.test") != serial_of(bundle))
 
 
 def test_curl_http1_and_http2_with_forwarded_proto(https_gateway, ca):
     gateway = https_gateway
     put_kv(gateway, "shopgate/tls/certs/shop", issue(ca, ("shop.test",)))
-    eventually("served", lambda: gateway.status()["tls"]["certificates"], timeout=10)
+    eventually("served", lambda: gateway.status()["tls"]["certificates"])
     for flag, version in (("--http1.1", "1.1"), ("--http2", "2")):
         result = subprocess.run(
             ["curl", "-sS", flag, "--cacert", str(gateway.ca_file), "--resolve", f"shop.test:{gateway.https_port}:127.0.0.1",
@@ -254,7 +254,7 @@ def test_https_serves_the_entry_points_environments_and_takes_proxy_v2_before_th
     put_kv(gateway, "shopgate/tls/certs/shop", bundle)
     eventually("staging routed", lambda: gateway.routed("products@staging", {staging.port}))
     eventually("qa routed", lambda: gateway.routed("products@qa", {qa.port}))
-    eventually("the certificate served", lambda: serial(gateway.https_port, "qa.shop.test") == serial_of(bundle), timeout=10)
+    eventually("the certificate served", lambda: serial(gateway.https_port, "qa.shop.test") == serial_of(bundle))
 
     def answered(host: str, **kwargs) -> tuple[int, str, str]:
         status, _, body = verified_get(gateway, host, **kwargs)
@@ -339,13 +339,13 @@ def test_a_restarted_controller_keeps_serving_the_kv_certificate_throughout(http
     thread.start()
     marks = []   # handshakes so far: at the kill, at the restart, once the new controller answers, at the end
     try:
-        eventually("handshakes going", lambda: presented, timeout=10)
+        eventually("handshakes going", lambda: presented)
         marks.append(len(presented))
         gateway.process.signal(signal.SIGKILL)
         gateway.process.popen.wait(timeout=10)
         renewed = issue(ca, ("shop.test",))
         put_kv(gateway, "shopgate/tls/certs/shop", renewed)   # while no controller runs
-        eventually("handshakes while no controller runs", lambda: len(presented) > marks[0] + 2, timeout=10)
+        eventually("handshakes while no controller runs", lambda: len(presented) > marks[0] + 2)
         marks.append(len(presented))
         gateway.launch()
         crt_list = gateway.state_dir / "tls" / "crt-list"
@@ -354,13 +354,13 @@ def test_a_restarted_controller_keeps_serving_the_kv_certificate_throughout(http
         assert "kv-shop.pem shop.test" in crt_list.read_text(), "the crt-list HAProxy reloads from still holds the KV certificate"
         fingerprint = hashlib.sha256(x509.load_pem_x509_certificates(renewed)[0].public_bytes(Encoding.DER)).hexdigest()
         eventually("/status shows the renewal", lambda: [c["fingerprint_sha256"] for c in gateway.status()["tls"]["certificates"]] == [fingerprint], timeout=15)
-        eventually("the renewal served", lambda: serial(gateway.https_port, "shop.test") == serial_of(renewed), timeout=10)
+        eventually("the renewal served", lambda: serial(gateway.https_port, "shop.test") == serial_of(renewed))
         assert gateway.status()["haproxy_pid"] == haproxy_pid, "adopted, not replaced"
         assert gateway.status()["reloads"] == 0
 
         put_kv(gateway, "shopgate/services/products/timeout_server", b"20s")   # structural: one reload
         eventually("reloaded", lambda: gateway.status()["reloads"] == 1, timeout=15)
-        eventually("handshakes after the reload", lambda: len(presented) > marks[-1] + 2, timeout=10)
+        eventually("handshakes after the reload", lambda: len(presented) > marks[-1] + 2)
         marks.append(len(presented))
     finally:
         stop.set()
@@ -387,11 +387,11 @@ def test_a_certificate_haproxy_holds_but_the_files_lost_is_taken_back_not_refuse
     (tls_dir / "crt-list").write_text(f"{tls_dir}/default.pem !*\n")
     gateway.launch()
     eventually("the files hold it again", lambda: "kv-shop.pem shop.test" in (tls_dir / "crt-list").read_text(), timeout=30)
-    tls = eventually("/status lists it", lambda: gateway.status()["tls"], timeout=10)
+    tls = eventually("/status lists it", lambda: gateway.status()["tls"])
     assert [c["id"] for c in tls["certificates"]] == ["kv-shop"] and tls["rejected"] == []
     assert serial(gateway.https_port, "shop.test") == serial_of(bundle)
     put_kv(gateway, "shopgate/tls/certs/shop", None)   # one crt-list line for it in HAProxy, or `del ssl crt-list` is refused
-    eventually("removed: the default again", lambda: serial(gateway.https_port, "shop.test") != serial_of(bundle), timeout=10)
+    eventually("removed: the default again", lambda: serial(gateway.https_port, "shop.test") != serial_of(bundle))
     assert gateway.status()["tls"]["rejected"] == [] and gateway.status()["tls"]["certificates"] == []
     assert gateway.metric('shopgate_gateway_certificate_updates_total{result="rejected"}') == 0
     assert gateway.status()["reloads"] == 0
