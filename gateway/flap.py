@@ -15,7 +15,10 @@ each service's settings and the time (monotonic seconds, passed in), and returns
 must look again so a held instance comes back without any catalog change.
 
 What counts as a flip is what the controller sees: it observes each catalog view it plans from, so
-two flips folded into one view (the watcher's, or a burst waiting for a reload) count as none. The history is kept for
+two flips folded into one view (the watcher's, or a burst waiting for a reload) count as none. A new
+instance registers critical and turns passing on its first check: that first rise is an instance
+coming up, not a flip (whether the controller happened to see it critical first used to decide
+whether it counted). The history is kept for
 services with a `flap_limit` only; it is dropped for an instance that leaves the catalog (it starts
 afresh when it re-registers) and for a service whose `flap_limit` is removed (its holds end at once).
 
@@ -44,6 +47,7 @@ class History:
     healthy: bool
     flips: tuple[float, ...] = ()      # times of the flips counted now, oldest first
     held_until: float | None = None
+    came_up: bool = False              # routable at least once: before that, its first rise is no flip
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ def observe(state: FlapState, services: Mapping[str, Iterable[Instance]], settin
         for instance in instances:
             history = before.get(instance.key)
             healthy = routable(instance, service_settings)
-            after[instance.key] = History(healthy) if history is None else _step(history, healthy, service_settings, now)
+            after[instance.key] = History(healthy, came_up=healthy) if history is None else _step(history, healthy, service_settings, now)
         observed[service] = after
     return FlapState(observed)
 
@@ -96,10 +100,10 @@ def _step(history: History, healthy: bool, settings: BackendSettings, now: float
     window_start = now - settings.flap_window_ms / 1000
     if flips and flips[0] <= window_start:
         flips = tuple(t for t in flips if t > window_start)
-    if healthy != history.healthy:
+    if healthy != history.healthy and history.came_up:
         flips += (now,)
         if len(flips) > settings.flap_limit:
             held_until = now + settings.flap_hold_ms / 1000
     if (flips, held_until) == (history.flips, history.held_until) and healthy == history.healthy:
         return history
-    return History(healthy, flips, held_until)
+    return History(healthy, flips, held_until, history.came_up or healthy)

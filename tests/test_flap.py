@@ -64,6 +64,15 @@ def test_an_instance_that_leaves_and_a_service_without_flap_limit_lose_their_his
     assert observe(held, _web("critical"), {}, 4).services == {}
 
 
+def test_a_new_instance_coming_up_is_no_flip_whether_or_not_it_was_seen_critical_first():
+    seen_critical = _run([(0, "critical"), (0.1, "passing"), (1, "critical"), (2, "passing")])
+    seen_passing = _run([(0.1, "passing"), (1, "critical"), (2, "passing")])
+    assert seen_critical.services["web"][KEY].flips == seen_passing.services["web"][KEY].flips == (1, 2)
+    assert seen_critical.held(2) == frozenset(), "registered critical, first check passing: coming up, not flapping"
+    never_up = _run([(0, "critical"), (1, "critical")])
+    assert never_up.services["web"][KEY].flips == ()
+
+
 def test_the_same_view_seen_twice_is_no_flip():
     state = _run([(0, "passing"), (1, "critical"), (1.5, "critical"), (2, "critical")])
     assert state.services["web"][KEY].flips == (1,)
@@ -91,22 +100,23 @@ def test_routing_keeps_a_held_instance_out_like_an_unhealthy_one():
        views=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["passing", "warning", "critical", "maintenance"])), max_size=30))
 def test_an_instance_is_held_exactly_when_it_flipped_more_than_the_limit_within_the_window_since_its_last_hold(limit, window, hold, views):
     """Against a plain re-count: held at t iff some flip f made (flips in (f-window, f] since the last hold) > limit
-    and t < f + hold (with the count reset when a hold ran out)."""
+    and t < f + hold (with the count reset when a hold ran out); changes count once the instance was routable."""
     policy = {"web": BackendSettings(flap_limit=limit, flap_window_ms=window * 1000, flap_hold_ms=hold * 1000)}
     state, t = FlapState(), 0.0
     flips: list[float] = []
     held_until: float | None = None
     healthy: bool | None = None
+    came_up = False   # routable once: only then do changes count (a new instance's first rise is no flip)
     for gap, status in views:
         t += gap
         state = observe(state, _web(status), policy, t)
         now_healthy = status == "passing"
         if held_until is not None and held_until <= t:
             flips, held_until = [], None
-        if healthy is not None and now_healthy != healthy:
+        if healthy is not None and now_healthy != healthy and came_up:
             flips.append(t)
             if len([f for f in flips if f > t - window]) > limit:
                 held_until = t + hold
-        healthy = now_healthy
+        healthy, came_up = now_healthy, came_up or now_healthy
         assert (KEY in state.held(t)) == (held_until is not None and held_until > t)
         assert state.next_expiry(t) == (held_until if held_until is not None and held_until > t else None)
