@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from shopgate.consul_client.client import CATALOG_ERRORS, CatalogUnavailable, QueryResult
+from shopgate.consul_client.client import CatalogUnavailable, QueryResult, read
 
 PATH = "/v1/health/state/any"
 #: The block size in which two answers are compared: large enough that the comparison runs in C.
@@ -171,15 +171,12 @@ def _matching(limit: int, same) -> int:
 
 def read_checks(consul, index: int = 0, wait: str | None = None) -> QueryResult:
     """The answer's bytes (for a CheckList), blocking on `index` for up to `wait` when both are given
-    (py-consul's session, token and timeouts)."""
+    (py-consul's session, token and timeouts; the one `read` and its errors)."""
     params = [("index", index), ("wait", wait)] if index and wait else [("index", index)] if index else []
 
-    def answer(response) -> QueryResult:
+    def answer(response) -> tuple[str | None, bytes]:
         if response.code != 200:
             raise CatalogUnavailable(f"{PATH}: HTTP {response.code}: {response.body[:200]!r}")
-        return QueryResult(response.body, QueryResult.parse_index(response.headers.get("X-Consul-Index")))
+        return response.headers.get("X-Consul-Index"), response.body
 
-    try:
-        return consul.http.get(answer, PATH, params=params, headers=consul.health.agent.prepare_headers(None), raw=True)
-    except CATALOG_ERRORS as error:
-        raise CatalogUnavailable(f"{PATH}: {error.__class__.__name__}: {error}") from error
+    return read(PATH, consul.http.get, answer, PATH, params=params, headers=consul.health.agent.prepare_headers(None), raw=True)
