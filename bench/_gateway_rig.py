@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _harness import percentile  # noqa: E402
 from gateway.haproxy import HAProxyError, MasterCLI  # noqa: E402
-from shopgate.processes import ManagedProcess, free_port, free_udp_tcp_port, process_cpu_seconds, process_rss_kib, shopgate_argv, wait_for_http  # noqa: E402
+from shopgate.processes import ManagedProcess, free_port, free_udp_tcp_port, group_members, process_cpu_seconds, process_rss_kib, shopgate_argv, wait_for_http  # noqa: E402
 
 FIRST_PORT = 20000
 #: srv_admin_state flags (HAProxy's SRV_ADMF_FMAINT, SRV_ADMF_FDRAIN): set by `state maint` / `state drain`.
@@ -102,6 +102,17 @@ class Gateway:
     def cpu_seconds(self) -> float:
         """CPU time the controller process has used so far (user + system, every thread)."""
         return process_cpu_seconds(self.process.pid) or 0.0
+
+    def haproxy_cpu_percent(self, seconds: float = 2.0) -> float:
+        """HAProxy's CPU (master and workers: its own process group) over `seconds`, % of one core."""
+        group = self.status()["haproxy_pid"]
+
+        def used() -> float:
+            return sum(process_cpu_seconds(pid) or 0.0 for pid in group_members(group))
+
+        before = used()
+        time.sleep(seconds)
+        return (used() - before) / seconds * 100
 
 
 class Rig:

@@ -121,7 +121,8 @@ GATEWAY_LOG_CHECK_SECONDS = 2.0
 #: HAProxy's own health check of the config's servers (`default-server`): every `inter`, up or down. A server
 #: that is down in HAProxy but passing in the catalog (HAProxy cannot reach it: a partition, a firewall) is
 #: checked once a second, not more: at 10,000 such servers a 20 ms `downinter` kept both CPUs of this machine
-#: busy with checks alone (HAProxy at 188 %, bench/membership.py's idle rig).
+#: busy with checks alone (`top` on bench/membership.py's idle rig: 188 %; with this setting the bench's
+#: "HAProxy idle CPU %" column shows 24 %).
 HEALTH_CHECK = "check inter 1s fall 2 rise 1"
 #: The check of a server the controller creates for a new instance (`add server`, which does not inherit
 #: `default-server`): its first check runs `downinter` after it is added (measured on 2.6: a config slot leaving
