@@ -4,12 +4,13 @@ rows kept and the deltas handed on are exactly those of decoding every answer wh
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shopgate.consul_client.checks import CheckList, CheckRow, decode_checks
+from shopgate.consul_client.checks import CheckList, CheckRow, _Sizes, decode_checks
 
 # Check outputs as hostile as a check's output can be: JSON punctuation, quotes, escapes, the very text
 # that starts a row, unicode; the catalog copies them into every answer.
@@ -31,6 +32,12 @@ def answer(checks: dict, compact: bool) -> bytes:
 @settings(max_examples=300, deadline=None)
 @given(ANSWERS)
 def test_reading_answers_by_their_difference_keeps_exactly_what_decoding_them_whole_gives(answers):
+    with mock.patch.object(_Sizes, "BLOCK", 3):   # a few rows span several blocks of row sizes
+        read_by_difference(answers)
+    read_by_difference(answers)
+
+
+def read_by_difference(answers) -> None:
     kept = CheckList()
     held: set[CheckRow] = set()
     for checks, compact in answers:
@@ -67,3 +74,24 @@ def test_an_answer_that_is_not_a_list_of_checks_is_refused_and_the_last_one_kept
         kept.update(body)
     assert [r.check_id for r in kept.rows] == ["c1"]
     assert kept.update(good).empty, "still compared with the last good answer"
+
+
+class SmallBlocks(_Sizes):
+    BLOCK = 3   # so that a few rows already span several blocks
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 9), max_size=20),
+       st.lists(st.tuples(st.integers(0, 25), st.integers(0, 25), st.lists(st.integers(1, 9), max_size=8)), max_size=10))
+def test_row_sizes_kept_in_blocks_place_every_row_where_the_plain_sums_do(lengths, edits):
+    sizes, plain = SmallBlocks(lengths), [length + 1 for length in lengths]
+    for first, last, new in [(0, 0, [])] + edits:
+        first = min(first, len(plain))
+        last = min(max(first, last), len(plain))
+        sizes.replace(first, last, new)
+        plain[first:last] = [length + 1 for length in new]
+        assert sizes.total() == (1 + sum(plain) if plain else 2)
+        assert [sizes.before(k) for k in range(len(plain) + 1)] == [sum(plain[:k]) for k in range(len(plain) + 1)]
+        for total in range(-1, sum(plain) + 3):
+            expected = next((k for k in range(len(plain) + 1) if sum(plain[:k]) >= total), len(plain) + 1)
+            assert sizes.first_reaching(total) == expected
