@@ -52,7 +52,7 @@ from gateway.haproxy_syntax import UnsafeValue, check_token
 from gateway.metrics import GatewayMetrics
 from gateway.adopt import same_structure
 from gateway.diff import certificate_changes
-from gateway.model import ApplyPlan, Backend, CertChange, MembershipChange, RouteTable, RuntimePaths
+from gateway.model import ApplyPlan, CertChange, MembershipChange, RouteTable, RuntimePaths
 from gateway.render import fleet_hash, render_config
 from gateway.routing import fold_extra
 from gateway.tls import CertEntry
@@ -147,8 +147,6 @@ class Applier:
         self._next_drain_check = 0.0
         self._hash: tuple[RouteTable | None, str | None] = (None, None)
         self._backend_digests: dict = {}   # fleet_hash: backend digests kept between calls
-        self._backends_of: RouteTable | None = None   # the table _backends indexes
-        self._backends: dict[str, Backend] = {}
 
     # ---- entry points
 
@@ -275,19 +273,17 @@ class Applier:
         key = (change.backend, change.slot)
         if change.action not in ("add", "create") or self.running is None or key in self._draining or key in self._deleting:
             return False
-        backend = self._running_backends().get(change.backend)
-        if backend is None or not backend.settings.runtime_servers:
+        try:
+            backend = self.running.backend(change.backend)
+        except KeyError:
+            return False
+        if not backend.settings.runtime_servers:
             return False
         if change.action == "create":
             return backend.settings.maxconn
         slot = next((s for s in backend.servers if s.slot == change.slot), None)
         return backend.settings.maxconn if slot is not None and slot.state == "maint" else False
 
-    def _running_backends(self) -> dict[str, Backend]:
-        table = self.running
-        if self._backends_of is not table:
-            self._backends_of, self._backends = table, {b.name: b for b in table.backends}
-        return self._backends
     # ---- certificates: runtime API, then the files
 
     def _certificates(self, changes: tuple[CertChange, ...], wanted: tuple[CertEntry, ...]) -> None:

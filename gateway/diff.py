@@ -21,6 +21,8 @@ keep its sticky clients, HAProxy's `drain` honours cookies).
 from __future__ import annotations
 
 import ipaddress
+from itertools import compress
+from operator import is_not
 from dataclasses import fields, replace
 
 from gateway.model import ApplyPlan, Backend, BackendSettings, CertChange, GatewaySettings, MembershipChange, Route, RouteTable, Server
@@ -78,7 +80,7 @@ def _changed_backends(old: tuple[Backend, ...], new: tuple[Backend, ...], reason
     backends go to `reasons`. Routing reuses unchanged backends as they were, so when both tables
     list the same names in the same order one identity test per backend finds the few that changed."""
     if len(old) == len(new):
-        pairs = [(a, b) for a, b in zip(old, new) if a is not b]
+        pairs = list(compress(zip(old, new), map(is_not, old, new)))   # in C: no Python per backend
         if all(a.name == b.name for a, b in pairs):
             return pairs
     old_backends = {b.name: b for b in old}

@@ -14,6 +14,8 @@ Everything here is frozen and comparable, so "did anything change?" is `==`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
+from operator import attrgetter
 from pathlib import Path
 
 from gateway.tls import CertEntry
@@ -226,7 +228,12 @@ class RouteTable:
     memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     def backend(self, name: str) -> Backend:
-        return next(b for b in self.backends if b.name == name)
+        """The backend named `name` (KeyError when there is none)."""
+        return self._by_name[name]
+
+    @cached_property
+    def _by_name(self) -> dict[str, Backend]:
+        return dict(zip(map(attrgetter("name"), self.backends), self.backends))
 
 
 @dataclass(frozen=True)

@@ -182,10 +182,12 @@ def build_route_table(
         services[service] = result
         if to_check is None and result.rejected:
             rejected.extend(result.rejected)
-    if to_check is not None:   # every service is valid here (else the full pass runs): their reports in name order
-        rejected.extend(chain.from_iterable(map(operator.attrgetter("rejected"), services.values())))
-    route_inputs = tuple(map(operator.attrgetter("routes"), services.values()))
-    routes, conflicts = _routes(route_inputs, previous)
+    changed = rebuilt if to_check is not None else None   # None: every service was looked at
+    reports = _service_reports(services, previous, changed)
+    if changed is not None:   # every service is valid here (else the full pass runs): their reports in name order
+        rejected.extend(reports)
+    route_inputs, routes, conflicts = _routes(services, previous, changed)
+    backends, places = _backends(services, previous, changed)
     served = {e.name for e in gateway_settings.environments} | {DEFAULT_ENVIRONMENT}
     unserved = sorted(_route_environments(routes, previous) - served)
     rejected.extend(f"environment {env}: no {KV_ENVIRONMENTS}{env}/bind or /hosts, its instances get no traffic" for env in unserved)
@@ -193,13 +195,13 @@ def build_route_table(
                                        previous.certificates if previous else ())
     return RouteTable(
         routes=routes,
-        backends=tuple(chain.from_iterable(map(operator.attrgetter("backends"), services.values()))),
+        backends=backends,
         settings=gateway_settings,
         rejected=tuple(rejected + conflicts),
         certificates=certs,
         tls_rejected=tls_rejected,
         memo={"services": services, "routes": (route_inputs, routes, conflicts), "order": order, "rebuilt": tuple(rebuilt),
-              "inputs": (inputs, with_settings, bool(held), sizing),
+              "inputs": (inputs, with_settings, bool(held), sizing), "places": places, "reports": reports,
               "environments": _route_environments(routes, previous)},
     )
 
@@ -270,15 +272,57 @@ def _service_order(snapshot: Snapshot, previous: RouteTable | None) -> _Order:
     return _Order(tuple(sorted(snapshot.services)), frozenset(snapshot.services))
 
 
-def _routes(route_inputs: tuple[list["_Candidate"], ...], previous: RouteTable | None) -> tuple[tuple[Route, ...], list[str]]:
-    """Resolve conflicts and order the routes, or reuse the previous result when no service's routes changed."""
+def _unchanged(part: str, services: Mapping[str, "_ServiceResult"], previous: RouteTable | None, rebuilt: list[str] | None) -> bool:
+    """Whether every rebuilt service kept `part` of its result as the very object it had in `previous`
+    (None for `rebuilt`: every service was looked at, so nothing is known)."""
+    if rebuilt is None or previous is None:
+        return False
+    before = previous.memo["services"]
+    return all(getattr(services[s], part) is getattr(before[s], part) for s in rebuilt)
+
+
+def _service_reports(services: Mapping[str, "_ServiceResult"], previous: RouteTable | None, rebuilt: list[str] | None) -> tuple[str, ...]:
+    """Every service's rejected inputs in name order; the previous table's when no rebuilt service reports any, then or now."""
+    if rebuilt is not None and previous is not None and "reports" in previous.memo:
+        before = previous.memo["services"]
+        if not any(services[s].rejected or before[s].rejected for s in rebuilt):
+            return previous.memo["reports"]
+    return tuple(chain.from_iterable(map(operator.attrgetter("rejected"), services.values())))
+
+
+def _routes(services: Mapping[str, "_ServiceResult"], previous: RouteTable | None,
+            rebuilt: list[str] | None) -> tuple[tuple, tuple[Route, ...], list[str]]:
+    """(every service's route candidates, the resolved routes in order, conflicts): the previous table's when no
+    service's routes changed, which a membership change never does (routing keeps a service's routes when equal)."""
+    if _unchanged("routes", services, previous, rebuilt) and "routes" in previous.memo:
+        return previous.memo["routes"]
+    route_inputs = tuple(map(operator.attrgetter("routes"), services.values()))
     if previous is not None and "routes" in previous.memo:
         previous_inputs, routes, conflicts = previous.memo["routes"]
         if len(previous_inputs) == len(route_inputs) and all(map(operator.is_, previous_inputs, route_inputs)):
-            return routes, conflicts
+            return route_inputs, routes, conflicts
     conflicts: list[str] = []
-    routes = _resolve_conflicts([c for candidates in route_inputs for c in candidates], previous.routes if previous else (), conflicts)
-    return routes, conflicts
+    candidates = [c for service_candidates in route_inputs for c in service_candidates]
+    return route_inputs, _resolve_conflicts(candidates, previous.routes if previous else (), conflicts), conflicts
+
+
+def _backends(services: Mapping[str, "_ServiceResult"], previous: RouteTable | None,
+              rebuilt: list[str] | None) -> tuple[tuple[Backend, ...], dict[str, int]]:
+    """Every service's backends in name order, and where each service's first one is: when the rebuilt services
+    kept their number of backends, the previous tuple with just their places written over."""
+    places = previous.memo.get("places") if previous is not None else None
+    if (places is not None and rebuilt is not None
+            and all(len(services[s].backends) == len(previous.memo["services"][s].backends) for s in rebuilt)):
+        backends = list(previous.backends)
+        for service in rebuilt:
+            result = services[service]
+            backends[places[service]:places[service] + len(result.backends)] = result.backends
+        return tuple(backends), places
+    places, at = {}, 0
+    for service, result in services.items():
+        places[service] = at
+        at += len(result.backends)
+    return tuple(chain.from_iterable(map(operator.attrgetter("backends"), services.values()))), places
 
 
 _DEFAULT_SETTINGS = BackendSettings()

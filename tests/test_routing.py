@@ -427,3 +427,31 @@ def test_any_instance_id_gives_a_safe_unique_dynamic_server_name(ids):
         name = dynamic_server_name(instance_id, f"node1/{n}", taken)
         assert SERVER_NAME.fullmatch(name) and name not in taken and not (name[0] == "s" and name[1:].isdigit())
         taken.add(name)
+
+
+#: Views of four services, each instance with a status and maybe a route tag, an environment, or a bad port.
+INSTANCE_VIEW = st.tuples(st.sampled_from(["passing", "critical"]),
+                          st.sampled_from([(), ("urlprefix-/shared",), ("urlprefix-/own/x",), ("env=staging",), ("urlprefix-bad path",)]),
+                          st.sampled_from([None, 70000]))
+SERVICE_VIEWS = st.lists(st.dictionaries(st.sampled_from(["a", "b", "c", "d"]),
+                                         st.dictionaries(st.integers(1, 6), INSTANCE_VIEW, max_size=6), max_size=4),
+                         min_size=2, max_size=10)
+
+
+@settings(max_examples=150, deadline=None)
+@given(views=SERVICE_VIEWS)
+def test_a_table_built_on_the_previous_one_is_the_table_the_full_pass_builds(views):
+    """Unchanged services come as the very same tuples (as the watcher hands them on), so only the
+    changed ones are looked at; routes, conflicts, reports and backends must still be the full pass's."""
+    previous, tuples = None, {}
+    for view in views:
+        services = {}
+        for service, members in view.items():
+            instances = tuple(inst(service, n, status, tags, port=port) for n, (status, tags, port) in sorted(members.items()))
+            services[service] = tuples[service] if tuples.get(service) == instances else instances
+        tuples = services
+        snapshot = Snapshot(services=dict(services))
+        table = build_route_table(snapshot, previous)
+        assert table == build_route_table(snapshot, replace(previous, memo={}) if previous else None)
+        assert table.backends == tuple(b for s in sorted(services) for b in table.backends if b.service == s)
+        previous = table
