@@ -5,6 +5,7 @@
                                went tell WHICH services changed (a node check touches every
                                service on its node)
     /v1/catalog/services       names and tags: services without checks, added or removed services
+                               (shopgate.consul_client.services: decoded only when its bytes changed)
     /v1/kv/shopgate/?recurse   the gateway's settings
 
 Only the services that changed are then fetched, without blocking, from
@@ -38,6 +39,8 @@ from shopgate.consul_client.blocking import BlockingQuery
 from shopgate.consul_client.checks import PATH as CHECKS_PATH
 from shopgate.consul_client.checks import CheckDelta, CheckList, CheckRow, read_checks
 from shopgate.consul_client.health import aggregate_status, decode_health_entries
+from shopgate.consul_client.services import PATH as SERVICES_PATH
+from shopgate.consul_client.services import ServiceTags, read_services
 from shopgate.consul_client.kv import kv_from_entries
 from shopgate.settings import GATEWAY_WATCH_WAIT_SECONDS, KV_PREFIX
 
@@ -115,6 +118,7 @@ class CatalogWatcher:
         # what we know
         self._instances: dict[str, tuple[Instance, ...]] = {}
         self._catalog_tags: dict[str, frozenset] = {}
+        self._service_tags = ServiceTags()   # the last answer of the services query, to skip an unchanged one
         self._unexplained: set[str] = set()   # dirty services whose change only a fetch can tell
         self._check_list = CheckList()   # the last answer of the checks query, to read the next by difference
         self._checks = CheckIndex()
@@ -128,11 +132,10 @@ class CatalogWatcher:
         self._failing: set[str] = set()
         self._fetches = 0
         wait = f"{int(wait_seconds * 1000)}ms"
-        catalog, kv = self.consul.catalog, self.consul.kv
+        kv = self.consul.kv
         self._queries = (
             self._query("health", lambda index: read_checks(self.consul, index, wait), self._health_changed),
-            self._query("catalog", lambda index: read("/v1/catalog/services", catalog.services, index=index or None, wait=wait),
-                        self._catalog_changed),
+            self._query("catalog", lambda index: read_services(self.consul, index, wait), self._catalog_changed),
             self._query("kv", lambda index: read(f"/v1/kv/{kv_prefix}?recurse", kv.get, kv_prefix, recurse=True,
                                                  index=index or None, wait=wait),
                         self._kv_changed),
@@ -245,8 +248,14 @@ class CatalogWatcher:
         else:
             self._instances.pop(service, None)
 
-    def _catalog_changed(self, data: object, seen_at: float, since: int) -> None:
-        names = {str(k): frozenset(v or ()) for k, v in (data.items() if isinstance(data, dict) else ()) if k not in IGNORED_SERVICES}
+    def _catalog_changed(self, body: bytes, seen_at: float, since: int) -> None:
+        try:
+            tags = self._service_tags.update(body)
+        except ValueError as error:
+            raise CatalogUnavailable(f"{SERVICES_PATH}: {error}") from error
+        if tags is None:
+            return   # another instance of a known service came or went: the checks tell
+        names = {name: tags for name, tags in tags.items() if name not in IGNORED_SERVICES}
         with self._wake:
             changed = {s for s in names.keys() | self._catalog_tags.keys() if names.get(s) != self._catalog_tags.get(s)}
             self._catalog_tags = names

@@ -8,6 +8,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
+
 from gateway.model import Snapshot
 from gateway.watch import CatalogWatcher
 from gateway_harness import eventually
@@ -46,12 +48,13 @@ def test_long_polls_do_not_grow_with_services_and_only_changed_services_are_fetc
 
 
 class MisbehavingConsul(BaseHTTPRequestHandler):
-    """Stands in for a Consul whose checks answer turns unreadable (our own catalog never sends one):
-    one service `web` with one instance in `status`; at index 11 the checks answer has a ModifyIndex
-    that is not a number. Real HTTP, real py-consul."""
+    """Stands in for a Consul whose answers turn unreadable (our own catalog never sends one): one
+    service `web` with one instance in `status`; at index 11 the `broken` answer is malformed (checks:
+    a ModifyIndex that is not a number; services: tags that are not a list). Real HTTP, real py-consul."""
 
     status = "passing"
     index = 10
+    broken = "checks"
 
     @classmethod
     def checks(cls, modify_index: int | str) -> bytes:
@@ -63,9 +66,11 @@ class MisbehavingConsul(BaseHTTPRequestHandler):
         if "index=" in self.path and f"index={MisbehavingConsul.index}" in self.path:
             time.sleep(0.2)   # a blocking query with nothing new: its wait ends
         if path == "/v1/health/state/any":
-            body = MisbehavingConsul.checks(MisbehavingConsul.index if MisbehavingConsul.index != 11 else "eleven")
+            unreadable = MisbehavingConsul.index == 11 and MisbehavingConsul.broken == "checks"
+            body = MisbehavingConsul.checks("eleven" if unreadable else MisbehavingConsul.index)
         elif path == "/v1/catalog/services":
-            body = json.dumps({"web": []}).encode()
+            unreadable = MisbehavingConsul.index == 11 and MisbehavingConsul.broken == "services"
+            body = json.dumps({"web": "eleven" if unreadable else [f"v{MisbehavingConsul.index}"]}).encode()
         elif path == "/v1/health/service/web":
             body = json.dumps([{"Node": {"Node": "n1", "Address": "127.0.0.1"},
                                 "Service": {"ID": "web-1", "Service": "web", "Port": 9001, "Tags": [], "Meta": {}},
@@ -88,8 +93,9 @@ class MisbehavingConsul(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_checks_answer_the_watcher_cannot_read_keeps_the_last_snapshot_until_a_good_one_comes():
-    MisbehavingConsul.status, MisbehavingConsul.index = "passing", 10
+@pytest.mark.parametrize("broken, error", [("checks", "not a list of checks"), ("services", "not an object of service names and tags")])
+def test_an_answer_the_watcher_cannot_read_keeps_the_last_snapshot_until_a_good_one_comes(broken, error):
+    MisbehavingConsul.status, MisbehavingConsul.index, MisbehavingConsul.broken = "passing", 10, broken
     server = ThreadingHTTPServer(("127.0.0.1", 0), MisbehavingConsul)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     snapshots: list[Snapshot] = []
@@ -97,7 +103,7 @@ def test_a_checks_answer_the_watcher_cannot_read_keeps_the_last_snapshot_until_a
     try:
         eventually("the first snapshot", lambda: snapshots and [i.port for i in snapshots[-1].services["web"]] == [9001])
         MisbehavingConsul.index = 11
-        eventually("the unreadable answer is reported", lambda: watcher.last_error and "not a list of checks" in watcher.last_error)
+        eventually("the unreadable answer is reported", lambda: watcher.last_error and error in watcher.last_error)
         assert not watcher.reachable
         assert [i.status for i in watcher.current().services["web"]] == ["passing"], "the last snapshot stays"
         MisbehavingConsul.status, MisbehavingConsul.index = "critical", 12

@@ -7,6 +7,7 @@
     blocking   the one generic blocking-query loop (index rules, backoff)
     health     the one decoder of /v1/health/service entries (address fallback, maintenance, status)
     checks     /v1/health/state/any, every check, decoded into only what a watcher reads
+    services   /v1/catalog/services, names and tags, decoded only when the answer changed
     kv         the decoder of /v1/kv/<prefix>?recurse entries
 
 Modelled on consul-template: each Consul read owns its decoding, and one loop holds any read open
@@ -19,7 +20,7 @@ from typing import Any
 #: What `from shopgate.consul_client import X` offers, and the module that defines it. Loaded on first use, so that
 #: the embedded server, which imports only `protocol`, does not load py-consul and requests at start-up.
 _EXPORTS = {"ConsulAddress": "address", "CATALOG_ERRORS": "client", "CatalogUnavailable": "client",
-            "QueryResult": "client", "connect": "client", "read": "client"}
+            "QueryResult": "client", "connect": "client", "read": "client", "read_raw": "client"}
 __all__ = list(_EXPORTS)
 
 

@@ -25,7 +25,7 @@ from itertools import accumulate
 
 import msgspec
 
-from shopgate.consul_client.client import CatalogUnavailable, QueryResult, read
+from shopgate.consul_client.client import QueryResult, read_raw
 
 PATH = "/v1/health/state/any"
 #: The block size in which two answers are compared: large enough that the comparison runs in C.
@@ -212,13 +212,5 @@ def _matching(limit: int, same) -> int:
 
 
 def read_checks(consul, index: int = 0, wait: str | None = None) -> QueryResult:
-    """The answer's bytes (for a CheckList), blocking on `index` for up to `wait` when both are given
-    (py-consul's session, token and timeouts; the one `read` and its errors)."""
-    params = [("index", index), ("wait", wait)] if index and wait else [("index", index)] if index else []
-
-    def answer(response) -> tuple[str | None, bytes]:
-        if response.code != 200:
-            raise CatalogUnavailable(f"{PATH}: HTTP {response.code}: {response.body[:200]!r}")
-        return response.headers.get("X-Consul-Index"), response.body
-
-    return read(PATH, consul.http.get, answer, PATH, params=params, headers=consul.health.agent.prepare_headers(None), raw=True)
+    """The answer's bytes, for a CheckList."""
+    return read_raw(consul, PATH, index, wait)

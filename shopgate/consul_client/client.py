@@ -61,3 +61,16 @@ def read(what: str, call: Callable[..., tuple[Any, Any]], *args: Any, **kwargs: 
     except CATALOG_ERRORS as error:
         raise CatalogUnavailable(f"{what}: {error.__class__.__name__}: {error}") from error
     return QueryResult(data, QueryResult.parse_index(index))
+
+
+def read_raw(consul_client: consul.Consul, path: str, index: int = 0, wait: str | None = None) -> QueryResult:
+    """An answer's bytes, undecoded, for a reader that compares answers before it decodes them; blocking on
+    `index` for up to `wait` when both are given (py-consul's session, token and timeouts; the one `read`'s errors)."""
+    params = [("index", index), ("wait", wait)] if index and wait else [("index", index)] if index else []
+
+    def answer(response) -> tuple[str | None, bytes]:
+        if response.code != 200:
+            raise CatalogUnavailable(f"{path}: HTTP {response.code}: {response.body[:200]!r}")
+        return response.headers.get("X-Consul-Index"), response.body
+
+    return read(path, consul_client.http.get, answer, path, params=params, headers=consul_client.health.agent.prepare_headers(None), raw=True)
