@@ -61,6 +61,9 @@ from shopgate import settings
 
 log = logging.getLogger("shopgate.gateway.apply")
 
+#: How often draining servers are looked at (their sessions) to be put in maint; a drain lasts one round at least.
+DRAIN_CHECK_SECONDS = 0.1
+
 
 class _StateFile:
     """A file of the state dir by name: `GatewayFiles(d).config` is `d / "haproxy.cfg"`."""
@@ -221,7 +224,7 @@ class Applier:
         now = time.monotonic()
         if not self._draining or not self.haproxy.alive() or now < self._next_drain_check:
             return
-        self._next_drain_check = now + 0.1
+        self._next_drain_check = now + DRAIN_CHECK_SECONDS
         try:
             stats = self.haproxy.cli.server_stats(sorted({backend for backend, _ in self._draining}))
             done = [key for key, give_up in self._draining.items()
@@ -252,11 +255,13 @@ class Applier:
     def _membership(self, changes: tuple[MembershipChange, ...]) -> None:
         commands = [command for change in changes for command in membership_commands(change, self._add_server_maxconn(change))]
         self.haproxy.cli.run(commands)
-        give_up = time.monotonic() + self.drain_timeout
+        now = time.monotonic()
+        give_up = now + self.drain_timeout
         for change in changes:
             key = (change.backend, change.slot)
             if change.action in ("remove", "delete") and not change.sticky:
                 self._draining[key] = give_up
+                self._next_drain_check = max(self._next_drain_check, now + DRAIN_CHECK_SECONDS)   # a drain lasts a round at least
             else:
                 self._draining.pop(key, None)
             if change.action == "delete":

@@ -43,6 +43,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -73,6 +74,7 @@ log = logging.getLogger("shopgate.gateway")
 MIN_QUIET = 0.02          # s without news before a burst is applied
 MAX_WAIT = 0.5            # s a burst may delay its first change
 RELOAD_INTERVAL = 1.0     # s between two reloads (a storm of structural changes folds into few)
+GIL_SWITCH_SECONDS = 0.001   # how long a thread may hold the GIL while another waits (main() sets it)
 
 
 @dataclass(frozen=True)
@@ -205,9 +207,9 @@ class Controller:
                 if self._stopping.is_set():
                     break
                 self._supervise()
-                self.applier.finish_drains()
                 self._flap_expired()
                 self._step()
+                self.applier.finish_drains()   # after the news: a change never waits for this round of stats
                 if self.log_rotator.check():   # between steps: no reload is reading HAProxy's alerts by offset
                     self.metrics.log_rotations.inc()
         finally:
@@ -539,6 +541,9 @@ def default_cert_problem(path: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(list(argv or []))
+    # A change crosses three threads (watch -> fetch loop -> controller loop); a thread woken for it waits for the
+    # GIL up to the switch interval while another runs Python (default 5 ms, most of the budget of a change).
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         controller = Controller(config)
