@@ -272,15 +272,6 @@ def _service_order(snapshot: Snapshot, previous: RouteTable | None) -> _Order:
     return _Order(tuple(sorted(snapshot.services)), frozenset(snapshot.services))
 
 
-def _unchanged(part: str, services: Mapping[str, "_ServiceResult"], previous: RouteTable | None, rebuilt: list[str] | None) -> bool:
-    """Whether every rebuilt service kept `part` of its result as the very object it had in `previous`
-    (None for `rebuilt`: every service was looked at, so nothing is known)."""
-    if rebuilt is None or previous is None:
-        return False
-    before = previous.memo["services"]
-    return all(getattr(services[s], part) is getattr(before[s], part) for s in rebuilt)
-
-
 def _service_reports(services: Mapping[str, "_ServiceResult"], previous: RouteTable | None, rebuilt: list[str] | None) -> tuple[str, ...]:
     """Every service's rejected inputs in name order; the previous table's when no rebuilt service reports any, then or now."""
     if rebuilt is not None and previous is not None and "reports" in previous.memo:
@@ -294,8 +285,10 @@ def _routes(services: Mapping[str, "_ServiceResult"], previous: RouteTable | Non
             rebuilt: list[str] | None) -> tuple[tuple, tuple[Route, ...], list[str]]:
     """(every service's route candidates, the resolved routes in order, conflicts): the previous table's when no
     service's routes changed, which a membership change never does (routing keeps a service's routes when equal)."""
-    if _unchanged("routes", services, previous, rebuilt) and "routes" in previous.memo:
-        return previous.memo["routes"]
+    if rebuilt is not None and previous is not None and "routes" in previous.memo:
+        before = previous.memo["services"]
+        if all(services[s].routes is before[s].routes for s in rebuilt):
+            return previous.memo["routes"]
     route_inputs = tuple(map(operator.attrgetter("routes"), services.values()))
     if previous is not None and "routes" in previous.memo:
         previous_inputs, routes, conflicts = previous.memo["routes"]
