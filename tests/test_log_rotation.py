@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from gateway.controller import parse_args
+from gateway.command import parse_args
 from gateway.haproxy import HAProxyProcess
 from gateway.log_rotation import LogRotator, rotate_if_over, rotated_path
 

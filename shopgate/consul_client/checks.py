@@ -11,7 +11,7 @@ with running totals per block of rows, so a row that changes size costs its bloc
 every row after it. What is left of the fleet's size is the comparison itself: 0.8 ms median per
 change at 10,000 checks (bench/checks.py; 2.5 ms when every row's place was shifted).
 
-The delta is exact whatever the answers: an answer that is not compact (its spans cannot be
+The delta is exact whatever the answers: an answer that is not compact (where its rows lie cannot be
 known) or whose middle does not decode is decoded whole and compared row by row, and an answer
 that is not a list of checks raises ValueError, which the read turns into `CatalogUnavailable`
 (the watcher keeps what it had).
@@ -109,7 +109,7 @@ class CheckList:
             raise ValueError("the answer's layout changed")
         gone = self.rows[first:last]
         sizes.replace(first, last, lengths)
-        if sizes.total() != len(body):   # the rows do not tile the answer: its spans are unknown from here on
+        if sizes.total() != len(body):   # the rows do not tile the answer: where they lie is unknown from here on
             self._sizes = _Sizes()
             raise ValueError("the answer's layout changed")
         kept = set(gone) & set(rows)

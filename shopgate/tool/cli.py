@@ -13,7 +13,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "catalog": ("catalog.server:main", "run the embedded Consul-compatible catalog"),
     "service": ("services.runner:main", "run one self-registering shop service instance"),
-    "gateway": ("gateway.controller:main", "run the gateway controller (supervises HAProxy)"),
+    "gateway": ("gateway.command:main", "run the gateway controller (supervises HAProxy)"),
     "registrar": ("registrar.docker_events:main", "register Docker containers from engine events"),
     "up": ("shopgate.tool.commands:up_main", "run the whole local stack"),
     "down": ("shopgate.tool.commands:down_main", "stop a detached local stack"),
