@@ -28,6 +28,13 @@ HTTP_SERVER = ["python3", "-m", "http.server", "8000"]
 eventually = partial(catalog_helpers.eventually, timeout=15.0)
 
 
+def answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
@@ -107,6 +114,9 @@ def test_stop_puts_the_container_in_maintenance_while_it_drains_then_deregisters
                            ports={"8000/tcp": ("127.0.0.1", port)}, labels={"SERVICE_NAME": "slow"})
     (entry,) = eventually(lambda: services_named(catalog, "slow"), what="slow registered")
     service_id = entry["Service"]["ID"]
+    # Registered as soon as the engine started it, which can be before python listens: the engine's port
+    # proxy then resets a connection. It must be serving before "still serving while draining" can hold.
+    eventually(lambda: answers(f"http://127.0.0.1:{port}/"), what="slow serving before the stop")
 
     # The stop timeout leaves room for a loaded machine: maintenance must show, and the container still
     # answer, before the engine kills it (a 4 s timeout once lost that race in CI: connection reset).
