@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 from typing import Callable
 
 from aiohttp import web
@@ -71,7 +70,7 @@ async def state(request: web.Request) -> web.Response:
     if wanted != "any" and wanted not in STATUSES:
         raise BadRequest(f"Bad check state {wanted!r}: use any, passing, warning or critical")
     keep = None if wanted == "any" else (lambda check: check.status == wanted)
-    return await check_list(request, lambda store: store.sorted_checks(keep), ordered_as=f"state/{wanted}")
+    return await check_list(request, lambda store: store.sorted_checks(keep))
 
 
 @routes.get("/v1/health/node/{node}")
@@ -80,22 +79,17 @@ async def node(request: web.Request) -> web.Response:
     return await check_list(request, lambda store: store.node_checks(name))
 
 
-async def check_list(request: web.Request, find: Callable[[Store], list[Check]], ordered_as: str | None = None) -> web.Response:
-    """Every list of checks moves with the `checks` table index, as in Consul. `ordered_as`: the name under which
-    the list's last answer is kept, so the next is made from it (the few state lists a gateway re-reads per change)."""
+async def check_list(request: web.Request, find: Callable[[Store], list[Check]]) -> web.Response:
+    """Every list of checks moves with the `checks` table index, as in Consul."""
     store, expression = agent_of(request).store, query_of(request).get("filter")
     return await indexed(request, ("checks",),
-                         lambda: (store.table_index["checks"], checks_body(request, find(store), expression, ordered_as)))
+                         lambda: (store.table_index["checks"], checks_body(request, find(store), expression)))
 
 
-def checks_body(request: web.Request, checks: list[Check], expression: str, ordered_as: str | None = None) -> list | bytes:
+def checks_body(request: web.Request, checks: list[Check], expression: str) -> list | bytes:
     """A list of checks as JSON: filtered as dicts, else joined from each check's cached JSON."""
     if expression:
         return apply_filter([check_json(c) for c in checks], expression)
-    fragments = fragments_of(request, "checks")
-    if ordered_as is not None:
-        return fragments.ordered(ordered_as, checks, _MODIFY_INDEX, check_json)
-    return fragments.array((((c.node, c.check_id), c.modify_index, lambda c=c: check_json(c)) for c in checks), agent_of(request).store.checks)
-
-
-_MODIFY_INDEX = operator.attrgetter("modify_index")
+    store = agent_of(request).store
+    return fragments_of(request, "checks").array(
+        (((c.node, c.check_id), c.modify_index, lambda c=c: check_json(c)) for c in checks), store.checks)

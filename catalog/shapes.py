@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import operator
-from itertools import compress, count
 from typing import Any, Callable, Hashable, Iterable, Mapping
 
 from catalog.parsing import format_duration
@@ -172,7 +170,6 @@ class Fragments:
 
     def __init__(self) -> None:
         self._cache: dict[Hashable, tuple[Hashable, bytes]] = {}
-        self._lists: dict[Hashable, tuple[list, list, list[bytes]]] = {}   # name -> (records, versions, parts) of its last array
 
     def array(self, items: Iterable[tuple[Hashable, Hashable, Callable[[], Any]]], live: Mapping) -> bytes:
         """A JSON array of (key, version, render) items; entries whose key left `live` are dropped now and then."""
@@ -185,28 +182,3 @@ class Fragments:
         if len(self._cache) > 2 * len(live) + 1024:
             self._cache = {key: hit for key, hit in self._cache.items() if key in live}
         return b"[" + b",".join(parts) + b"]"
-
-    def ordered(self, name: Hashable, records: list, version: Callable[[Any], Hashable], render: Callable[[Any], Any]) -> bytes:
-        """A JSON array of `records` (as `render` shows each) in their order, made from the last array made
-        under `name`: records in its common prefix and suffix (the very same objects, at the same `version`)
-        keep their JSON, only those between are rendered. A list of 10,000 checks after one changed is then
-        a few passes in C and a join, not a Python step per check. Keep `name`s few: each holds its last array."""
-        versions = list(map(version, records))
-        last = self._lists.get(name)
-        if last is None:
-            parts = [dumps(render(record)) for record in records]
-        else:
-            old_records, old_versions, old_parts = last
-            limit = min(len(records), len(old_records))
-            prefix = _same_run(records, versions, old_records, old_versions, limit)
-            suffix = _same_run(records[::-1], versions[::-1], old_records[::-1], old_versions[::-1], limit - prefix)
-            middle = [dumps(render(record)) for record in records[prefix:len(records) - suffix]]
-            parts = old_parts[:prefix] + middle + old_parts[len(old_parts) - suffix:]
-        self._lists[name] = (records, versions, parts)
-        return b"[" + b",".join(parts) + b"]"
-
-
-def _same_run(records: list, versions: list, old_records: list, old_versions: list, limit: int) -> int:
-    """How many leading places (at most `limit`) hold the very same record at the same version in both lists."""
-    differs = map(operator.or_, map(operator.is_not, records, old_records), map(operator.ne, versions, old_versions))
-    return min(limit, next(compress(count(), differs), limit))
