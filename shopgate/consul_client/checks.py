@@ -22,6 +22,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import dataclass
 from itertools import accumulate
+from typing import Iterable
 
 import msgspec
 
@@ -125,7 +126,7 @@ class _Sizes:
 
     BLOCK = 128
 
-    def __init__(self, lengths=()) -> None:
+    def __init__(self, lengths: Iterable[int] = ()) -> None:
         self._sizes = [length + 1 for length in lengths]
         self._blocks = [sum(self._sizes[at:at + self.BLOCK]) for at in range(0, len(self._sizes), self.BLOCK)]
 
