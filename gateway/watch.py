@@ -39,9 +39,9 @@ from shopgate.consul_client.blocking import BlockingQuery
 from shopgate.consul_client.checks import PATH as CHECKS_PATH
 from shopgate.consul_client.checks import CheckDelta, CheckList, CheckRow, read_checks
 from shopgate.consul_client.health import aggregate_status, decode_health_entries
+from shopgate.consul_client.kv import kv_from_entries
 from shopgate.consul_client.services import PATH as SERVICES_PATH
 from shopgate.consul_client.services import ServiceTags, read_services
-from shopgate.consul_client.kv import kv_from_entries
 from shopgate.settings import GATEWAY_WATCH_WAIT_SECONDS, KV_PREFIX
 
 log = logging.getLogger("shopgate.gateway.watch")
@@ -255,7 +255,7 @@ class CatalogWatcher:
             raise CatalogUnavailable(f"{SERVICES_PATH}: {error}") from error
         if tags is None:
             return   # another instance of a known service came or went: the checks tell
-        names = {name: tags for name, tags in tags.items() if name not in IGNORED_SERVICES}
+        names = {name: service_tags for name, service_tags in tags.items() if name not in IGNORED_SERVICES}
         with self._wake:
             changed = {s for s in names.keys() | self._catalog_tags.keys() if names.get(s) != self._catalog_tags.get(s)}
             self._catalog_tags = names
