@@ -21,9 +21,9 @@ keep its sticky clients, HAProxy's `drain` honours cookies).
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import fields, replace
 from itertools import compress
 from operator import is_not
-from dataclasses import fields, replace
 
 from gateway.model import ApplyPlan, Backend, BackendSettings, CertChange, GatewaySettings, MembershipChange, Route, RouteTable, Server
 from gateway.tls import CertEntry

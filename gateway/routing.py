@@ -189,7 +189,8 @@ def build_route_table(
     route_inputs, routes, conflicts = _routes(services, previous, changed)
     backends, places = _backends(services, previous, changed)
     served = {e.name for e in gateway_settings.environments} | {DEFAULT_ENVIRONMENT}
-    unserved = sorted(_route_environments(routes, previous) - served)
+    environments = _route_environments(routes, previous)
+    unserved = sorted(environments - served)
     rejected.extend(f"environment {env}: no {KV_ENVIRONMENTS}{env}/bind or /hosts, its instances get no traffic" for env in unserved)
     certs, tls_rejected = certificates(snapshot.kv, snapshot.cert_files, time.time() if now is None else now,
                                        previous.certificates if previous else ())
@@ -202,7 +203,7 @@ def build_route_table(
         tls_rejected=tls_rejected,
         memo={"services": services, "routes": (route_inputs, routes, conflicts), "order": order, "rebuilt": tuple(rebuilt),
               "inputs": (inputs, with_settings, bool(held), sizing), "places": places, "reports": reports,
-              "environments": _route_environments(routes, previous)},
+              "environments": environments},
     )
 
 
