@@ -111,8 +111,12 @@ def test_a_bad_guard_value_keeps_the_last_good_guard_and_is_reported(gateway):
     eventually("denied address refused", lambda: _get(gateway, "127.0.0.66").status_code == 403)
     _put(gateway, "deny", "127.0.0.300/8")
     _put(gateway, "auth", "mallory:plaintext")
-    rejected = eventually("the bad values reported", lambda: [r for r in gateway.status()["rejected"]
-                                                               if r.startswith(PREFIX)] or None)
+    # Two KV writes, two changes: wait until both are reported (the first may be applied before the second is seen).
+    def reported() -> list[str] | None:
+        found = [r for r in gateway.status()["rejected"] if r.startswith(PREFIX)]
+        return found if len(found) >= 2 else None
+
+    rejected = eventually("both bad values reported", reported)
     assert any("deny" in r and "the last good value stays" in r for r in rejected), rejected
     assert any("auth" in r and "crypt(3) hash" in r for r in rejected), rejected
     assert _get(gateway, "127.0.0.66").status_code == 403       # still denied
