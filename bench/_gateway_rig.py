@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _harness import percentile  # noqa: E402
 from gateway.haproxy import HAProxyError, MasterCLI  # noqa: E402
-from shopgate.processes import ManagedProcess, free_port, free_udp_tcp_port, group_members, process_cpu_seconds, process_rss_kib, shopgate_argv, wait_for_http  # noqa: E402
+from shopgate.processes import ManagedProcess, free_port, group_members, process_cpu_seconds, process_rss_kib, shopgate_argv, wait_for_http  # noqa: E402
 
 FIRST_PORT = 20000
 #: srv_admin_state flags (HAProxy's SRV_ADMF_FMAINT, SRV_ADMF_FDRAIN): set by `state maint` / `state drain`.
@@ -126,7 +126,7 @@ class Rig:
         self.gateway_args, self.kv = gateway_args, kv or {}
         self.dir = Path(tempfile.mkdtemp(prefix="shopgate-bench-"))
         self.catalog_port = free_port()
-        self.dns_port = free_udp_tcp_port() if dns else None   # the catalog's DNS, and the gateway's --consul-dns
+        self.dns_port = free_port(udp_too=True) if dns else None   # the catalog's DNS, and the gateway's --consul-dns
         self.status_port, self.listen_port, self.stats_port = free_port(), free_port(), free_port()
         self.http = requests.Session()
         self.http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=16))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import signal
 from signal import SIGTERM  # the method ManagedProcess.signal shadows the module in the class body
 import socket
@@ -24,26 +25,42 @@ from typing import Callable
 import requests
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+LISTEN_PORTS_FROM = 20000   # the lowest port free_port hands out: above the usual fixed services' ports
 
 
-def free_udp_tcp_port(host: str = "127.0.0.1", attempts: int = 50) -> int:
-    """A port number free a moment ago for both UDP and TCP (a DNS server listens on both)."""
+def ephemeral_port_start() -> int:
+    """The first port the kernel picks for the local end of outgoing connections (/proc; 32768 by default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_handed_out: set[int] = set()
+
+
+def free_port(host: str = "127.0.0.1", udp_too: bool = False, attempts: int = 200) -> int:
+    """A port free a moment ago for a server we are about to start (and for UDP as well with `udp_too`).
+
+    Chosen below the kernel's ephemeral range: a port the kernel chose (bind to port 0) can be taken by
+    any outgoing connection before the server binds it — a keep-alive to the catalog held one for
+    seconds and a service failed with "Address already in use". Never the same port twice per process.
+    """
+    ports = range(LISTEN_PORTS_FROM, max(ephemeral_port_start(), LISTEN_PORTS_FROM + 1000))
     for _ in range(attempts):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp, \
-                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            tcp.bind((host, 0))
-            port = tcp.getsockname()[1]
-            try:
-                udp.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise OSError(f"no port on {host} was free for both UDP and TCP after {attempts} attempts")
+        port = random.choice(ports)
+        if port in _handed_out:
+            continue
+        kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if udp_too else (socket.SOCK_STREAM,)
+        try:
+            for kind in kinds:
+                with socket.socket(socket.AF_INET, kind) as sock:
+                    sock.bind((host, port))
+        except OSError:
+            continue
+        _handed_out.add(port)
+        return port
+    raise OSError(f"no port on {host} between {ports.start} and {ports.stop - 1} was free after {attempts} attempts")
 
 
 def shopgate_argv(*args: str) -> list[str]:

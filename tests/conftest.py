@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shopgate.processes import ManagedProcess, free_port, free_udp_tcp_port, shopgate_argv, wait_for_http
+from shopgate.processes import ManagedProcess, free_port, shopgate_argv, wait_for_http
 from shopgate.consul_client import ConsulAddress, connect
 
 
@@ -18,7 +18,7 @@ class CatalogProcess:
 
     def __init__(self, data_dir: Path, log_dir: Path, port: int | None = None, extra_args: tuple[str, ...] = ()):
         self.port = port or free_port()
-        self.dns_port = free_udp_tcp_port()   # never the default 8600: tests run many catalogs at once
+        self.dns_port = free_port(udp_too=True)   # never the default 8600: tests run many catalogs at once
         self.data_dir = data_dir
         self.log_dir = log_dir
         self.extra_args = extra_args

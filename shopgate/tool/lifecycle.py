@@ -24,7 +24,7 @@ import requests
 from gateway.routing import KV_ENVIRONMENTS
 from gateway.status import status_key
 from shopgate import settings
-from shopgate.processes import ManagedProcess, free_port, free_udp_tcp_port, group_members, pid_alive, process_cmdline, shopgate_argv
+from shopgate.processes import ManagedProcess, free_port, group_members, pid_alive, process_cmdline, shopgate_argv
 from shopgate.tool.display import Progress
 from shopgate.tool.local_tls import LOCAL_CERT_KEY, LOCAL_NAMES, issue_local_certificate, leaf_der, local_cert_path, put_local_certificate
 from shopgate.tool.manifest import SERVICE_STOP_TIMEOUT, Manifest, Ports, ProcessRecord, StackError, manifest_lock
@@ -147,7 +147,7 @@ def stack_dns_port() -> int:
             tcp.bind((settings.LOOPBACK, settings.DNS_PORT))
         return settings.DNS_PORT
     except OSError:
-        port = free_udp_tcp_port(settings.LOOPBACK)
+        port = free_port(settings.LOOPBACK, udp_too=True)
         print(f"(DNS port {settings.DNS_PORT} is in use: the catalog answers DNS on {port}: "
               f"dig @{settings.LOOPBACK} -p {port} products.service.consul)")
         return port

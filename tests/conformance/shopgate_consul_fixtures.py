@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from shopgate.processes import ManagedProcess, free_port, free_udp_tcp_port, shopgate_argv, wait_for_http
+from shopgate.processes import ManagedProcess, free_port, shopgate_argv, wait_for_http
 
 #: The Consul API level the catalog reports in /v1/agent/self; the suite's version skips key on it.
 CONSUL_VERSION = "1.22.0"
@@ -32,7 +32,7 @@ def _unset_consul_token():
 def _start(tmp_path: Path, *extra: str) -> tuple[ManagedProcess, int]:
     port = int(os.environ.get("SHOPGATE_CONFORMANCE_PORT") or free_port())
     argv = shopgate_argv("catalog", "--bind", "127.0.0.1", "--port", str(port), "--enable-script-checks",
-                         "--log-level", "WARNING", "--dns-port", str(free_udp_tcp_port()), *extra)
+                         "--log-level", "WARNING", "--dns-port", str(free_port(udp_too=True)), *extra)
     process = ManagedProcess("catalog", argv, log_path=tmp_path / "catalog.log").start()
     wait_for_http(f"http://127.0.0.1:{port}/v1/status/leader", timeout=20, process=process,
                   ok=lambda r: r.status_code in (200, 403))
