@@ -233,9 +233,13 @@ class Agent:
         return status, output
 
     def _store_result(self, check_id: str, status: str, output: str) -> None:
+        before = self.local_check(check_id)
+        was = before.status if before is not None else None
         check = self.store.set_check_status(self.node, check_id, status, output[:MAX_OUTPUT])
         if check is None:
             return
+        if status != was:   # as Consul's agent logs it (a warning when critical): why an instance left the rotation
+            log.log(logging.WARNING if status == CRITICAL else logging.DEBUG, "check %s is now %s: %s", check_id, status, output[:200])
         self.commit()
         self._watch_reaper(check)
         self.sessions.check_changed(self.node, check_id, status)

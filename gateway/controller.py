@@ -242,7 +242,15 @@ class Controller:
         """Count the health flips in `snapshot` (gateway.flap) and return the instance keys held out now."""
         _, service_settings, _ = parse_settings(snapshot.kv, running_settings(self.applier.running))   # routing reports the errors (kv_defaults: gateway-wide only)
         self._flap = observe(self._flap, snapshot.services, service_settings, now)
-        return self._flap.held(now)
+        held = self._flap.held(now)
+        for service, instances in self._flap.report(now).items():
+            for entry in instances:
+                if entry["instance"] not in self._held:
+                    log.warning("%s: instance %s flipped %d times: held out of rotation for %.1fs", service, entry["instance"],
+                                entry["flips"], entry["held_for_seconds"])
+        for key in sorted(self._held - held):
+            log.info("instance %s: flap hold over", key)
+        return held
 
     def _supervise(self) -> None:
         """HAProxy died: start it again on the config file it ran, with backoff, then re-plan.

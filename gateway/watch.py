@@ -128,6 +128,7 @@ class CatalogWatcher:
         self._kv_seen_at: float | None = None
         self._local_seen_at: float | None = None  # statuses updated from the checks, not emitted yet
         self._check_keys: dict[str, set[tuple[str, str]]] = {}   # service -> (node, service id) that have checks
+        self._fetched_index: dict[str, int] = {}   # service -> the index of the fetch its instances were last read from
         self._emitted_once = False
         self._failing: set[str] = set()
         self._fetches = 0
@@ -170,8 +171,8 @@ class CatalogWatcher:
     # ---- the three blocking queries
 
     def _query(self, name: str, fetch: Callable[[int], QueryResult], handle: Callable[[Any, float, int], None]) -> BlockingQuery:
-        def changed(data: Any, seen_at: float, since: int) -> None:
-            handle(data, seen_at, since)
+        def changed(data: Any, seen_at: float, index: int) -> None:
+            handle(data, seen_at, index)
             with self._wake:
                 self._synced.add(name)
                 self._wake.notify_all()
@@ -200,7 +201,7 @@ class CatalogWatcher:
 
     # ---- what changed
 
-    def _health_changed(self, body: bytes, seen_at: float, since: int) -> None:
+    def _health_changed(self, body: bytes, seen_at: float, index: int) -> None:
         try:
             delta = self._check_list.update(body)
         except ValueError as error:
@@ -209,18 +210,21 @@ class CatalogWatcher:
             changed, changed_nodes = self._checks.apply(delta)
             if changed_nodes:
                 changed |= {s for s, instances in self._instances.items() if any(i.node in changed_nodes for i in instances)}
-            moved, unexplained = self._update_statuses(changed)
+            moved, unexplained = self._update_statuses(changed, index)
             self._unexplained |= unexplained
             if moved and self._emitted_once:
                 self._local_seen_at = self._local_seen_at or seen_at
             self._mark_dirty(changed, seen_at)
 
-    def _update_statuses(self, changed: set[str]) -> tuple[bool, set[str]]:
-        """Health flips and deregistrations of known instances, straight from the checks: no round trip
-        before HAProxy hears. An instance whose every check vanished is taken as deregistered.
-        Returns whether an instance moved, and the services only a fetch can tell.
+    def _update_statuses(self, changed: set[str], checks_index: int) -> tuple[bool, set[str]]:
+        """Health flips and deregistrations of known instances, straight from the checks (the answer at
+        `checks_index`): no round trip before HAProxy hears. An instance whose every check vanished is
+        taken as deregistered. Returns whether an instance moved, and the services only a fetch can tell.
 
-        The changed services are still fetched afterwards, which confirms (or corrects) this."""
+        A service last fetched at a later index than this answer is left to the fetch: the fetch
+        already showed newer statuses (a check answer can arrive after a fetch that read past it), and
+        writing the older ones over them would flap the instance in the views. The changed services are
+        still fetched afterwards, which confirms (or corrects) the rest."""
         moved = False
         unexplained = set()
         for service in changed:
@@ -231,7 +235,7 @@ class CatalogWatcher:
             self._check_keys[service] = has_checks
             known_keys = {(i.node, i.id) for i in known}
             gone = had_checks - has_checks
-            if not known or not has_checks <= known_keys or not gone <= known_keys or (known_keys - has_checks) - gone:
+            if self._fetched_index.get(service, 0) > checks_index or not known or not has_checks <= known_keys or not gone <= known_keys or (known_keys - has_checks) - gone:
                 unexplained.add(service)   # instances came, or some have no checks: only the fetch knows
                 continue
             updated = tuple(replace(i, status=aggregate_status(by_instance[(i.node, i.id)] + self._checks.node_checks(i.node)))
@@ -248,7 +252,7 @@ class CatalogWatcher:
         else:
             self._instances.pop(service, None)
 
-    def _catalog_changed(self, body: bytes, seen_at: float, since: int) -> None:
+    def _catalog_changed(self, body: bytes, seen_at: float, index: int) -> None:
         try:
             tags = self._service_tags.update(body)
         except ValueError as error:
@@ -261,7 +265,7 @@ class CatalogWatcher:
             self._catalog_tags = names
             self._mark_dirty(changed, seen_at)
 
-    def _kv_changed(self, data: object, seen_at: float, since: int) -> None:
+    def _kv_changed(self, data: object, seen_at: float, index: int) -> None:
         values = kv_from_entries(data)
         with self._wake:
             if values != self._kv:
@@ -311,9 +315,10 @@ class CatalogWatcher:
                     continue
                 with self._wake:
                     moved = kv_seen_at is not None or not self._emitted_once
-                    for service, instances in fetched.items():
+                    for service, (index, instances) in fetched.items():
                         if self._instances.get(service) is not before_fetch[service]:
                             continue   # the checks moved it while it was fetched: this answer may be the older; it is fetched again
+                        self._fetched_index[service] = index
                         if instances != self._instances.get(service, ()):   # else (say, only a check's output
                             self._set_instances(service, instances)          # changed) keep the very same tuple
                             moved = True
@@ -333,10 +338,11 @@ class CatalogWatcher:
             return False  # nothing is emitted before the first full read of all three queries
         return bool(self._dirty) or self._kv_seen_at is not None or self._local_seen_at is not None or not self._emitted_once
 
-    def _fetch_service(self, service: str) -> tuple[Instance, ...]:
+    def _fetch_service(self, service: str) -> tuple[int, tuple[Instance, ...]]:
+        """(the answer's index, the instances of `service`)."""
         self._fetches += 1
         result = read(f"/v1/health/service/{service}", self.consul.health.service, service)
-        return decode_health_entries(service, result.data, make=Instance)
+        return result.index, decode_health_entries(service, result.data, make=Instance)
 
     def _snapshot(self) -> Snapshot:
         return Snapshot(services=dict(self._instances), kv=dict(self._kv), index=max(query.index for query in self._queries))

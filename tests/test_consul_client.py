@@ -87,10 +87,10 @@ def test_the_blocking_loop_hands_on_changes_and_resets_an_index_that_goes_backwa
             stop.set()
             raise CatalogUnavailable("done") from None
 
-    query = BlockingQuery("t", fetch, lambda data, seen_at, since: seen.append((data, since)), stop,
+    query = BlockingQuery("t", fetch, lambda data, seen_at, index: seen.append((data, index)), stop,
                           backoff=(0.01, 0.01), on_reset=lambda seen_at: resets.append(seen_at))
     query.run()
-    assert seen == [("a", 0), ("b", 5)], "an unchanged index is the wait ending, not a change"
+    assert seen == [("a", 5), ("b", 7)], "an unchanged index is the wait ending, not a change"
     assert asked == [0, 5, 5, 7, 0], "after an index went backwards the next read starts at 0"
     assert len(resets) == 1 and query.index == 0
 
@@ -121,7 +121,7 @@ def test_an_answer_the_owner_cannot_read_counts_as_a_failed_read():
             stop.set()
         return QueryResult("garbled" if len(calls) == 1 else "good", 4)
 
-    def on_change(data, seen_at, since):
+    def on_change(data, seen_at, index):
         if data == "garbled":
             raise CatalogUnavailable("not a list of checks")
         seen.append(data)
@@ -141,7 +141,7 @@ def test_a_bug_in_handling_an_answer_is_logged_and_the_watch_goes_on(caplog):
             stop.set()
         return QueryResult(len(calls), 4)
 
-    def on_change(data, seen_at, since):
+    def on_change(data, seen_at, index):
         if data == 1:
             raise KeyError("a bug")
         seen.append(data)

@@ -112,3 +112,69 @@ def test_an_answer_the_watcher_cannot_read_keeps_the_last_snapshot_until_a_good_
         watcher.stop()
         server.shutdown()
         server.server_close()
+
+
+class LateChecksConsul(BaseHTTPRequestHandler):
+    """Stands in for a Consul whose checks answer comes after a fetch already read past it (two reads of one
+    catalog race; our own catalog does this under load): one service `web`, one instance. The checks answer
+    is (`checks_index`, `checks_status`, `output`), the fetch of `web` (`fetch_index`, `fetch_status`);
+    a blocking read on the current index waits 0.2 s. Real HTTP, real py-consul."""
+
+    checks_index, checks_status, output = 5, "critical", "registered"
+    fetch_index, fetch_status = 5, "critical"
+    checks_served: list[int] = []
+
+    def do_GET(self) -> None:
+        cls, path = LateChecksConsul, self.path.split("?")[0]
+        index = cls.checks_index if path == "/v1/health/state/any" else cls.fetch_index if path == "/v1/health/service/web" else 5
+        if f"index={index}" in self.path:
+            time.sleep(0.2)   # nothing new: the wait ends
+        if path == "/v1/health/state/any":
+            cls.checks_served.append(index)
+            body = json.dumps([{"Node": "n1", "CheckID": "service:web-1", "Status": cls.checks_status, "Output": cls.output,
+                                "ServiceID": "web-1", "ServiceName": "web", "ModifyIndex": index}]).encode()
+        elif path == "/v1/catalog/services":
+            body = json.dumps({"web": []}).encode()
+        elif path == "/v1/health/service/web":
+            body = json.dumps([{"Node": {"Node": "n1", "Address": "127.0.0.1"},
+                                "Service": {"ID": "web-1", "Service": "web", "Port": 9001, "Tags": [], "Meta": {}},
+                                "Checks": [{"CheckID": "service:web-1", "Status": cls.fetch_status}]}]).encode()
+        else:
+            body = b"[]"
+        self.send_response(200)
+        self.send_header("X-Consul-Index", str(index))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_checks_answer_older_than_a_fetch_does_not_flap_the_instance_in_the_views():
+    cls = LateChecksConsul
+    cls.checks_index, cls.checks_status, cls.output, cls.fetch_index, cls.fetch_status = 5, "critical", "registered", 5, "critical"
+    cls.checks_served = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), LateChecksConsul)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    statuses: list[str] = []
+    watcher = CatalogWatcher(ConsulAddress("http", "127.0.0.1", server.server_address[1]),
+                             lambda snapshot, _: statuses.append(snapshot.services["web"][0].status), wait_seconds=1).start()
+    try:
+        eventually("the first view", lambda: statuses == ["critical"])
+        # The check passes at 8; the checks answer at 6 (only its output moved) makes the watcher fetch, which reads 8.
+        cls.fetch_index, cls.fetch_status = 8, "passing"
+        cls.checks_index, cls.output = 6, "still starting"
+        eventually("the fetch shows it passing", lambda: statuses[-1] == "passing")
+        # Now the checks answer at 7 arrives: older than what the fetch read.
+        cls.checks_index, cls.output = 7, "starting, once more"
+        eventually("the answer at 7 was read and the next one asked for", lambda: cls.checks_served.count(7) >= 2)
+        time.sleep(0.3)   # time for a view the late answer would have caused
+        assert statuses == ["critical", "passing"], "a late checks answer must not take a passing instance back to critical"
+        # A real failure, newer than every read so far, still goes out straight from the checks.
+        cls.checks_index, cls.checks_status, cls.fetch_index, cls.fetch_status = 9, "critical", 9, "critical"
+        eventually("the real failure is seen", lambda: statuses[-1] == "critical")
+    finally:
+        watcher.stop()
+        server.shutdown()
+        server.server_close()

@@ -31,9 +31,9 @@ log = logging.getLogger("shopgate.consul_client.blocking")
 class BlockingQuery:
     """One read held open on its index by `run()` until `stop` is set.
 
-    `fetch(index)` performs the read (index 0: do not block). `on_change(data, seen_at, since)` gets
-    each changed answer, `seen_at` being the monotonic time it arrived and `since` the index it
-    waited on. `on_error(message)`, `on_success()` and `on_reset(seen_at)` let the owner report
+    `fetch(index)` performs the read (index 0: do not block). `on_change(data, seen_at, index)` gets
+    each changed answer, `seen_at` being the monotonic time it arrived and `index` its own index (what
+    orders it against other reads of the same catalog). `on_error(message)`, `on_success()` and `on_reset(seen_at)` let the owner report
     reachability; they default to doing nothing."""
 
     name: str
@@ -80,7 +80,7 @@ class BlockingQuery:
             self.on_reset(seen_at)
         elif result.index > index or not index:
             self.index = max(result.index, 1)
-            self.on_change(result.data, seen_at, index)
+            self.on_change(result.data, seen_at, result.index)
         self.on_success()
 
     def start(self) -> threading.Thread:
