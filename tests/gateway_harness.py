@@ -150,11 +150,7 @@ class Gateway:
     def start_backends(self, service: str, count: int, drain: float = 1.0) -> list[Backend]:
         """`count` instances of `service` served by ONE backend process (gateway_backend.py --ports), which
         all leave together on its SIGTERM: many instances without as many interpreters."""
-        ports: list[int] = []
-        while len(ports) < count:   # the kernel may hand out a port twice in a row
-            port = free_port()
-            if port not in ports:
-                ports.append(port)
+        ports = [free_port() for _ in range(count)]   # never the same port twice
         process = self.start_process(f"{service}-x{count}-{ports[0]}", [
             sys.executable, str(BACKEND_SCRIPT), "--service", service, "--consul", self.catalog.url,
             "--ports", ",".join(map(str, ports)), "--drain", str(drain)])

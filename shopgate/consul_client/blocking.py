@@ -33,8 +33,8 @@ class BlockingQuery:
 
     `fetch(index)` performs the read (index 0: do not block). `on_change(data, seen_at, index)` gets
     each changed answer, `seen_at` being the monotonic time it arrived and `index` its own index (what
-    orders it against other reads of the same catalog). `on_error(message)`, `on_success()` and `on_reset(seen_at)` let the owner report
-    reachability; they default to doing nothing."""
+    orders it against other reads of the same catalog). `on_error(message)`, `on_success()` and
+    `on_reset(seen_at)` let the owner report reachability; they default to doing nothing."""
 
     name: str
     fetch: Callable[[int], QueryResult]
