@@ -243,7 +243,7 @@ class Controller:
         _, service_settings, _ = parse_settings(snapshot.kv, running_settings(self.applier.running))   # routing reports the errors (kv_defaults: gateway-wide only)
         self._flap = observe(self._flap, snapshot.services, service_settings, now)
         held = self._flap.held(now)
-        for service, instances in self._flap.report(now).items():
+        for service, instances in (self._flap.report(now) if held - self._held else {}).items():   # a new hold: say so once
             for entry in instances:
                 if entry["instance"] not in self._held:
                     log.warning("%s: instance %s flipped %d times: held out of rotation for %.1fs", service, entry["instance"],
